@@ -1,0 +1,48 @@
+"""Shared defaults of every experiment config (``configs/*.py`` start from ``base_config()``).
+
+Every key that any config or the command line may set is declared here, so an unknown
+``--config.key`` is an error. ``None``-able keys are typed placeholders.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # model init, codebook and data order
+  # data
+  c.dataset = "digits"
+  c.data_dir = config_dict.placeholder(str)
+  c.split_seed = 0
+  # model
+  c.backbone = "mlp"              # mlp | cnn | identity
+  c.hidden = (512, 512)           # MLP widths
+  c.num_bits = 64
+  c.use_bn = True                 # BatchNorm after the hash layer
+  # loss
+  c.loss = "orthohash"            # orthohash | ce (linear classifier head; CE / CE+BN baselines)
+  c.codebook = "bernoulli"        # bernoulli | gaussian | hadamard | maxmin
+  c.scale = 8.0                   # s; the paper uses sqrt(num_bits)
+  c.margin = 0.2                  # m
+  c.margin_type = "cos"           # cos | arc
+  c.multilabel_loss = "label_smoothing"  # label_smoothing | bce
+  c.quantization_weight = 0.0     # ablation only
+  c.quantization_kind = "cs"      # cs | l1 | l2
+  # optimisation
+  c.learning_rate = 1e-3
+  c.backbone_lr_scale = 1.0       # the authors' code uses 0.1 with a pretrained backbone
+  c.weight_decay = 0.0            # coupled (torch Adam style) L2
+  c.lr_schedule = "constant"      # constant | step (x0.1 at 80% of training)
+  c.batch_size = 64               # global batch; the last incomplete batch of an epoch is dropped
+  c.num_epochs = 100
+  c.steps_per_chunk = 0           # steps per compiled lax.scan call; 0 = one epoch
+  # evaluation
+  c.eval_topk = config_dict.placeholder(int)  # R of mAP@R; None = whole database
+  c.eval_batch_size = 1024
+  c.eval_every_epochs = 0         # 0 = only at the end
+  # checkpoints and logs
+  c.checkpoint_every_steps = 1000  # rounded up to whole chunks
+  c.keep_checkpoints = 3
+  c.num_devices = -1              # data-parallel mesh size; -1 = all devices
+  c.export_faiss = False
+  return c

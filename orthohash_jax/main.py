@@ -1,0 +1,67 @@
+"""Command line: train, evaluate and export an OrthoHash model.
+
+  python -m orthohash_jax.main --config=configs/digits.py --workdir=runs/digits \
+      [--config.num_bits=32 --config.seed=1 ...]
+
+Writes into the workdir: config.json, metrics.jsonl, checkpoints/, results.json, codes.npz.
+A rerun with the same workdir resumes from the latest checkpoint. Bad flags, configs or data
+print one ``error:`` line and exit with status 2; a failed training (non-finite loss) exits 1.
+Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or pass
+--coordinator=auto on TPU pods) on every process.
+"""
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from orthohash_jax import parallel, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None,
+                                   "jax.distributed coordinator host:port, or 'auto'.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+
+
+def fail(message: str, status: int = 2):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl flag parsing with one-line errors (unknown config keys, bad values) and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except Exception as e:  # pylint: disable=broad-except
+    # config files that cannot be loaded surface as arbitrary exceptions while parsing
+    fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}")
+  if not _WORKDIR.value:
+    fail("--workdir is required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(0)
+  except train.TrainingError as e:
+    fail(str(e), status=1)
+  except (ValueError, OSError) as e:
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  if parallel.is_main_process():
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

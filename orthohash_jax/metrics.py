@@ -1,0 +1,229 @@
+"""Retrieval metrics on binary codes, and the analysis metrics of the paper's Figure 4.
+
+Inputs
+* codes: packed uint32 (N, W) (see ``retrieval``), or real / ±1 (N, K), which are packed for you
+  (bit = value > 0).
+* labels: int (N,) class ids (single-label: relevant = same class) or 0/1 (N, C) multi-hot
+  (multi-label: relevant = shares at least one label).
+
+Conventions (recorded in every results file)
+* Ranking by (Hamming distance, database index): ties are broken by database index, stably.
+  ``tie_aware_mean_average_precision`` removes this dependence by averaging over all orders
+  within equal distances.
+* AP@R = sum_{i<=R} P@i * rel_i / (number of relevant items in the top R); a query with no
+  relevant item in its top R scores AP = 0 and still counts in the mean (the protocol of the
+  authors' code and of DeepHash-pytorch). ``topk=None`` means R = database size (mAP@all).
+* Precision/recall by Hamming radius r: items with distance <= r are retrieved.
+"""
+import numpy as np
+
+from orthohash_jax import retrieval
+
+QUERY_CHUNK = 256
+
+
+def as_packed(codes):
+  """Packed uint32 codes as numpy; real / ±1 / bool (N, K) codes are packed first."""
+  codes = np.asarray(codes)
+  if codes.dtype == np.uint32:
+    if codes.ndim != 2:
+      raise ValueError(f"packed codes must be (N, W), got shape {codes.shape}")
+    return codes
+  return np.asarray(retrieval.pack_codes(codes))
+
+
+def check_labels(q_labels, db_labels, num_queries, num_db):
+  """Validates label arrays; returns them as numpy plus a ``multilabel`` flag."""
+  q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
+  if q_labels.ndim != db_labels.ndim or q_labels.ndim not in (1, 2):
+    raise ValueError(f"labels must both be (N,) ids or both (N, C) multi-hot, got shapes "
+                     f"{q_labels.shape} and {db_labels.shape}")
+  if len(q_labels) != num_queries or len(db_labels) != num_db:
+    raise ValueError(f"{len(q_labels)} query / {len(db_labels)} database labels for "
+                     f"{num_queries} / {num_db} codes")
+  multilabel = q_labels.ndim == 2
+  if multilabel and q_labels.shape[1] != db_labels.shape[1]:
+    raise ValueError(f"multi-hot labels have {q_labels.shape[1]} vs {db_labels.shape[1]} classes")
+  return q_labels, db_labels, multilabel
+
+
+def relevance(q_labels, db_labels, multilabel):
+  """bool (Q, N): database item shares a label with the query."""
+  if multilabel:
+    return (q_labels.astype(np.float32) @ db_labels.T.astype(np.float32)) > 0
+  return q_labels[:, None] == db_labels[None, :]
+
+
+def _prepare(q_codes, db_codes, q_labels, db_labels):
+  q, db = as_packed(q_codes), as_packed(db_codes)
+  retrieval.check_packed(q, db)
+  q_labels, db_labels, multilabel = check_labels(q_labels, db_labels, len(q), len(db))
+  return q, db, q_labels, db_labels, multilabel
+
+
+def _chunks(q, db, q_labels, db_labels, multilabel):
+  """Yields (distances int (q, N), relevance bool (q, N)) for chunks of queries."""
+  for s in range(0, len(q), QUERY_CHUNK):
+    dist = np.asarray(retrieval.hamming_distance(q[s:s + QUERY_CHUNK], db)).astype(np.int16)
+    yield dist, relevance(q_labels[s:s + QUERY_CHUNK], db_labels, multilabel)
+
+
+def _ranked_relevance(dist, rel, depth):
+  """Relevance (q, depth) in (distance, index) order; numpy's stable sort breaks ties by index."""
+  order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+  return np.take_along_axis(rel, order, axis=1)
+
+
+def _check_depth(topk, num_db, name="topk"):
+  if topk is None:
+    return num_db
+  if not 1 <= int(topk) <= num_db:
+    raise ValueError(f"{name} must be in [1, database size {num_db}], got {topk}")
+  return int(topk)
+
+
+def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
+  """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  depth = _check_depth(topk, len(db))
+  out = []
+  for dist, rel in _chunks(q, db, q_labels, db_labels, multilabel):
+    ranked = _ranked_relevance(dist, rel, depth)
+    hits = np.cumsum(ranked, axis=1)
+    prec = hits / np.arange(1, depth + 1)
+    num_rel = hits[:, -1]
+    out.append(np.where(num_rel > 0, (prec * ranked).sum(1) / np.maximum(num_rel, 1), 0.0))
+  return np.concatenate(out)
+
+
+def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:
+  """mAP@R (R = ``topk``, None = all) ranking by (Hamming distance, database index)."""
+  return float(average_precisions(q_codes, db_codes, q_labels, db_labels, topk).mean())
+
+
+def _distance_counts(dist, rel, num_bits_max):
+  """Per query and distance d in [0, D]: items n (q, D+1) and relevant items r (q, D+1)."""
+  nq = dist.shape[0]
+  flat = (np.arange(nq)[:, None] * (num_bits_max + 1) + dist).ravel()
+  size = nq * (num_bits_max + 1)
+  n = np.bincount(flat, minlength=size).reshape(nq, -1)
+  r = np.bincount(flat, weights=rel.ravel().astype(np.float64), minlength=size).reshape(nq, -1)
+  return n.astype(np.float64), r
+
+
+def tie_aware_mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:
+  """Expected AP@R over uniformly random orders within each Hamming-distance tie group.
+
+  Computed from per-distance counts (McSherry & Najork 2008 style) in O(K) per query: a tie group
+  of n items with r relevant after N0 items with R0 relevant adds, for its positions t = 1..n',
+  sum_t [ (R0 + 1) r/n + (t - 1) r (r - 1) / (n (n - 1)) ] / (N0 + t), n' = min(n, R - N0).
+  The numerator is the exact expectation; the denominator (relevant items in the top R) is its
+  expectation, so the value is exact when R = database size or R falls on a group boundary, and
+  the ratio of expectations when a tie group straddles R.
+  """
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  depth = _check_depth(topk, len(db))
+  max_d = 32 * q.shape[1]
+  harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(db) + 1))])
+  aps = []
+  for dist, rel in _chunks(q, db, q_labels, db_labels, multilabel):
+    n, r = _distance_counts(dist, rel, max_d)
+    n0 = np.cumsum(n, axis=1) - n
+    r0 = np.cumsum(r, axis=1) - r
+    shown = np.clip(depth - n0, 0, n)  # n': positions of the group inside the top R
+    end = (n0 + shown).astype(np.int64)
+    h_sum = harmonic[end] - harmonic[n0.astype(np.int64)]  # sum_t 1 / (N0 + t)
+    pair = np.where(n > 1, r * (r - 1) / np.maximum(n * (n - 1), 1), 0.0)
+    frac = r / np.maximum(n, 1)
+    # sum_t (t - 1) / (N0 + t) = n' - (N0 + 1) * h_sum
+    numer = ((r0 + 1) * frac * h_sum + pair * (shown - (n0 + 1) * h_sum)).sum(1)
+    denom = (frac * shown).sum(1)
+    aps.append(np.where(denom > 0, numer / np.maximum(denom, 1e-300), 0.0))
+  return float(np.concatenate(aps).mean())
+
+
+def precision_at_k(q_codes, db_codes, q_labels, db_labels, k: int) -> float:
+  """Mean over queries of (relevant items in the top k) / k, ranking by (distance, index)."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  k = _check_depth(k, len(db), "k")
+  hits = [_ranked_relevance(dist, rel, k).sum(1) for dist, rel in
+          _chunks(q, db, q_labels, db_labels, multilabel)]
+  return float(np.concatenate(hits).mean() / k)
+
+
+def precision_recall_curve(q_codes, db_codes, q_labels, db_labels) -> dict:
+  """Precision and recall for Hamming radius r = 0..K (retrieved = distance <= r).
+
+  Returns ``radius`` int (K+1,), ``precision`` and ``recall`` float (K+1,): precision is averaged
+  over queries that retrieve at least one item at that radius (NaN if none does), recall over
+  queries with at least one relevant item in the database.
+  """
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  max_d = 32 * q.shape[1]
+  n_list, r_list = [], []
+  for dist, rel in _chunks(q, db, q_labels, db_labels, multilabel):
+    n, r = _distance_counts(dist, rel, max_d)
+    n_list.append(np.cumsum(n, 1))
+    r_list.append(np.cumsum(r, 1))
+  retrieved, hits = np.concatenate(n_list), np.concatenate(r_list)
+  total_rel = hits[:, -1:]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    prec = np.where(retrieved > 0, hits / retrieved, np.nan)
+    precision = np.nanmean(prec, axis=0) if len(prec) else prec
+    recall = (hits / total_rel)[total_rel[:, 0] > 0].mean(0)
+  return {"radius": np.arange(max_d + 1), "precision": precision, "recall": recall}
+
+
+def precision_within_radius(q_codes, db_codes, q_labels, db_labels, radius: int = 2) -> float:
+  """Mean precision of items within Hamming radius ``radius``; queries retrieving none score 0."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  precs = []
+  for dist, rel in _chunks(q, db, q_labels, db_labels, multilabel):
+    inside = dist <= radius
+    found = inside.sum(1)
+    precs.append(np.where(found > 0, (inside & rel).sum(1) / np.maximum(found, 1), 0.0))
+  return float(np.concatenate(precs).mean())
+
+
+# ---- analysis metrics (paper Figure 4) ----
+
+def quantization_angle(codes) -> float:
+  """Mean angle in degrees between continuous codes v (N, K) and sign(v) (sign(0) = -1)."""
+  v = np.asarray(codes, np.float64)
+  b = np.where(v > 0, 1.0, -1.0)
+  cos = (v * b).sum(1) / np.maximum(np.linalg.norm(v, axis=1) * np.sqrt(v.shape[1]), 1e-300)
+  return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+
+
+def separability(codes, labels, distance="hamming") -> float:
+  """E[D_inter] - E[D_intra] over all pairs i != j of (N, K) codes with int (N,) labels.
+
+  ``distance``: "hamming" (of sign codes) or "cosine" (1 - cosine similarity of the raw codes).
+  O(N^2) memory: subsample large sets first.
+  """
+  v = np.asarray(codes, np.float64)
+  labels = np.asarray(labels)
+  if distance == "hamming":
+    b = np.where(v > 0, 1.0, -1.0)
+    d = (v.shape[1] - b @ b.T) / 2
+  elif distance == "cosine":
+    u = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+    d = 1.0 - u @ u.T
+  else:
+    raise ValueError(f"distance must be 'hamming' or 'cosine', got {distance!r}")
+  same = labels[:, None] == labels[None, :]
+  off_diag = ~np.eye(len(v), dtype=bool)
+  intra, inter = d[same & off_diag], d[~same]
+  if not intra.size or not inter.size:
+    raise ValueError("separability needs at least two classes and a class with two items")
+  return float(inter.mean() - intra.mean())
+
+
+def orthogonality(codes, labels) -> float:
+  """||H H^T / K - I||_F where H (C, K) = sign of the mean code of each class (sign(0) = -1)."""
+  v = np.asarray(codes, np.float64)
+  labels = np.asarray(labels)
+  classes = np.unique(labels)
+  centres = np.stack([v[labels == c].mean(0) for c in classes])
+  h = np.where(centres > 0, 1.0, -1.0)
+  return float(np.linalg.norm(h @ h.T / v.shape[1] - np.eye(len(classes))))

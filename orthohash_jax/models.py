@@ -1,0 +1,130 @@
+"""Flax NNX modules: backbones, the hash layer and the cosine-similarity head.
+
+``HashModel(backbone, hash_layer, head)(x, train=...)`` returns ``(codes, logits)``:
+* x: float32 (B, ...) inputs: flat vectors for ``MLP``/``Identity``, (B, H, W, C) images for
+  ``SmallCNN``.
+* codes: float32 (B, K) continuous codes v (after BatchNorm); binary codes are sign(v) (v > 0 -> 1).
+* logits: float32 (B, C): cosine similarities to the class targets (``CosSimHead``, OrthoHash) or
+  unconstrained scores (``LinearHead``, the CE / CE+BN baselines).
+
+BatchNorm running statistics are ``nnx.BatchStat`` state: ``train=True`` normalises with the batch
+statistics of the whole (global) batch and updates the running averages (momentum 0.9 in Flax
+terms, i.e. torch's 0.1); ``train=False`` uses the running averages. The fixed codebook is a
+``Codebook`` variable, neither a parameter nor a batch statistic, so optimisers never touch it.
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from orthohash_jax import codebook as codebook_lib
+
+
+class Codebook(nnx.Variable):
+  """Fixed, non-trainable class targets."""
+
+
+class MLP(nnx.Module):
+  """ReLU multi-layer perceptron on flattened inputs; ``out_features`` = hidden[-1]."""
+
+  def __init__(self, in_features: int, hidden: Sequence[int] = (512, 512), *, rngs: nnx.Rngs):
+    sizes = (in_features, *hidden)
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.out_features = sizes[-1]
+
+  def __call__(self, x, *, train: bool):
+    del train
+    x = x.reshape(x.shape[0], -1)
+    for layer in self.layers:
+      x = jax.nn.relu(layer(x))
+    return x
+
+
+class SmallCNN(nnx.Module):
+  """Two conv(3x3)+ReLU+maxpool(2) stages and a ReLU dense layer, for 28x28 / 32x32 images."""
+
+  def __init__(self, image_shape: Sequence[int], channels=(32, 64), features: int = 512, *,
+               rngs: nnx.Rngs):
+    height, width, in_channels = image_shape
+    chans = (in_channels, *channels)
+    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
+    for _ in channels:
+      height, width = height // 2, width // 2
+    self.dense = nnx.Linear(height * width * chans[-1], features, rngs=rngs)
+    self.image_shape = tuple(image_shape)
+    self.out_features = features
+
+  def __call__(self, x, *, train: bool):
+    del train
+    x = x.reshape(x.shape[0], *self.image_shape)
+    for conv in self.convs:
+      x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
+    return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+
+
+class Identity(nnx.Module):
+  """Pass-through backbone for precomputed descriptors (e.g. 2048-d DELG for GLDv2)."""
+
+  def __init__(self, in_features: int):
+    self.out_features = in_features
+
+  def __call__(self, x, *, train: bool):
+    del train
+    return x.reshape(x.shape[0], -1)
+
+
+class HashLayer(nnx.Module):
+  """Latent layer H(f) = W f (no bias, W ~ N(0, 0.01^2)) followed by BatchNorm (unless use_bn=False)."""
+
+  def __init__(self, in_features: int, num_bits: int, *, use_bn: bool = True, rngs: nnx.Rngs):
+    if num_bits <= 0:
+      raise ValueError(f"num_bits must be positive, got {num_bits}")
+    self.fc = nnx.Linear(in_features, num_bits, use_bias=False,
+                         kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+    self.bn = nnx.BatchNorm(num_bits, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None
+
+  def __call__(self, f, *, train: bool):
+    v = self.fc(f)
+    if self.bn is not None:
+      v = self.bn(v, use_running_average=not train)
+    return v
+
+
+def normalise(x, eps=1e-12):
+  """L2-normalises the last axis (as torch.nn.functional.normalize)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class CosSimHead(nnx.Module):
+  """Cosine similarity between codes (B, K) and a fixed +-1 codebook (C, K) -> (B, C)."""
+
+  def __init__(self, codebook):
+    cb = codebook_lib.check_binary(codebook)
+    self.codebook = Codebook(normalise(jnp.asarray(cb)))
+
+  def __call__(self, codes):
+    return normalise(codes) @ self.codebook[...].T
+
+
+class LinearHead(nnx.Module):
+  """Unconstrained linear classifier (with bias) for the CE / CE+BN baselines."""
+
+  def __init__(self, num_bits: int, num_classes: int, *, rngs: nnx.Rngs):
+    self.fc = nnx.Linear(num_bits, num_classes, rngs=rngs)
+
+  def __call__(self, codes):
+    return self.fc(codes)
+
+
+class HashModel(nnx.Module):
+  """backbone -> HashLayer -> head; ``__call__(x, train=...)`` returns (codes (B, K), logits (B, C))."""
+
+  def __init__(self, backbone: nnx.Module, hash_layer: HashLayer, head: nnx.Module):
+    self.backbone = backbone
+    self.hash_layer = hash_layer
+    self.head = head
+
+  def __call__(self, x, *, train: bool):
+    codes = self.hash_layer(self.backbone(x, train=train), train=train)
+    return codes, self.head(codes)
