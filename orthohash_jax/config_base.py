@@ -14,6 +14,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "digits"
   c.data_dir = config_dict.placeholder(str)
   c.split_seed = 0
+  c.num_query_per_class = config_dict.placeholder(int)  # None: the dataset's protocol
+  c.num_train_per_class = config_dict.placeholder(int)
   # model
   c.backbone = "mlp"              # mlp | cnn | identity
   c.hidden = (512, 512)           # MLP widths

@@ -73,6 +73,12 @@ def per_class_split(labels, sizes, seed: int = 0):
 SOURCES = {
     "digits": "orthohash_jax.data.digits",
     "fashion_mnist": "orthohash_jax.data.idx",
+    "imagenet100": "orthohash_jax.data.listfile",
+    "nuswide": "orthohash_jax.data.listfile",
+    "coco": "orthohash_jax.data.listfile",
+    "listfile": "orthohash_jax.data.listfile",
+    "cifar10": "orthohash_jax.data.tfds_source",
+    "gldv2": "orthohash_jax.data.descriptors",
 }
 
 

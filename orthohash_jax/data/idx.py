@@ -77,7 +77,7 @@ def load(config) -> RetrievalData:
   # The training items are the first ones of each class's database part, so the database is
   # the union of the training part and the rest.
   query, train, rest = per_class_split(
-      y, (config.get("num_query_per_class", 100), config.get("num_train_per_class", 500), None),
+      y, (config.get("num_query_per_class") or 100, config.get("num_train_per_class") or 500, None),
       seed=config.get("split_seed", 0))
   db = np.sort(np.concatenate([train, rest]))
   return RetrievalData("fashion_mnist", 10, x[train], y[train], x[query], y[query], x[db], y[db])

@@ -1,0 +1,158 @@
+"""List-file image datasets (ImageNet100, NUS-WIDE, MS-COCO as distributed by the hashing papers).
+
+Layout under ``config.data_dir``: ``train.txt`` (training), ``test.txt`` (queries) and
+``database.txt`` (retrieval set). Each line is ``relative/path.jpg l_1 ... l_C``: a path relative
+to ``data_dir`` (no spaces) and a C-dim 0/1 label vector, C = num_classes. Blank lines are skipped.
+
+Labels: if every row of every split has exactly one 1, labels are int32 (N,) class ids;
+otherwise (any row with zero or several 1s) all splits are uint8 (N, C) multi-hot. The mode
+follows the labels, never the dataset name (the reference code trained COCO single-label).
+
+Images: decoded with Pillow, converted to RGB, resized (bilinear, aspect ratio not kept) to
+``image_size`` x ``image_size`` (default 32) and held in memory as float32 (N, H, W, 3) in
+[0, 1]. This is NOT the papers' 224x224 ImageNet-pretrained AlexNet pipeline: pretrained
+weights cannot be fetched here, so the supported backbones are a CNN trained from scratch on
+small images or precomputed features (``descriptors``). Memory: N * S * S * 12 bytes.
+``random_crop_flip`` is the training augmentation (pad, random crop, horizontal flip).
+
+Validation (``DataError`` naming file and line): missing list file, wrong column count, label
+values other than 0/1, missing or undecodable images, a path repeated within a file (an error
+unless ``allow_duplicates``), split sizes differing from ``expected_sizes`` (a dict such as
+{"train": 13000, "test": 5000, "database": 128495}). Queries also present in the database are
+reported with a warning.
+
+Config keys: data_dir, num_classes (required for the generic "listfile"; overrides
+``DATASET_INFO``, e.g. 81 for NUS-WIDE-81), image_size, expected_sizes, allow_duplicates,
+decode_threads (8).
+"""
+import concurrent.futures
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from orthohash_jax.data import DataError, RetrievalData
+
+# num_classes, R (mAP@R depth of the papers) and whether the published lists are multi-label
+# (informational: the loaded labels decide).
+DATASET_INFO = {
+    "imagenet100": {"num_classes": 100, "R": 1000, "multilabel": False},
+    "nuswide": {"num_classes": 21, "R": 5000, "multilabel": True},
+    "coco": {"num_classes": 80, "R": 5000, "multilabel": True},
+}
+SPLIT_FILES = {"train": "train.txt", "query": "test.txt", "db": "database.txt"}
+
+
+def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
+  """Reads one list file: returns (relative paths, line numbers, uint8 (N, C) label matrix)."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: list file not found")
+  paths, lines, rows, seen = [], [], [], {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      name, values = parts[0], parts[1:]
+      if len(values) != num_classes:
+        raise DataError(f"{path}:{lineno}: expected a path and {num_classes} labels, "
+                        f"got {len(values)} labels")
+      bad = [v for v in values if v not in ("0", "1")]
+      if bad:
+        raise DataError(f"{path}:{lineno}: label values must be 0 or 1, got {bad[0]!r}")
+      if name in seen:
+        message = f"{path}:{lineno}: {name} is a duplicate of line {seen[name]}"
+        if not allow_duplicates:
+          raise DataError(message + " (set allow_duplicates to keep duplicates)")
+        warnings.warn(message)
+      seen.setdefault(name, lineno)
+      paths.append(name)
+      lines.append(lineno)
+      rows.append([v == "1" for v in values])
+  if not paths:
+    raise DataError(f"{path}: no entries")
+  return paths, lines, np.array(rows, np.uint8)
+
+
+def _decode(root, name, size):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(os.path.join(root, name)) as img:
+    img.draft("RGB", (size, size))
+    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    return np.asarray(img, np.float32) / 255.0
+
+
+def load_images(root: str, list_path: str, names, lines, size: int, threads: int = 8):
+  """Decodes images to float32 (N, size, size, 3) in [0, 1]; errors name the list file line."""
+  missing = [(n, l) for n, l in zip(names, lines) if not os.path.isfile(os.path.join(root, n))]
+  if missing:
+    name, lineno = missing[0]
+    raise DataError(f"{list_path}:{lineno}: image {os.path.join(root, name)} not found "
+                    f"({len(missing)} of {len(names)} images missing)")
+  out = np.empty((len(names), size, size, 3), np.float32)
+
+  def decode_one(i):
+    try:
+      out[i] = _decode(root, names[i], size)
+    except OSError as e:
+      raise DataError(f"{list_path}:{lines[i]}: cannot decode {names[i]}: {e}") from None
+
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    list(pool.map(decode_one, range(len(names))))
+  return out
+
+
+def to_labels(rows, multilabel: bool):
+  """uint8 (N, C) rows -> int32 (N,) class ids (single-label) or the rows themselves."""
+  return rows if multilabel else np.argmax(rows, axis=1).astype(np.int32)
+
+
+def load(config) -> RetrievalData:
+  name = config.dataset
+  info = DATASET_INFO.get(name, {})
+  num_classes = config.get("num_classes", None) or info.get("num_classes")
+  if not num_classes:
+    raise DataError(f"{name}: set num_classes for a generic list-file dataset")
+  root = config.get("data_dir", None)
+  if not root or not os.path.isdir(root):
+    raise DataError(f"{name}: data_dir {root!r} is not a directory (it must hold "
+                    f"{', '.join(SPLIT_FILES.values())})")
+  expected = config.get("expected_sizes", None) or {}
+  allow_duplicates = config.get("allow_duplicates", False)
+  parsed = {}
+  for split, filename in SPLIT_FILES.items():
+    path = os.path.join(root, filename)
+    parsed[split] = (path,) + parse_list(path, num_classes, allow_duplicates)
+    want = expected.get(filename[:-4])
+    if want is not None and len(parsed[split][1]) != want:
+      raise DataError(f"{path}: {len(parsed[split][1])} entries, expected {want} "
+                      f"(incomplete download or a different split?)")
+  overlap = set(parsed["query"][1]) & set(parsed["db"][1])
+  if overlap:
+    warnings.warn(f"{name}: {len(overlap)} query images are also in database.txt")
+  multilabel = any(np.any(p[3].sum(axis=1) != 1) for p in parsed.values())
+  if info and multilabel != info["multilabel"]:
+    warnings.warn(f"{name}: labels are {'multi' if multilabel else 'single'}-label, unlike the "
+                  f"published lists; using the labels as they are")
+  size = config.get("image_size", 32)
+  threads = config.get("decode_threads", 8)
+  arrays = {}
+  for split, (path, names, lines, rows) in parsed.items():
+    arrays[f"{split}_x"] = load_images(root, path, names, lines, size, threads)
+    arrays[f"{split}_y"] = to_labels(rows, multilabel)
+  return RetrievalData(name, num_classes, **arrays)
+
+
+def random_crop_flip(key, images, pad: int = 4):
+  """Zero-pads a batch (B, H, W, C) by ``pad``, crops a random H x W window per image and flips
+  each image horizontally with probability 1/2. jit with ``static_argnames="pad"``."""
+  b, h, w, c = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * pad + 1)
+  crops = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+      padded, offsets)
+  flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+  return jnp.where(flip, crops[:, :, ::-1], crops)
