@@ -18,7 +18,7 @@ small images or precomputed features (``descriptors``). Memory: N * S * S * 12 b
 Validation (``DataError`` naming file and line): missing list file, wrong column count, label
 values other than 0/1, missing or undecodable images, a path repeated within a file (an error
 unless ``allow_duplicates``), split sizes differing from ``expected_sizes`` (a dict such as
-{"train": 13000, "test": 5000, "database": 128495}). Queries also present in the database are
+{"train": 13000, "test": 5000}; keys are the list-file stems). Queries also in the database are
 reported with a warning.
 
 Config keys: data_dir, num_classes (required for the generic "listfile"; overrides

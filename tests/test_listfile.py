@@ -1,0 +1,158 @@
+"""List-file datasets: real PNG/JPEG files and list files written under tmp_path."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from orthohash_jax import data as data_lib
+from orthohash_jax.data import listfile
+
+SIZE = 8
+
+
+def _write_split(root, filename, labels, prefix, rng, ext="png", size=(SIZE, SIZE)):
+  """Writes one image per label row and the list file; returns the uint8 pixels written."""
+  (root / "img").mkdir(exist_ok=True)
+  pixels, lines = [], []
+  for i, row in enumerate(labels):
+    name = f"img/{prefix}_{i}.{ext}"
+    px = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(px).save(root / name)
+    pixels.append(px)
+    lines.append(name + " " + " ".join(str(v) for v in row))
+  (root / filename).write_text("\n".join(lines) + "\n")
+  return np.stack(pixels)
+
+
+def _config(root, **kw):
+  return ml_collections.ConfigDict(
+      {"dataset": "listfile", "data_dir": str(root), "num_classes": 3, "image_size": SIZE, **kw})
+
+
+def _dataset(root, train, test, db, seed=0):
+  rng = np.random.default_rng(seed)
+  return {split: _write_split(root, f"{split}.txt", rows, split, rng)
+          for split, rows in (("train", train), ("test", test), ("database", db))}
+
+
+ONE_HOT = np.eye(3, dtype=int)
+
+
+def test_single_label_arrays_equal_written(tmp_path):
+  train, test, db = ONE_HOT[[0, 1, 2, 1]], ONE_HOT[[2, 0]], ONE_HOT[[0, 0, 1, 2, 2]]
+  px = _dataset(tmp_path, train, test, db)
+  d = data_lib.load(_config(tmp_path))
+  assert not d.multilabel and d.name == "listfile" and d.num_classes == 3
+  for split, key, rows in (("train", "train", train), ("query", "test", test),
+                           ("db", "database", db)):
+    x, y = getattr(d, f"{split}_x"), getattr(d, f"{split}_y")
+    assert x.dtype == np.float32 and x.shape == (len(rows), SIZE, SIZE, 3)
+    np.testing.assert_array_equal(x, px[key] / np.float32(255))
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, rows.argmax(1))
+
+
+def test_multilabel_follows_labels_not_name(tmp_path):
+  rows = np.zeros((3, 21), int)
+  rows[0, [1, 4]] = 1
+  rows[1, 20] = 1
+  rows[2, 3] = 1
+  _dataset(tmp_path, rows, rows[1:], rows)
+  d = data_lib.load(ml_collections.ConfigDict(
+      {"dataset": "nuswide", "data_dir": str(tmp_path), "image_size": SIZE}))
+  assert d.multilabel and d.num_classes == 21
+  for y, want in ((d.train_y, rows), (d.query_y, rows[1:]), (d.db_y, rows)):
+    assert y.dtype == np.uint8
+    np.testing.assert_array_equal(y, want)
+  # The same name with one-hot rows loads single-label, with a warning.
+  _dataset(tmp_path, rows[1:], rows[1:], rows[1:])
+  with pytest.warns(UserWarning, match="single-label, unlike the published lists"):
+    d = data_lib.load(ml_collections.ConfigDict(
+        {"dataset": "nuswide", "data_dir": str(tmp_path), "image_size": SIZE}))
+  assert not d.multilabel
+  np.testing.assert_array_equal(d.train_y, [20, 3])
+
+
+def test_jpeg_is_resized_like_pillow(tmp_path):
+  rng = np.random.default_rng(1)
+  for split in ("train", "test", "database"):
+    _write_split(tmp_path, f"{split}.txt", ONE_HOT[[0, 1]], split, rng, ext="jpg", size=(20, 12))
+  d = data_lib.load(_config(tmp_path))
+  img = Image.open(tmp_path / "img/test_1.jpg").convert("RGB")
+  img = img.resize((SIZE, SIZE), Image.BILINEAR)
+  np.testing.assert_allclose(d.query_x[1], np.asarray(img, np.float32) / 255, atol=1e-6)
+
+
+def test_dataset_info():
+  assert listfile.DATASET_INFO["imagenet100"] == {
+      "num_classes": 100, "R": 1000, "multilabel": False}
+  assert listfile.DATASET_INFO["nuswide"]["R"] == 5000
+  assert listfile.DATASET_INFO["coco"]["num_classes"] == 80
+  for name in ("imagenet100", "nuswide", "coco", "listfile"):
+    assert data_lib.SOURCES[name] == "orthohash_jax.data.listfile"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("img/train_0.png 1 0", r"train.txt:2: expected a path and 3 labels, got 2 labels"),
+    ("img/train_0.png 1 0 2", r"train.txt:2: label values must be 0 or 1, got '2'"),
+    ("img/train_0.png 0 1 0", r"train.txt:2: img/train_0.png is a duplicate of line 1"),
+    ("img/nowhere.png 0 1 0", r"train.txt:2: image .*nowhere.png not found \(1 of 2"),
+])
+def test_malformed_lines(tmp_path, line, message):
+  _dataset(tmp_path, ONE_HOT[[0]], ONE_HOT[[1]], ONE_HOT[[2]])
+  with open(tmp_path / "train.txt", "a") as f:
+    f.write(line + "\n")
+  with pytest.raises(data_lib.DataError, match=message):
+    data_lib.load(_config(tmp_path))
+
+
+def test_duplicates_allowed_with_warning(tmp_path):
+  _dataset(tmp_path, ONE_HOT[[0]], ONE_HOT[[1]], ONE_HOT[[2]])
+  with open(tmp_path / "train.txt", "a") as f:
+    f.write("img/train_0.png 1 0 0\n")
+  with pytest.warns(UserWarning, match="duplicate of line 1"):
+    d = data_lib.load(_config(tmp_path, allow_duplicates=True))
+  assert len(d.train_x) == 2
+
+
+def test_missing_list_file_and_bad_sizes(tmp_path):
+  _dataset(tmp_path, ONE_HOT[[0, 1]], ONE_HOT[[1]], ONE_HOT[[2, 0]])
+  with pytest.raises(data_lib.DataError, match=r"database.txt: 2 entries, expected 3"):
+    data_lib.load(_config(tmp_path, expected_sizes={"train": 2, "database": 3}))
+  (tmp_path / "database.txt").unlink()
+  with pytest.raises(data_lib.DataError, match=r"database.txt: list file not found"):
+    data_lib.load(_config(tmp_path))
+  with pytest.raises(data_lib.DataError, match="set num_classes"):
+    data_lib.load(_config(tmp_path, num_classes=None))
+  with pytest.raises(data_lib.DataError, match="is not a directory"):
+    data_lib.load(_config(tmp_path / "absent"))
+
+
+def test_undecodable_image_and_overlap_warning(tmp_path):
+  _dataset(tmp_path, ONE_HOT[[0]], ONE_HOT[[1]], ONE_HOT[[2]])
+  (tmp_path / "database.txt").write_text("img/test_0.png 0 1 0\n")
+  with pytest.warns(UserWarning, match="1 query images are also in database.txt"):
+    data_lib.load(_config(tmp_path))
+  (tmp_path / "database.txt").write_text("img/database_0.png 0 0 1\n")
+  (tmp_path / "img/train_0.png").write_bytes(b"not an image")
+  with pytest.raises(data_lib.DataError, match=r"train.txt:1: cannot decode img/train_0.png"):
+    data_lib.load(_config(tmp_path))
+
+
+def test_random_crop_flip():
+  images = jax.random.uniform(jax.random.key(0), (64, 6, 5, 2))
+  aug = jax.jit(listfile.random_crop_flip, static_argnames="pad")
+  out = np.asarray(aug(jax.random.key(1), images, pad=2))
+  assert out.shape == images.shape and out.dtype == np.float32
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  flips, offsets = set(), set()
+  for i in range(64):
+    matches = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
+               if np.array_equal(out[i], (lambda c: c[:, ::-1] if f else c)(
+                   padded[i, dy:dy + 6, dx:dx + 5]))]
+    assert matches, f"image {i} is not a (flipped) crop of its padded input"
+    flips.add(matches[0][2])
+    offsets.add(matches[0][:2])
+  assert flips == {False, True} and len(offsets) > 10
+  np.testing.assert_array_equal(aug(jax.random.key(1), images, pad=2), out)
