@@ -120,7 +120,7 @@ def load(config) -> RetrievalData:
     raise DataError(f"{name}: data_dir {root!r} is not a directory (it must hold "
                     f"{', '.join(SPLIT_FILES.values())})")
   expected = config.get("expected_sizes", None) or {}
-  allow_duplicates = config.get("allow_duplicates", False)
+  allow_duplicates = bool(config.get("allow_duplicates"))
   parsed = {}
   for split, filename in SPLIT_FILES.items():
     path = os.path.join(root, filename)
@@ -136,8 +136,8 @@ def load(config) -> RetrievalData:
   if info and multilabel != info["multilabel"]:
     warnings.warn(f"{name}: labels are {'multi' if multilabel else 'single'}-label, unlike the "
                   f"published lists; using the labels as they are")
-  size = config.get("image_size", 32)
-  threads = config.get("decode_threads", 8)
+  size = config.get("image_size") or 32
+  threads = config.get("decode_threads") or 8
   arrays = {}
   for split, (path, names, lines, rows) in parsed.items():
     arrays[f"{split}_x"] = load_images(root, path, names, lines, size, threads)

@@ -30,7 +30,7 @@ def load(config) -> RetrievalData:
   data_dir = config.get("data_dir", None)
   try:
     sources = tfds.data_source("cifar10", split=["train", "test"], data_dir=data_dir,
-                               download=config.get("download", True))
+                               download=config.get("download", None) is not False)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"cifar10: cannot open the TFDS data source in {data_dir}: "
                     f"{str(e).splitlines()[0]}") from e
@@ -38,7 +38,7 @@ def load(config) -> RetrievalData:
   x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
   y = np.concatenate([p[1] for p in parts])
   query, train, rest = per_class_split(
-      y, (config.get("num_query_per_class", 100), config.get("num_train_per_class", 500), None),
-      seed=config.get("split_seed", 0))
+      y, (config.get("num_query_per_class") or 100, config.get("num_train_per_class") or 500, None),
+      seed=config.get("split_seed") or 0)
   db = np.sort(np.concatenate([train, rest]))
   return RetrievalData("cifar10", 10, x[train], y[train], x[query], y[query], x[db], y[db])
