@@ -10,6 +10,7 @@ Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 --coordinator=auto on TPU pods) on every process.
 """
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -33,13 +34,20 @@ def fail(message: str, status: int = 2):
 
 def parse_flags(argv):
   """absl flag parsing with one-line errors (unknown config keys, bad values) and exit 2."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not os.path.isfile(path):
+        fail(f"config file {path} does not exist")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except AttributeError as e:  # an override of a key the locked config does not have
+    fail(f"unknown config key {str(e).strip(chr(34) + chr(39))!r}; see orthohash_jax/config_base.py for the keys")
   except Exception as e:  # pylint: disable=broad-except
-    # config files that cannot be loaded surface as arbitrary exceptions while parsing
-    fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    # a config file that fails to load surfaces as an arbitrary exception while parsing
+    fail(f"cannot load the config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
 def main(argv):
