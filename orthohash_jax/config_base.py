@@ -16,6 +16,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.split_seed = 0
   c.num_query_per_class = config_dict.placeholder(int)  # None: the dataset's protocol
   c.num_train_per_class = config_dict.placeholder(int)
+  c.num_classes = config_dict.placeholder(int)  # list-file datasets: None = the dataset's own
+  c.image_size = config_dict.placeholder(int)   # list-file images are resized to this (32)
+  c.expected_sizes = config_dict.placeholder(dict)  # {"train": n, "test": n, "database": n}
+  c.allow_duplicates = False                    # list files: a repeated path is an error
+  c.decode_threads = config_dict.placeholder(int)
+  c.download = False                            # tfds: allow downloading (never here)
   # model
   c.backbone = "mlp"              # mlp | cnn | identity
   c.hidden = (512, 512)           # MLP widths
