@@ -78,7 +78,8 @@ def export_run(workdir: str, output: str, faiss_index: bool = False) -> dict:
     raise ValueError(f"{workdir} is not a training run (no config.json)")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  trainer = train.Trainer(config, data.load(config), parallel.make_mesh(config.num_devices))
+  mesh = parallel.make_mesh(config.num_devices, config.model_axis)
+  trainer = train.Trainer(config, data.load(config), mesh)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   state, step = ckpt.restore_latest(trainer.abstract_state())
   ckpt.close()

@@ -30,6 +30,7 @@ ARC_EPS = 1e-5
 MARGIN_TYPES = ("cos", "arc")
 MULTILABEL_LOSSES = ("label_smoothing", "bce")
 QUANTIZATION_KINDS = ("cs", "l1", "l2")
+PADDING_LOGIT = -1e9  # finite, so 0 * log_softmax stays 0 on padding columns
 
 
 def _is_concrete(x):
@@ -79,30 +80,41 @@ def normalise_rows(targets):
 
 
 def orthohash_loss(logits, labels, *, scale=8.0, margin=0.2, margin_type="cos",
-                   multilabel=False, multilabel_loss="label_smoothing"):
+                   multilabel=False, multilabel_loss="label_smoothing", num_classes=None):
   """OrthoHash loss (paper eq. 9 with margin), float32 scalar.
 
   Args:
-    logits: float (B, C) cosine similarities in [-1, 1].
-    labels: int (B,) class ids, or 0/1 (B, C) multi-hot when ``multilabel``.
+    logits: float (B, C) cosine similarities in [-1, 1] (C may include padding, see below).
+    labels: int (B,) class ids, or 0/1 (B, num_classes) multi-hot when ``multilabel``.
     scale: s; the paper's choice is sqrt(K).
     margin: m, added to the target classes only.
     margin_type: "cos" or "arc".
     multilabel: labels are multi-hot.
     multilabel_loss: "label_smoothing" (soft-target CE) or "bce".
+    num_classes: the real number of classes when the last C - num_classes logit columns are
+      padding (a class-sharded head pads C to a multiple of the model axis); padding columns
+      take no part in the loss. None: C.
   """
   if logits.ndim != 2:
     raise ValueError(f"logits must be (B, C), got shape {logits.shape}")
   if logits.shape[0] != jnp.shape(labels)[0]:
     raise ValueError(f"batch size mismatch: logits {logits.shape} vs labels {jnp.shape(labels)}")
-  targets = label_targets(labels, logits.shape[1], multilabel)
+  total = logits.shape[1]
+  num_classes = num_classes or total
+  if not 1 <= num_classes <= total:
+    raise ValueError(f"num_classes must be in [1, {total}], got {num_classes}")
+  targets = label_targets(labels, num_classes, multilabel)
+  valid = jnp.arange(total) < num_classes
+  targets = jnp.pad(targets, ((0, 0), (0, total - num_classes)))
   z = margin_logits(logits, targets, scale=scale, margin=margin, margin_type=margin_type)
+  z = jnp.where(valid, z, PADDING_LOGIT)
   if not multilabel:
     return soft_target_cross_entropy(z, targets)
   if multilabel_loss == "label_smoothing":
     return soft_target_cross_entropy(z, normalise_rows(targets))
   if multilabel_loss == "bce":
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(z, targets))
+    bce = optax.sigmoid_binary_cross_entropy(z, targets)
+    return jnp.sum(jnp.where(valid, bce, 0.0)) / (z.shape[0] * num_classes)
   raise ValueError(f"multilabel_loss must be one of {MULTILABEL_LOSSES}, got {multilabel_loss!r}")
 
 

@@ -97,11 +97,18 @@ def normalise(x, eps=1e-12):
 
 
 class CosSimHead(nnx.Module):
-  """Cosine similarity between codes (B, K) and a fixed +-1 codebook (C, K) -> (B, C)."""
+  """Cosine similarity between codes (B, K) and a fixed +-1 codebook (C, K) -> (B, C).
 
-  def __init__(self, codebook):
+  ``pad_classes_to`` > 1 appends zero rows so that the number of rows is a multiple of it (a
+  class-sharded codebook must split evenly over the model axis); their logits are 0 and the
+  loss ignores them (``orthohash_loss(..., num_classes=C)``).
+  """
+
+  def __init__(self, codebook, pad_classes_to: int = 1):
     cb = codebook_lib.check_binary(codebook)
-    self.codebook = Codebook(normalise(jnp.asarray(cb)))
+    self.num_classes = cb.shape[0]
+    padding = -cb.shape[0] % pad_classes_to
+    self.codebook = Codebook(jnp.pad(normalise(jnp.asarray(cb)), ((0, padding), (0, 0))))
 
   def __call__(self, codes):
     return normalise(codes) @ self.codebook[...].T

@@ -2,7 +2,9 @@
 
 The training state is replicated (``P()``); batches are split along the ``data`` mesh axis, so
 under ``jax.jit`` every reduction over the batch, BatchNorm statistics included, is computed over
-the global batch, whatever the number of devices or processes.
+the global batch, whatever the number of devices or processes. An optional ``model`` axis
+splits the class dimension of the codebook (C, K) and of the logits (B, C): XLA then computes
+the softmax cross-entropy with cross-device reductions and never gathers the full logits.
 
 Multi-process: each process calls ``initialize`` (a no-op for a single process), holds the
 same in-memory dataset, and feeds only its own slice of every global batch
@@ -15,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+MODEL_AXIS = "model"
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None):
@@ -36,14 +39,21 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
                                process_id=int(process_id))
 
 
-def make_mesh(num_devices: int = -1) -> Mesh:
-  """1-D data-parallel mesh over the first ``num_devices`` devices (-1: all, across processes)."""
+def make_mesh(num_devices: int = -1, model_axis: int = 1) -> Mesh:
+  """(data, model) mesh over the first ``num_devices`` devices (-1: all, across processes).
+
+  The ``model`` axis (size ``model_axis``) shards the class dimension of the codebook and the
+  logits (GLDv2-size heads); the batch is split over ``data`` = num_devices / model_axis.
+  """
   devices = jax.devices()
   if num_devices == -1:
     num_devices = len(devices)
   if not 1 <= num_devices <= len(devices):
     raise ValueError(f"mesh needs {num_devices} devices but {len(devices)} are available")
-  return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+  if model_axis < 1 or num_devices % model_axis:
+    raise ValueError(f"model axis {model_axis} does not divide {num_devices} devices")
+  grid = np.asarray(devices[:num_devices]).reshape(num_devices // model_axis, model_axis)
+  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -55,12 +65,29 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
 
 
+def class_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows (classes) of a (C, K) array split over the model axis."""
+  return NamedSharding(mesh, P(MODEL_AXIS, None))
+
+
+def logits_sharding(mesh: Mesh) -> NamedSharding:
+  """(B, C) logits: batch over data, classes over model."""
+  return NamedSharding(mesh, P(DATA_AXIS, MODEL_AXIS))
+
+
+def place(tree, sharding_of):
+  """Puts a pytree of host arrays (identical on every process) on devices; ``sharding_of(path,
+  leaf)`` gives each leaf's sharding. Each process only copies its addressable shards."""
+  def put(path, a):
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding_of(path, a), lambda idx: a[idx])
+  return jax.tree_util.tree_map_with_path(put, tree)
+
+
 def replicate(tree, mesh: Mesh):
   """Places a pytree of host arrays (identical on every process) replicated on the mesh."""
   sharding = replicated(mesh)
-  return jax.tree.map(
-      lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda idx: np.asarray(a)[idx]),
-      tree)
+  return place(tree, lambda path, a: sharding)
 
 
 def process_batch_slice(global_batch_size: int) -> slice:
@@ -82,3 +109,11 @@ def global_batch(mesh: Mesh, local_rows, batch_axis: int = 0):
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when ``flag`` is true on any (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))

@@ -89,13 +89,16 @@ def _square_image(shape):
 
 
 def build_model(config, data: data_lib.RetrievalData) -> models.HashModel:
+  """backbone -> HashLayer -> CosSimHead (orthohash; classes padded to the model axis) or
+  LinearHead (ce)."""
   rngs = nnx.Rngs(config.seed)
   backbone = BACKBONES[config.backbone](config, data.input_shape, rngs)
   hash_layer = models.HashLayer(backbone.out_features, config.num_bits, use_bn=config.use_bn,
                                 rngs=rngs)
   if config.loss == "orthohash":
     head = models.CosSimHead(
-        codebook_lib.make_codebook(config.codebook, data.num_classes, config.num_bits, config.seed))
+        codebook_lib.make_codebook(config.codebook, data.num_classes, config.num_bits, config.seed),
+        pad_classes_to=config.model_axis)
   else:
     head = models.LinearHead(config.num_bits, data.num_classes, rngs=rngs)
   return models.HashModel(backbone, hash_layer, head)
@@ -125,9 +128,10 @@ class Trainer:
   def __init__(self, config, data: data_lib.RetrievalData, mesh):
     validate_config(config, data)
     self.config, self.data, self.mesh = config, data, mesh
-    num_devices = mesh.devices.size
+    num_devices = mesh.shape[parallel.DATA_AXIS]
     if config.batch_size % num_devices:
-      raise ValueError(f"batch_size {config.batch_size} is not divisible by {num_devices} devices")
+      raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} "
+                       "devices of the data axis")
     self.steps_per_epoch = len(data.train_x) // config.batch_size
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.steps_per_chunk = config.steps_per_chunk or self.steps_per_epoch
@@ -136,7 +140,10 @@ class Trainer:
     self.graphdef, params, batch_stats, constants = nnx.split(
         model, nnx.Param, nnx.BatchStat, ...)
     self._init = (nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats))
-    self.constants = parallel.replicate(nnx.to_pure_dict(constants), mesh)
+    class_sharded, rest = parallel.class_sharding(mesh), parallel.replicated(mesh)
+    self.constants = parallel.place(
+        nnx.to_pure_dict(constants),
+        lambda path, a: class_sharded if path[-1].key == "codebook" else rest)
     self.tx, self.schedule = make_optimizer(config, self.total_steps)
     state_sharding = parallel.replicated(mesh)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
@@ -162,11 +169,14 @@ class Trainer:
     model = nnx.merge(self.graphdef, params, batch_stats, constants)
     codes, logits = model(x, train=True)
     c = self.config
+    if c.loss == "orthohash":  # classes stay split over the model axis
+      logits = jax.lax.with_sharding_constraint(logits, parallel.logits_sharding(self.mesh))
     multilabel = y.ndim == 2
     if c.loss == "orthohash":
       loss = losses.orthohash_loss(logits, y, scale=c.scale, margin=c.margin,
                                    margin_type=c.margin_type, multilabel=multilabel,
-                                   multilabel_loss=c.multilabel_loss)
+                                   multilabel_loss=c.multilabel_loss,
+                                   num_classes=self.data.num_classes)
     else:
       loss = losses.cross_entropy_loss(logits, y, multilabel=multilabel)
     if c.quantization_weight:
@@ -221,7 +231,11 @@ class Trainer:
     return np.concatenate(out)
 
   def evaluate(self, state: TrainState) -> dict:
-    """Encodes queries and database; returns codes, labels and mAP@R."""
+    """Encodes queries and database; returns codes, labels and mAP@R (instance data: GLDv2
+    mAP@100 against the ground truth, see ``instance.evaluate``)."""
+    from orthohash_jax import instance  # pylint: disable=g-import-not-at-top
+    if isinstance(self.data, instance.InstanceData):
+      return instance.evaluate(self, state)
     q_codes, db_codes = self.encode(state, self.data.query_x), self.encode(state, self.data.db_x)
     q_packed, db_packed = metrics.as_packed(q_codes), metrics.as_packed(db_codes)
     topk = self.config.eval_topk
@@ -261,7 +275,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir."""
   os.makedirs(workdir, exist_ok=True)
   data = data_lib.load(config)
-  mesh = parallel.make_mesh(config.num_devices)
+  mesh = parallel.make_mesh(config.num_devices, config.model_axis)
   trainer = Trainer(config, data, mesh)
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
@@ -306,7 +320,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         print(f"step {step}/{trainer.total_steps} loss {record['loss']:.4f} lr {record['lr']:.2g} "
               f"{record['steps_per_second']:.1f} steps/s"
               + (f" mAP {record['mAP']:.4f}" if "mAP" in record else ""), flush=True)
-      preempted = sigterm.raised or ckpt.reached_preemption(step)
+      preempted = parallel.any_process(sigterm.raised) or ckpt.reached_preemption(step)
       if step % ckpt_every == 0 or step == trainer.total_steps or preempted:
         ckpt.save(step, state)
       if preempted:
@@ -315,8 +329,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     sigterm.restore()
     ckpt.close()
   result = trainer.evaluate(state)
-  export_lib.save_codes(os.path.join(workdir, "codes.npz"), result, config.num_bits,
-                        config.to_dict(), faiss_index=config.export_faiss)
+  if parallel.is_main_process():
+    export_lib.save_codes(os.path.join(workdir, "codes.npz"), result, config.num_bits,
+                          config.to_dict(), faiss_index=config.export_faiss)
   summary = {
       "mAP": result["mAP"], "num_bits": config.num_bits, "steps": int(step),
       "train_seconds": train_seconds,

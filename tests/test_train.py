@@ -105,5 +105,5 @@ def test_bad_config_values():
     train.Trainer(small_config(batch_size=500), blobs(), parallel.make_mesh(1))
   with pytest.raises(ValueError, match="num_bits must be positive"):
     train.Trainer(small_config(num_bits=-1), blobs(), parallel.make_mesh(1))
-  with pytest.raises(ValueError, match="not divisible by 4 devices"):
+  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
     train.Trainer(small_config(batch_size=6), blobs(), parallel.make_mesh(4))

@@ -1,0 +1,68 @@
+"""Class-sharded loss and (data, model) meshes on 4 fake CPU devices."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from orthohash_jax import codebook, losses, models, parallel
+from test_train import blobs, small_config
+from orthohash_jax import train
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("margin_type", ["cos", "arc"])
+def test_class_sharded_loss_equals_unsharded(multilabel, margin_type):
+  mesh = parallel.make_mesh(4, model_axis=2)
+  rng = np.random.default_rng(0)
+  cb = codebook.make_codebook("bernoulli", 13, 32, seed=1)
+  padded = np.asarray(models.CosSimHead(cb, pad_classes_to=2).codebook[...])
+  assert padded.shape == (14, 32)
+  codes = rng.normal(size=(8, 32)).astype(np.float32)
+  labels = ((rng.random((8, 13)) < 0.3).astype(np.float32) if multilabel
+            else rng.integers(0, 13, 8).astype(np.int32))
+  kwargs = dict(margin_type=margin_type, multilabel=multilabel)
+
+  def sharded(v, table):
+    logits = jax.lax.with_sharding_constraint(models.normalise(v) @ table.T,
+                                              parallel.logits_sharding(mesh))
+    return losses.orthohash_loss(logits, labels, num_classes=13, **kwargs)
+
+  def reference(v):
+    return losses.orthohash_loss(models.normalise(v) @ jnp.asarray(cb / np.sqrt(32)).T, labels,
+                                 **kwargs)
+
+  v = jax.device_put(codes, parallel.batch_sharding(mesh))
+  table = jax.device_put(padded, parallel.class_sharding(mesh))
+  fn = jax.jit(jax.value_and_grad(sharded))
+  value, grad = fn(v, table)
+  ref_value, ref_grad = jax.value_and_grad(reference)(codes)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
+  hlo = fn.lower(v, table).compile().as_text()
+  # the softmax over classes is reduced across the model axis (all-reduce of per-row sums), and
+  # no collective ever moves a block of logits (rows x all 14 classes) between devices
+  assert "all-reduce" in hlo
+  assert not re.search(r"f32\[\d+,14\][^\n]*(all-gather|all-reduce|all-to-all|collective-permute)",
+                       hlo)
+
+
+def test_model_axis_training_equals_single_device():
+  def run(num_devices, model_axis):
+    config = small_config(model_axis=model_axis)
+    trainer = train.Trainer(config, blobs(), parallel.make_mesh(num_devices, model_axis))
+    state, losses_ = trainer.run_chunk(trainer.initial_state(), 0, 16)
+    return jax.tree.map(np.asarray, state.params), np.asarray(losses_)
+
+  (p1, l1), (p4, l4) = run(1, 1), run(4, 2)
+  np.testing.assert_allclose(l1, l4, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mesh_errors():
+  with pytest.raises(ValueError, match="does not divide"):
+    parallel.make_mesh(4, model_axis=3)
+  with pytest.raises(ValueError, match="available"):
+    parallel.make_mesh(8)
