@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.quantization_kind = "cs"      # cs | l1 | l2
   # optimisation
   c.learning_rate = 1e-3
+  c.adam_eps = 1e-8               # as torch; larger values damp updates of near-zero gradients
   c.backbone_lr_scale = 1.0       # the authors' code uses 0.1 with a pretrained backbone
   c.weight_decay = 0.0            # coupled (torch Adam style) L2
   c.lr_schedule = "constant"      # constant | step (x0.1 at 80% of training)

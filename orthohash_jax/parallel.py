@@ -33,8 +33,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
   if coordinator_address == "auto":
     jax.distributed.initialize()
   elif num_processes > 1:
-    if jax.default_backend() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU collectives across processes (ignored by GPU/TPU backends); set before any JAX call
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                                process_id=int(process_id))
 

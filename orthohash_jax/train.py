@@ -117,7 +117,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
                       for k, v in params.items()})
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay) if config.weight_decay else optax.identity(),
-      optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+      optax.scale_by_adam(b1=0.9, b2=0.999, eps=config.adam_eps),
       group_scale,
       optax.scale_by_learning_rate(schedule)), schedule
 

@@ -34,9 +34,14 @@ def checkpoint_steps(workdir):
 
 
 def final_params(workdir):
+  """(step, params) of the latest checkpoint, restored onto this process's first device."""
   step = checkpoint_steps(workdir)[-1]
-  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step),
-                                                          "default"))
+  path = os.path.join(workdir, "checkpoints", str(step), "default")
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, target)
   return step, jax.tree.map(np.asarray, state["params"])
 
 
