@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.expected_sizes = config_dict.placeholder(dict)  # {"train": n, "test": n, "database": n}
   c.allow_duplicates = False                    # list files: a repeated path is an error
   c.decode_threads = config_dict.placeholder(int)
+  c.descriptor_dim = config_dict.placeholder(int)       # synthetic descriptors (2048)
+  c.synthetic_noise = config_dict.placeholder(float)    # synthetic descriptors (1.0)
+  c.synthetic_eval_classes = config_dict.placeholder(int)  # synthetic descriptors (1000)
   c.download = False                            # tfds: allow downloading (never here)
   # model
   c.backbone = "mlp"              # mlp | cnn | identity

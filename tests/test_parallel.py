@@ -66,3 +66,30 @@ def test_mesh_errors():
     parallel.make_mesh(4, model_axis=3)
   with pytest.raises(ValueError, match="available"):
     parallel.make_mesh(8)
+
+
+def test_gldv2_synthetic_config_class_sharded():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from orthohash_jax import data  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("gldv2", "configs/gldv2.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("synthetic")
+  config.update(num_classes=301, descriptor_dim=32, synthetic_eval_classes=40, model_axis=4,
+                batch_size=64, num_epochs=10, num_bits=32, learning_rate=1e-2)
+  d = data.load(config)
+  assert d.train_x.shape == (602, 32) and d.num_classes == 301
+  np.testing.assert_allclose(np.linalg.norm(d.train_x, axis=1), 1, rtol=1e-5)
+  trainer = train.Trainer(config, d, parallel.make_mesh(4, model_axis=4))
+  table = trainer.constants["head"]["codebook"]
+  assert table.shape == (304, 32)  # padded to a multiple of 4
+  assert {s.data.shape for s in table.addressable_shards} == {(76, 32)}
+  state = trainer.initial_state()
+  losses_ = []
+  for step in range(0, trainer.total_steps, trainer.steps_per_chunk):
+    state, chunk = trainer.run_chunk(state, step, step + trainer.steps_per_chunk)
+    losses_.append(float(np.mean(chunk)))
+  assert losses_[-1] < losses_[0]
+  assert trainer.evaluate(state)["mAP"] > 0.3  # chance is 1/40
+  with pytest.raises(ValueError, match="'real' or 'synthetic'"):
+    module.get_config("fake")

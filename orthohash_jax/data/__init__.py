@@ -79,6 +79,7 @@ SOURCES = {
     "listfile": "orthohash_jax.data.listfile",
     "cifar10": "orthohash_jax.data.tfds_source",
     "gldv2": "orthohash_jax.data.descriptors",
+    "synthetic_descriptors": "orthohash_jax.data.synthetic",
 }
 
 
