@@ -1,0 +1,123 @@
+r"""Training steps/s of the Fashion-MNIST config: orthohash-jax vs the same model in PyTorch.
+
+  pip install torch==2.13.0   # optional benchmark extra (a CPU build)
+  python experiments/bench_train.py [--epochs=5] [--num_bits=64] [--output=bench_train.json]
+
+Both sides train the same model on the same 5,000 x 784 training set (configs/fashion_mnist.py:
+MLP 784-512-512 ReLU, hash layer without bias + BatchNorm, fixed Bernoulli codebook, cosine
+head, OrthoHash loss s=8 m=0.2, Adam 1e-3, batch 64, drop last), in one process, one after the
+other, after one warm-up epoch each. PyTorch gets its best plain loop: tensors preloaded in
+memory, index batches, no DataLoader, ``torch.set_num_threads`` = the cores JAX may use.
+Prints steps/s of both and their ratio. Needs the Fashion-MNIST IDX files (Debian package
+dataset-fashion-mnist) or --data_dir.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def fashion_config(num_bits, data_dir):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs/fashion_mnist.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.num_bits = num_bits
+  if data_dir:
+    config.data_dir = data_dir
+  return config
+
+
+def bench_jax(config, data, epochs):
+  from orthohash_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  trainer = train.Trainer(config, data, parallel.make_mesh(1))
+  spe = trainer.steps_per_epoch
+  state, losses = trainer.run_chunk(trainer.initial_state(), 0, spe)  # warm-up + compile
+  losses.block_until_ready()
+  t0 = time.perf_counter()
+  for e in range(1, epochs + 1):
+    state, losses = trainer.run_chunk(state, e * spe, (e + 1) * spe)
+  losses.block_until_ready()
+  return epochs * spe / (time.perf_counter() - t0), float(losses[-1])
+
+
+def bench_torch(config, data, epochs, codebook):
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(config.seed)
+  hash_fc = nn.Linear(512, config.num_bits, bias=False)
+  nn.init.normal_(hash_fc.weight, std=0.01)
+  model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), hash_fc,
+                        nn.BatchNorm1d(config.num_bits, momentum=0.1))
+  targets = F.normalize(torch.from_numpy(codebook), dim=1)
+  opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+  x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y).long()
+  b = config.batch_size
+  spe = len(x) // b
+  gen = torch.Generator().manual_seed(config.seed)
+
+  def epoch():
+    perm = torch.randperm(len(x), generator=gen)
+    for j in range(spe):
+      idx = perm[j * b:(j + 1) * b]
+      cos = F.normalize(model(x[idx]), dim=1) @ targets.T
+      onehot = F.one_hot(y[idx], targets.shape[0]).float()
+      loss = F.cross_entropy(config.scale * (cos - config.margin * onehot), y[idx])
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+    return float(loss)
+
+  epoch()  # warm-up
+  t0 = time.perf_counter()
+  for _ in range(epochs):
+    last = epoch()
+  return epochs * spe / (time.perf_counter() - t0), last
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--epochs", type=int, default=5)
+  parser.add_argument("--num_bits", type=int, default=64)
+  parser.add_argument("--data_dir", default="")
+  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--output", default="")
+  args = parser.parse_args()
+  from orthohash_jax import codebook, data  # pylint: disable=g-import-not-at-top
+  config = fashion_config(args.num_bits, args.data_dir)
+  try:
+    d = data.load(config)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  row = {"num_bits": args.num_bits, "batch_size": config.batch_size, "threads": args.threads}
+  row["jax_steps_per_second"], row["jax_last_loss"] = bench_jax(config, d, args.epochs)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print(json.dumps(row))
+    sys.exit("error: torch is not installed (pip install torch==2.13.0); JAX figure above")
+  torch.set_num_threads(args.threads)
+  row["torch_version"] = torch.__version__
+  cb = codebook.make_codebook(config.codebook, d.num_classes, config.num_bits, config.seed)
+  row["torch_steps_per_second"], row["torch_last_loss"] = bench_torch(config, d, args.epochs, cb)
+  row["ratio_jax_over_torch"] = row["jax_steps_per_second"] / row["torch_steps_per_second"]
+  print(f"orthohash-jax {row['jax_steps_per_second']:8.1f} steps/s (last loss "
+        f"{row['jax_last_loss']:.4f})")
+  print(f"PyTorch       {row['torch_steps_per_second']:8.1f} steps/s (last loss "
+        f"{row['torch_last_loss']:.4f})")
+  print(f"ratio jax / torch: {row['ratio_jax_over_torch']:.2f}x")
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(row, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
