@@ -15,11 +15,21 @@ Conventions (recorded in every results file)
   authors' code and of DeepHash-pytorch). ``topk=None`` means R = database size (mAP@all).
 * Precision/recall by Hamming radius r: items with distance <= r are retrieved.
 """
+import concurrent.futures
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from orthohash_jax import retrieval
 
-QUERY_CHUNK = 256
+QUERY_CHUNK = 64  # at most; fewer for large databases (about 2^22 distances per chunk)
+THREADS = 2  # query chunks ranked concurrently (numpy's sorts release the GIL)
+
+
+def _query_chunk(num_db):
+  return max(1, min(QUERY_CHUNK, (1 << 22) // max(num_db, 1)))
 
 
 def as_packed(codes):
@@ -61,17 +71,75 @@ def _prepare(q_codes, db_codes, q_labels, db_labels):
   return q, db, q_labels, db_labels, multilabel
 
 
+@functools.partial(jax.jit, static_argnames="dtype")
+def _small_distances(q, db, dtype):
+  return retrieval.hamming_distance(q, db).astype(dtype)
+
+
+def _map_chunks(fn, q, db, q_labels, db_labels, multilabel):
+  """[fn(dist (q, N) uint8/uint16, rel (q, N) bool or None, labels (q,...)), ...] per query chunk.
+
+  rel is None for single-label data (compare ``db_labels[order]`` instead: cheaper).
+  """
+  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
+  db_j = jnp.asarray(db)
+
+  def run(s):
+    dist = np.asarray(_small_distances(jnp.asarray(q[s:s + chunk]), db_j, dtype))
+    labels = q_labels[s:s + chunk]
+    rel = relevance(labels, db_labels, True) if multilabel else None
+    return fn(dist, rel, labels)
+
+  chunk = _query_chunk(len(db))
+  with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+    return list(pool.map(run, range(0, len(q), chunk)))
+
+
 def _chunks(q, db, q_labels, db_labels, multilabel):
-  """Yields (distances int (q, N), relevance bool (q, N)) for chunks of queries."""
-  for s in range(0, len(q), QUERY_CHUNK):
-    dist = np.asarray(retrieval.hamming_distance(q[s:s + QUERY_CHUNK], db)).astype(np.int16)
-    yield dist, relevance(q_labels[s:s + QUERY_CHUNK], db_labels, multilabel)
+  """Yields (distances uint (q, N), relevance bool (q, N)) for chunks of queries."""
+  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
+  db_j = jnp.asarray(db)
+  chunk = _query_chunk(len(db))
+  for s in range(0, len(q), chunk):
+    dist = np.asarray(_small_distances(jnp.asarray(q[s:s + chunk]), db_j, dtype))
+    yield dist, relevance(q_labels[s:s + chunk], db_labels, multilabel)
 
 
-def _ranked_relevance(dist, rel, depth):
-  """Relevance (q, depth) in (distance, index) order; numpy's stable sort breaks ties by index."""
-  order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+def _ranked(order, rel, labels, db_labels):
+  """Relevance (q, depth) of the items in ``order`` (q, depth)."""
+  if rel is None:
+    return db_labels[order] == labels[:, None]
   return np.take_along_axis(rel, order, axis=1)
+
+
+def _ranked_relevance(dist, rel, labels, db_labels, depth):
+  """Relevance (q, depth) in (distance, index) order by a counting sort of the small-int distances
+  (numpy's stable sort of uint8/uint16 is a radix sort: per-distance counts, then each item placed
+  after the preceding items of its distance in index order)."""
+  order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+  return _ranked(order, rel, labels, db_labels)
+
+
+def _topk_relevance(q, db, q_labels, db_labels, multilabel, depth):
+  """Relevance (Q, depth) of ``retrieval.hamming_topk`` neighbours, for depth << N."""
+  _, idx = retrieval.hamming_topk(q, db, depth)
+  idx = np.asarray(idx)
+  if not multilabel:
+    return db_labels[idx] == q_labels[:, None]
+  return np.stack([relevance(ql[None], db_labels[row], True)[0] for row, ql in zip(idx, q_labels)])
+
+
+def _uses_topk(depth, num_db):
+  return retrieval.BLOCK * depth < num_db
+
+
+def _average_precisions(ranked):
+  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item."""
+  hits = np.cumsum(ranked, axis=1, dtype=np.int32)
+  num_rel = hits[:, -1]
+  rows, cols = np.nonzero(ranked)
+  prec_sum = np.bincount(rows, weights=hits[rows, cols] / (cols + 1.0), minlength=len(ranked))
+  return np.where(num_rel > 0, prec_sum / np.maximum(num_rel, 1), 0.0)
 
 
 def _check_depth(topk, num_db, name="topk"):
@@ -86,14 +154,11 @@ def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
   """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
   depth = _check_depth(topk, len(db))
-  out = []
-  for dist, rel in _chunks(q, db, q_labels, db_labels, multilabel):
-    ranked = _ranked_relevance(dist, rel, depth)
-    hits = np.cumsum(ranked, axis=1)
-    prec = hits / np.arange(1, depth + 1)
-    num_rel = hits[:, -1]
-    out.append(np.where(num_rel > 0, (prec * ranked).sum(1) / np.maximum(num_rel, 1), 0.0))
-  return np.concatenate(out)
+  if _uses_topk(depth, len(db)):
+    return _average_precisions(_topk_relevance(q, db, q_labels, db_labels, multilabel, depth))
+  fn = lambda dist, rel, labels: _average_precisions(
+      _ranked_relevance(dist, rel, labels, db_labels, depth))
+  return np.concatenate(_map_chunks(fn, q, db, q_labels, db_labels, multilabel))
 
 
 def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:
@@ -146,9 +211,12 @@ def precision_at_k(q_codes, db_codes, q_labels, db_labels, k: int) -> float:
   """Mean over queries of (relevant items in the top k) / k, ranking by (distance, index)."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
   k = _check_depth(k, len(db), "k")
-  hits = [_ranked_relevance(dist, rel, k).sum(1) for dist, rel in
-          _chunks(q, db, q_labels, db_labels, multilabel)]
-  return float(np.concatenate(hits).mean() / k)
+  if _uses_topk(k, len(db)):
+    hits = _topk_relevance(q, db, q_labels, db_labels, multilabel, k).sum(1)
+  else:
+    fn = lambda dist, rel, labels: _ranked_relevance(dist, rel, labels, db_labels, k).sum(1)
+    hits = np.concatenate(_map_chunks(fn, q, db, q_labels, db_labels, multilabel))
+  return float(hits.mean() / k)
 
 
 def precision_recall_curve(q_codes, db_codes, q_labels, db_labels) -> dict:

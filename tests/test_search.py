@@ -1,0 +1,183 @@
+"""Exactness of fast Hamming search, HammingIndex / CLI and counting-based metrics vs numpy."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from orthohash_jax import metrics, retrieval, search
+
+
+def _codes(rng, n, k, ties=False, centres=None):
+  """±1 float codes (n, k): uniform, or few centres with 3% flipped bits (many equal distances)."""
+  if not ties:
+    return np.where(rng.random((n, k)) < 0.5, 1.0, -1.0)
+  centres = np.where(rng.random((3, k)) < 0.5, 1.0, -1.0) if centres is None else centres
+  x = centres[rng.integers(0, len(centres), n)]
+  return np.where(rng.random((n, k)) < 0.03, -x, x)
+
+
+def _brute_force(q, db, k):
+  """Independent reference from unpacked codes: distances, then sort by (distance, index)."""
+  dist = (q[:, None, :] != db[None, :, :]).sum(-1)
+  order = np.lexsort((np.broadcast_to(np.arange(len(db)), dist.shape), dist), axis=1)[:, :k]
+  return np.take_along_axis(dist, order, axis=1), order
+
+
+def _reference_ap(dist, rel, depth):
+  order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
+  ranked = np.take_along_axis(rel, order, axis=1)
+  hits = np.cumsum(ranked, axis=1)
+  prec = (hits / np.arange(1, depth + 1) * ranked).sum(1)
+  return np.where(hits[:, -1] > 0, prec / np.maximum(hits[:, -1], 1), 0.0), ranked.sum(1) / depth
+
+
+CASES = [  # (num_bits, N, Q, k, ties)
+    (64, 5000, 7, 100, False),  # one block level
+    (64, 5000, 7, 100, True),
+    (64, 3000, 5, 1, True),  # two block levels
+    (40, 2000, 6, 37, True),  # K not a multiple of 32, odd k
+    (20, 1000, 1, 999, False),  # Q = 1
+    (64, 700, 3, 700, True),  # k = N
+    (96, 4000, 4, 13, False),
+]
+
+
+@pytest.mark.parametrize("num_bits,n,nq,k,ties", CASES)
+@pytest.mark.parametrize("method", ["popcount", "matmul"])
+def test_topk_matches_brute_force(num_bits, n, nq, k, ties, method):
+  rng = np.random.default_rng(num_bits * n + k)
+  db = _codes(rng, n, num_bits, ties)
+  q = _codes(rng, nq, num_bits, ties)
+  dist, idx = retrieval.hamming_topk(retrieval.pack_codes(q), retrieval.pack_codes(db), k,
+                                     method=method)
+  ref_d, ref_i = _brute_force(q, db, k)
+  np.testing.assert_array_equal(np.asarray(dist), ref_d)
+  np.testing.assert_array_equal(np.asarray(idx), ref_i)
+
+
+def test_topk_query_chunks_and_rank():
+  rng = np.random.default_rng(3)
+  db, q = _codes(rng, 2500, 64, True), _codes(rng, 11, 64, True)
+  pq, pdb = retrieval.pack_codes(q), retrieval.pack_codes(db)
+  ref_d, ref_i = _brute_force(q, db, len(db))
+  dist, idx = retrieval.hamming_topk(pq, pdb, 50, query_chunk=4)
+  np.testing.assert_array_equal(np.asarray(idx), ref_i[:, :50])
+  dist, idx = retrieval.hamming_rank(pq, pdb)
+  np.testing.assert_array_equal(np.asarray(dist), ref_d)
+  np.testing.assert_array_equal(np.asarray(idx), ref_i)
+
+
+def test_topk_rejects_bad_k():
+  codes = retrieval.pack_codes(np.ones((4, 8)))
+  for k in (0, 5):
+    with pytest.raises(ValueError, match="k must be"):
+      retrieval.hamming_topk(codes, codes, k)
+
+
+@pytest.mark.parametrize("num_bits,n,nq,k,ties", [CASES[1], CASES[3], CASES[5]])
+def test_faiss_backend_matches_brute_force(num_bits, n, nq, k, ties):
+  pytest.importorskip("faiss")
+  rng = np.random.default_rng(n)
+  db, q = _codes(rng, n, num_bits, ties), _codes(rng, nq, num_bits, ties)
+  index = search.HammingIndex(num_bits, backend="faiss")
+  index.add(db)
+  dist, idx = index.search(q, k)
+  ref_d, ref_i = _brute_force(q, db, k)
+  np.testing.assert_array_equal(dist, ref_d)
+  np.testing.assert_array_equal(idx, ref_i)
+
+
+def test_index_add_save_load(tmp_path):
+  rng = np.random.default_rng(5)
+  db, q = _codes(rng, 900, 40, True), _codes(rng, 6, 40, True)
+  labels = rng.integers(0, 4, 900)
+  index = search.HammingIndex(40)
+  index.add(db[:500], labels[:500])
+  index.add(retrieval.pack_codes(db[500:]), labels[500:])
+  path = tmp_path / "index.npz"
+  index.save(path)
+  loaded = search.HammingIndex.load(path)
+  assert len(loaded) == 900 and loaded.num_bits == 40
+  np.testing.assert_array_equal(loaded.labels, labels)
+  dist, idx = loaded.search(q, 25)
+  ref_d, ref_i = _brute_force(q, db, 25)
+  np.testing.assert_array_equal(dist, ref_d)
+  np.testing.assert_array_equal(idx, ref_i)
+  with pytest.raises(ValueError, match="labels"):
+    index.add(db[:3])
+
+
+def _export_file(path, rng, n=600, nq=5, num_bits=48):
+  db, q = _codes(rng, n, num_bits, True), _codes(rng, nq, num_bits, True)
+  np.savez(path, db_codes=np.asarray(retrieval.pack_codes(db)), num_bits=num_bits,
+           db_labels=rng.integers(0, 3, n), query_codes=np.asarray(retrieval.pack_codes(q)),
+           query_labels=rng.integers(0, 3, nq), config='{"bits": 48}')
+  return db, q
+
+
+def test_cli_saves_exact_neighbours(tmp_path):
+  codes, out = tmp_path / "codes.npz", tmp_path / "nn.npz"
+  db, q = _export_file(codes, np.random.default_rng(6))
+  assert search.main([f"--codes={codes}", "--k=17", f"--output={out}"]) == 0
+  result = np.load(out)
+  ref_d, ref_i = _brute_force(q, db, 17)
+  np.testing.assert_array_equal(result["indices"], ref_i)
+  np.testing.assert_array_equal(result["distances"], ref_d)
+
+
+def test_cli_prints(tmp_path, capsys):
+  codes = tmp_path / "codes.npz"
+  db, q = _export_file(codes, np.random.default_rng(7))
+  assert search.main([f"--codes={codes}", "--k=3", f"--queries={codes}"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  _, ref_i = _brute_force(q, db, 3)
+  assert len(lines) == len(q)
+  assert lines[0].split(": ")[1].split()[0].split(":")[0] == str(ref_i[0, 0])
+
+
+def test_cli_bad_input_exit_2(tmp_path, capsys):
+  codes = tmp_path / "codes.npz"
+  _export_file(codes, np.random.default_rng(8))
+  bad_dtype, bad_words, no_key = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+  np.savez(bad_dtype, db_codes=np.zeros((5, 2), np.float32), num_bits=48)
+  np.savez(bad_words, db_codes=np.zeros((5, 1), np.uint32), num_bits=48, query_codes=np.zeros((1, 1), np.uint32))
+  np.savez(no_key, codes=np.zeros((5, 2), np.uint32))
+  for argv in ([f"--codes={tmp_path / 'missing.npz'}"], [f"--codes={codes}", "--k=601"],
+               [f"--codes={bad_dtype}"], [f"--codes={bad_words}"], [f"--codes={no_key}"],
+               [f"--codes={codes}", f"--queries={no_key}"]):
+    assert search.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "orthohash_jax.search",
+                         f"--codes={tmp_path / 'missing.npz'}"], capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 2
+  assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("depth", [None, 10, 300])
+def test_metrics_match_numpy(multilabel, depth):
+  rng = np.random.default_rng(9)
+  centres = np.where(rng.random((4, 32)) < 0.5, 1.0, -1.0)
+  db_lab, q_lab = rng.integers(0, 4, 2000), rng.integers(0, 4, 40)
+  db, q = _codes(rng, 2000, 32, True, centres), _codes(rng, 40, 32, True, centres)
+  db, q = centres[db_lab] * np.where(rng.random(db.shape) < 0.1, -1, 1), centres[q_lab]
+  if multilabel:
+    db_lab = np.eye(4, dtype=np.int64)[db_lab] | (rng.random((2000, 4)) < 0.2)
+    q_lab = np.eye(4, dtype=np.int64)[q_lab]
+    rel = (q_lab @ db_lab.T) > 0
+  else:
+    rel = q_lab[:, None] == db_lab[None, :]
+  dist = (q[:, None, :] != db[None, :, :]).sum(-1)
+  ref_ap, ref_pk = _reference_ap(dist, rel, depth or len(db))
+  aps = metrics.average_precisions(q, db, q_lab, db_lab, topk=depth)
+  np.testing.assert_allclose(aps, ref_ap, rtol=0, atol=1e-12)
+  assert metrics.mean_average_precision(q, db, q_lab, db_lab, depth) == pytest.approx(
+      ref_ap.mean(), abs=1e-12)
+  assert metrics.precision_at_k(q, db, q_lab, db_lab, depth or len(db)) == pytest.approx(
+      ref_pk.mean(), abs=1e-12)
