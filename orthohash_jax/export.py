@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from orthohash_jax import cli
+
 REQUIRED_KEYS = ("query_codes", "db_codes", "query_labels", "db_labels", "num_bits")
 
 
@@ -71,28 +73,15 @@ def write_faiss_index(path: str, db_codes, num_bits: int) -> None:
 
 def export_run(workdir: str, output: str, faiss_index: bool = False) -> dict:
   """Restores the latest checkpoint of ``workdir`` and writes its codes to ``output``."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from orthohash_jax import checkpoint, data, parallel, train  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"{workdir} is not a training run (no config.json)")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  mesh = parallel.make_mesh(config.num_devices, config.model_axis)
-  trainer = train.Trainer(config, data.load(config), mesh)
-  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-  state, step = ckpt.restore_latest(trainer.abstract_state())
-  ckpt.close()
-  if state is None:
-    raise ValueError(f"no usable checkpoint in {workdir}/checkpoints")
+  from orthohash_jax import train  # pylint: disable=g-import-not-at-top
+  trainer, state, step = train.restore_run(workdir)
   result = trainer.evaluate(state)
-  save_codes(output, result, config.num_bits, config.to_dict(), faiss_index)
+  save_codes(output, result, trainer.config.num_bits, trainer.config.to_dict(), faiss_index)
   return {"mAP": result["mAP"], "step": step}
 
 
 def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--output", required=True)
   parser.add_argument("--faiss", action="store_true", help="also write <output>.faissbin")

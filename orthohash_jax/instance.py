@@ -26,7 +26,7 @@ from flax import nnx
 import jax
 import numpy as np
 
-from orthohash_jax import metrics, parallel, retrieval, revisited
+from orthohash_jax import cli, metrics, parallel, retrieval, revisited
 from orthohash_jax.data.descriptors import GLDV2_R, InstanceData, load_revisited
 
 
@@ -108,20 +108,10 @@ def parse_revisited(spec: str):
 
 def evaluate_run(workdir: str, revisited_specs=()) -> dict:
   """Restores the latest checkpoint of ``workdir`` and scores it (see the module docstring)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from orthohash_jax import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from orthohash_jax import train  # pylint: disable=g-import-not-at-top
   specs = [parse_revisited(s) for s in revisited_specs]
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"{workdir} is not a training run (no config.json)")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  trainer = train.Trainer(config, data.load(config), parallel.make_mesh(config.num_devices))
-  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-  state, step = ckpt.restore_latest(trainer.abstract_state())
-  ckpt.close()
-  if state is None:
-    raise ValueError(f"no usable checkpoint in {workdir}/checkpoints")
+  trainer, state, step = train.restore_run(workdir)
+  config = trainer.config
   out = {"workdir": workdir, "step": step, "num_bits": config.num_bits}
   if isinstance(trainer.data, InstanceData):
     result = evaluate(trainer, state, recompute=True)
@@ -132,8 +122,7 @@ def evaluate_run(workdir: str, revisited_specs=()) -> dict:
 
 
 def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--revisited", action="append", default=[], help="ROOT:name, repeatable")
   parser.add_argument("--output", help="JSON path (default <workdir>/instance_results.json)")

@@ -271,6 +271,24 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+def restore_run(workdir: str):
+  """(trainer, state, step) of the latest usable checkpoint of the run in ``workdir``."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"{workdir} is not a training run (no config.json)")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  mesh = parallel.make_mesh(config.num_devices, config.model_axis)
+  trainer = Trainer(config, data_lib.load(config), mesh)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+  state, step = ckpt.restore_latest(trainer.abstract_state())
+  ckpt.close()
+  if state is None:
+    raise ValueError(f"no usable checkpoint in {workdir}/checkpoints")
+  return trainer, state, step
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir."""
   os.makedirs(workdir, exist_ok=True)
@@ -342,5 +360,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "num_queries": len(data.query_x), "num_database": len(data.db_x),
       "multilabel": data.multilabel, "dataset": data.name,
   }
+  summary.update({k: v for k, v in result.items() if k.startswith("mAP_")})
   _write_json(os.path.join(workdir, "results.json"), summary)
   return summary

@@ -17,7 +17,6 @@ Files written by ``torch.save`` (zip or legacy format, or pickles holding torch 
 PyTorch, imported only for them; torch is not a requirement of this project. Plain pickles are
 read with ``pickle``. Only convert files you trust: unpickling can run arbitrary code.
 """
-import argparse
 import json
 import os
 import pickle
@@ -26,6 +25,7 @@ import zipfile
 
 import numpy as np
 
+from orthohash_jax import cli
 from orthohash_jax.data import DataError
 
 TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -37,7 +37,11 @@ def _torch_load(path):
   except ImportError:
     raise DataError(f"{path} was written by torch.save; converting it needs PyTorch "
                     f"(pip install torch, the CPU build is enough)") from None
-  return torch.load(path, map_location="cpu", weights_only=False)
+  try:
+    return torch.load(path, map_location="cpu", weights_only=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"torch.load cannot read {path}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def read_pickle(path: str):
@@ -122,7 +126,7 @@ def convert(input_path: str, output_path: str, drop_labels: bool = False) -> str
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--input", required=True)
   parser.add_argument("--output", required=True)
   parser.add_argument("--drop_labels", action="store_true")
