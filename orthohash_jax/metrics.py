@@ -14,6 +14,16 @@ Conventions (recorded in every results file)
   relevant item in its top R scores AP = 0 and still counts in the mean (the protocol of the
   authors' code and of DeepHash-pytorch). ``topk=None`` means R = database size (mAP@all).
 * Precision/recall by Hamming radius r: items with distance <= r are retrieved.
+
+Computation (exact, same values as a full stable sort; memory O(chunk x N))
+* R with 32 R < N (e.g. mAP@1000 on 1e6 items), and P@k alike: neighbours from
+  ``retrieval.hamming_topk`` (no sort of the database), then relevance of those R items.
+* Otherwise (mAP@all): per chunk of queries, uint8 distances (uint16 above 254 bits) from one
+  fused jnp pass, then a counting sort by distance (numpy's stable sort of small ints is a radix
+  sort: per-distance counts, then every item placed after the earlier items of its distance, in
+  index order, which is exactly the index tie-break), chunks run on ``THREADS`` threads. The
+  j-th relevant item at rank p adds j / p; only relevant positions are visited.
+* Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
 """
 import concurrent.futures
 import functools
@@ -72,8 +82,15 @@ def _prepare(q_codes, db_codes, q_labels, db_labels):
 
 
 @functools.partial(jax.jit, static_argnames="dtype")
-def _small_distances(q, db, dtype):
+def _small_distances_jit(q, db, dtype):
   return retrieval.hamming_distance(q, db).astype(dtype)
+
+
+def _small_distances(q, db_j, chunk):
+  """Distances uint8 (uint16 for K > 254) (len(q) <= chunk, N); one compiled shape per chunk."""
+  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
+  padded = np.pad(q, ((0, chunk - len(q)), (0, 0)))
+  return np.asarray(_small_distances_jit(jnp.asarray(padded), db_j, dtype))[:len(q)]
 
 
 def _map_chunks(fn, q, db, q_labels, db_labels, multilabel):
@@ -81,11 +98,10 @@ def _map_chunks(fn, q, db, q_labels, db_labels, multilabel):
 
   rel is None for single-label data (compare ``db_labels[order]`` instead: cheaper).
   """
-  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
   db_j = jnp.asarray(db)
 
   def run(s):
-    dist = np.asarray(_small_distances(jnp.asarray(q[s:s + chunk]), db_j, dtype))
+    dist = _small_distances(q[s:s + chunk], db_j, chunk)
     labels = q_labels[s:s + chunk]
     rel = relevance(labels, db_labels, True) if multilabel else None
     return fn(dist, rel, labels)
@@ -97,11 +113,10 @@ def _map_chunks(fn, q, db, q_labels, db_labels, multilabel):
 
 def _chunks(q, db, q_labels, db_labels, multilabel):
   """Yields (distances uint (q, N), relevance bool (q, N)) for chunks of queries."""
-  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
   db_j = jnp.asarray(db)
   chunk = _query_chunk(len(db))
   for s in range(0, len(q), chunk):
-    dist = np.asarray(_small_distances(jnp.asarray(q[s:s + chunk]), db_j, dtype))
+    dist = _small_distances(q[s:s + chunk], db_j, chunk)
     yield dist, relevance(q_labels[s:s + chunk], db_labels, multilabel)
 
 
@@ -134,11 +149,14 @@ def _uses_topk(depth, num_db):
 
 
 def _average_precisions(ranked):
-  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item."""
-  hits = np.cumsum(ranked, axis=1, dtype=np.int32)
-  num_rel = hits[:, -1]
+  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item.
+
+  The j-th relevant item at rank p adds precision j / p, so only relevant positions are visited.
+  """
   rows, cols = np.nonzero(ranked)
-  prec_sum = np.bincount(rows, weights=hits[rows, cols] / (cols + 1.0), minlength=len(ranked))
+  num_rel = np.bincount(rows, minlength=len(ranked))
+  nth = np.arange(len(cols)) - (np.cumsum(num_rel) - num_rel)[rows] + 1.0
+  prec_sum = np.bincount(rows, weights=nth / (cols + 1.0), minlength=len(ranked))
   return np.where(num_rel > 0, prec_sum / np.maximum(num_rel, 1), 0.0)
 
 

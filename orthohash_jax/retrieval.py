@@ -9,6 +9,22 @@ Packing convention (shared with ``export`` and ``search``):
 
 Ranking convention: neighbours are ordered by (Hamming distance, database index) ascending, so
 ties, which are frequent at small K, are broken by database index, stably and deterministically.
+
+``hamming_topk(q (Q, W) uint32, db (N, W) uint32, k)`` -> (dist int32 (Q, k), idx int32 (Q, k))
+is exact and never sorts or stores a (Q, N) matrix. Per chunk of queries (one compiled call):
+1. L1 = minimum distance over each block of 32 database items, uint8 (Qc, N / 32), in one fused
+   XOR + popcount + min pass; L2 = minima over 32 L1 entries, ... until a level has <= 32 k.
+2. The first k items by (distance, index) lie in the first k blocks by (block minimum, block
+   index); so from the top level down, keep k entries, expand each to its 32 children.
+3. "Keep the first k by (value, position)" (``_select_first``) uses that values are small ints:
+   threshold u = smallest t with #(v <= t) >= k by binary search, each count a bit-pack of
+   (v <= t) + popcount; keep v < u and the first k - #(v < u) entries with v == u in position
+   order (prefix popcounts over uint32 mask words, searchsorted, n-th set bit in a word).
+4. The k survivors (in index order) are sorted by the key distance * k + slot.
+``method="matmul"`` computes the level-1 distances as (K - q.d) / 2 of ±1 bf16 codes with f32
+accumulation (the fast route on GPU/TPU; ``default_method()`` picks it off CPU); ``faiss_topk``
+uses faiss IndexBinaryFlat (optional) and re-chooses the items tied at the k-th distance in
+index order, so every path returns identical results. ``hamming_rank`` = top-N (full ranking).
 """
 import functools
 
@@ -206,7 +222,11 @@ def _topk_chunk(q_packed, db_padded, k, num_items, method):
   pos = _select_first(values, k, max_value)
   idx = jnp.take_along_axis(idx, pos, axis=1)
   dist = jnp.take_along_axis(values, pos, axis=1).astype(jnp.int32)
-  return jax.lax.sort((dist, idx), dimension=1, num_keys=1, is_stable=True)
+  if (max_value + 1) * k >= 2**31:  # the one-key sort below would overflow
+    return jax.lax.sort((dist, idx), dimension=1, num_keys=1, is_stable=True)
+  # idx is ascending, so sorting the unique keys distance * k + slot gives (distance, index) order.
+  key = jnp.sort(dist * k + jnp.arange(k, dtype=jnp.int32), axis=1)
+  return key // k, jnp.take_along_axis(idx, key % k, axis=1)
 
 
 def default_method() -> str:
