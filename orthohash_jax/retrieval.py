@@ -235,12 +235,14 @@ def default_method() -> str:
 
 
 def _query_chunk(num_items, k, method):
-  """Queries per call: a power of two <= 256 keeping the per-query arrays to ~2^23 entries."""
+  """Queries per call: a power of two <= 256 keeping the per-call arrays to ~2^23 entries
+  (2^26 for "matmul", whose (chunk, N) f32 distances live in accelerator memory)."""
   if method == "matmul" or num_items <= BLOCK * k:
     width = num_items
   else:
     width = 2 * max(num_items // BLOCK, BLOCK * k)
-  return int(min(256, 1 << max(0, ((1 << 23) // width).bit_length() - 1)))
+  budget = 1 << (26 if method == "matmul" else 23)
+  return int(min(256, 1 << max(0, (budget // width).bit_length() - 1)))
 
 
 def hamming_topk(q_packed, db_packed, k: int, method=None, query_chunk=None):

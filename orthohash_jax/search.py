@@ -17,6 +17,7 @@ prints one line per query ("query: index:distance ...") or saves ``indices``, ``
 ``k`` to ``--output``. Bad input: one line on stderr, exit status 2.
 """
 import argparse
+import os
 import sys
 import zipfile
 
@@ -156,15 +157,20 @@ def main(argv=None):
     index = HammingIndex.load(args.codes, args.backend)
     queries = load_queries(args.queries or args.codes, index.num_bits)
     dist, idx = index.search(queries, args.k)
+    if args.output:
+      np.savez(args.output, indices=idx, distances=dist, k=np.int64(args.k))
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if args.output:
-    np.savez(args.output, indices=idx, distances=dist, k=np.int64(args.k))
     print(f"saved {idx.shape[0]} x {idx.shape[1]} neighbours to {args.output}")
-  else:
+    return 0
+  try:
     for qi, (row_i, row_d) in enumerate(zip(idx, dist)):
       print(f"{qi}: " + " ".join(f"{i}:{d}" for i, d in zip(row_i, row_d)))
+    sys.stdout.flush()
+  except BrokenPipeError:  # e.g. piped into head: stop quietly
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   return 0
 
 
