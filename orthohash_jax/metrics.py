@@ -18,11 +18,11 @@ Conventions (recorded in every results file)
 Computation (exact, same values as a full stable sort; memory O(chunk x N))
 * R with 32 R < N (e.g. mAP@1000 on 1e6 items), and P@k alike: neighbours from
   ``retrieval.hamming_topk`` (no sort of the database), then relevance of those R items.
-* Otherwise (mAP@all): per chunk of queries, uint8 distances (uint16 above 254 bits) from one
-  fused jnp pass, then a counting sort by distance (numpy's stable sort of small ints is a radix
-  sort: per-distance counts, then every item placed after the earlier items of its distance, in
-  index order, which is exactly the index tie-break), chunks run on ``THREADS`` threads. The
-  j-th relevant item at rank p adds j / p; only relevant positions are visited.
+* Otherwise (mAP@all): per chunk of queries one fused jnp pass builds unique uint32 keys
+  distance << 24 | index << 1 | relevant (uint64 by numpy when K > 254 or N >= 2^23); sorting
+  them (numpy's SIMD sort; chunks on ``THREADS`` threads) ranks by (distance, index), which is
+  exactly the index tie-break, and the low bit is the relevance in rank order (no label gather).
+  AP from its cumulative sum: sum_p rel_p hits_p / p.
 * Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
 """
 import concurrent.futures
@@ -34,12 +34,12 @@ import numpy as np
 
 from orthohash_jax import retrieval
 
-QUERY_CHUNK = 64  # at most; fewer for large databases (about 2^22 distances per chunk)
+QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
 THREADS = 2  # query chunks ranked concurrently (numpy's sorts release the GIL)
 
 
 def _query_chunk(num_db):
-  return max(1, min(QUERY_CHUNK, (1 << 22) // max(num_db, 1)))
+  return max(1, min(QUERY_CHUNK, (1 << 20) // max(num_db, 1)))
 
 
 def as_packed(codes):
@@ -93,24 +93,6 @@ def _small_distances(q, db_j, chunk):
   return np.asarray(_small_distances_jit(jnp.asarray(padded), db_j, dtype))[:len(q)]
 
 
-def _map_chunks(fn, q, db, q_labels, db_labels, multilabel):
-  """[fn(dist (q, N) uint8/uint16, rel (q, N) bool or None, labels (q,...)), ...] per query chunk.
-
-  rel is None for single-label data (compare ``db_labels[order]`` instead: cheaper).
-  """
-  db_j = jnp.asarray(db)
-
-  def run(s):
-    dist = _small_distances(q[s:s + chunk], db_j, chunk)
-    labels = q_labels[s:s + chunk]
-    rel = relevance(labels, db_labels, True) if multilabel else None
-    return fn(dist, rel, labels)
-
-  chunk = _query_chunk(len(db))
-  with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-    return list(pool.map(run, range(0, len(q), chunk)))
-
-
 def _chunks(q, db, q_labels, db_labels, multilabel):
   """Yields (distances uint (q, N), relevance bool (q, N)) for chunks of queries."""
   db_j = jnp.asarray(db)
@@ -120,19 +102,51 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
     yield dist, relevance(q_labels[s:s + chunk], db_labels, multilabel)
 
 
-def _ranked(order, rel, labels, db_labels):
-  """Relevance (q, depth) of the items in ``order`` (q, depth)."""
-  if rel is None:
-    return db_labels[order] == labels[:, None]
-  return np.take_along_axis(rel, order, axis=1)
+@functools.partial(jax.jit, static_argnames="multilabel")
+def _rank_keys_jit(q, db, q_labels, db_labels, multilabel):
+  """uint32 (q, N) keys distance << 24 | index << 1 | relevant, in one fused pass."""
+  dist = retrieval.hamming_distance(q, db).astype(jnp.uint32)
+  if multilabel:
+    rel = jnp.dot(q_labels, db_labels.T, preferred_element_type=jnp.float32) > 0
+  else:
+    rel = q_labels[:, None] == db_labels[None, :]
+  index = jnp.arange(db.shape[0], dtype=jnp.uint32)
+  return (dist << 24) | (index << 1) | rel.astype(jnp.uint32)
 
 
-def _ranked_relevance(dist, rel, labels, db_labels, depth):
-  """Relevance (q, depth) in (distance, index) order by a counting sort of the small-int distances
-  (numpy's stable sort of uint8/uint16 is a radix sort: per-distance counts, then each item placed
-  after the preceding items of its distance in index order)."""
-  order = np.argsort(dist, axis=1, kind="stable")[:, :depth]
-  return _ranked(order, rel, labels, db_labels)
+def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
+  """[fn(relevance uint (q, depth) in (distance, index) order), ...] over query chunks.
+
+  Keys distance | index | relevant are unique, so an (unstable, SIMD) sort of them ranks by
+  (distance, index) and carries each item's relevance in the low bit: no gather of labels. uint32
+  keys are built by jnp when K < 255 and N < 2^23, else uint64 keys by numpy.
+  """
+  chunk = _query_chunk(len(db))
+  fast = retrieval.WORD_BITS * q.shape[1] < 255 and len(db) < 2**23
+  if fast:
+    if multilabel:
+      q_ids, db_ids = q_labels.astype(np.float32), db_labels.astype(np.float32)
+    else:
+      _, ids = np.unique(np.concatenate([q_labels, db_labels]), return_inverse=True)
+      q_ids, db_ids = ids[:len(q)].astype(np.int32), ids[len(q):].astype(np.int32)
+    db_j, db_ids = jnp.asarray(db), jnp.asarray(db_ids)
+  else:
+    db_j, index = jnp.asarray(db), np.arange(len(db), dtype=np.uint64) << np.uint64(1)
+
+  def run(s):
+    rows = slice(s, s + chunk)
+    n = len(q[rows])
+    if fast:
+      pad = lambda a: jnp.asarray(np.pad(a, [(0, chunk - n)] + [(0, 0)] * (a.ndim - 1)))
+      keys = np.asarray(_rank_keys_jit(pad(q[rows]), db_j, pad(q_ids[rows]), db_ids,
+                                       multilabel))[:n]
+    else:
+      dist = _small_distances(q[rows], db_j, chunk).astype(np.uint64) << np.uint64(40)
+      keys = dist | index | relevance(q_labels[rows], db_labels, multilabel)
+    return fn(np.sort(keys, axis=1)[:, :depth] & 1)
+
+  with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+    return list(pool.map(run, range(0, len(q), chunk)))
 
 
 def _topk_relevance(q, db, q_labels, db_labels, multilabel, depth):
@@ -149,14 +163,10 @@ def _uses_topk(depth, num_db):
 
 
 def _average_precisions(ranked):
-  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item.
-
-  The j-th relevant item at rank p adds precision j / p, so only relevant positions are visited.
-  """
-  rows, cols = np.nonzero(ranked)
-  num_rel = np.bincount(rows, minlength=len(ranked))
-  nth = np.arange(len(cols)) - (np.cumsum(num_rel) - num_rel)[rows] + 1.0
-  prec_sum = np.bincount(rows, weights=nth / (cols + 1.0), minlength=len(ranked))
+  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item."""
+  hits = np.cumsum(ranked, axis=1, dtype=np.int32)
+  num_rel = hits[:, -1]
+  prec_sum = np.einsum("ij,j->i", ranked * hits, 1.0 / np.arange(1, ranked.shape[1] + 1))
   return np.where(num_rel > 0, prec_sum / np.maximum(num_rel, 1), 0.0)
 
 
@@ -174,9 +184,8 @@ def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
   depth = _check_depth(topk, len(db))
   if _uses_topk(depth, len(db)):
     return _average_precisions(_topk_relevance(q, db, q_labels, db_labels, multilabel, depth))
-  fn = lambda dist, rel, labels: _average_precisions(
-      _ranked_relevance(dist, rel, labels, db_labels, depth))
-  return np.concatenate(_map_chunks(fn, q, db, q_labels, db_labels, multilabel))
+  return np.concatenate(_map_ranked(_average_precisions, q, db, q_labels, db_labels, multilabel,
+                                    depth))
 
 
 def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:
@@ -232,8 +241,8 @@ def precision_at_k(q_codes, db_codes, q_labels, db_labels, k: int) -> float:
   if _uses_topk(k, len(db)):
     hits = _topk_relevance(q, db, q_labels, db_labels, multilabel, k).sum(1)
   else:
-    fn = lambda dist, rel, labels: _ranked_relevance(dist, rel, labels, db_labels, k).sum(1)
-    hits = np.concatenate(_map_chunks(fn, q, db, q_labels, db_labels, multilabel))
+    hits = np.concatenate(_map_ranked(lambda ranked: ranked.sum(1), q, db, q_labels, db_labels,
+                                      multilabel, k))
   return float(hits.mean() / k)
 
 

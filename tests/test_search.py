@@ -160,13 +160,13 @@ def test_cli_subprocess_no_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
-@pytest.mark.parametrize("depth", [None, 10, 300])
-def test_metrics_match_numpy(multilabel, depth):
+@pytest.mark.parametrize("depth,num_bits", [(None, 32), (10, 32), (300, 32), (None, 300)])
+def test_metrics_match_numpy(multilabel, depth, num_bits):
   rng = np.random.default_rng(9)
-  centres = np.where(rng.random((4, 32)) < 0.5, 1.0, -1.0)
+  centres = np.where(rng.random((4, num_bits)) < 0.5, 1.0, -1.0)
   db_lab, q_lab = rng.integers(0, 4, 2000), rng.integers(0, 4, 40)
-  db, q = _codes(rng, 2000, 32, True, centres), _codes(rng, 40, 32, True, centres)
-  db, q = centres[db_lab] * np.where(rng.random(db.shape) < 0.1, -1, 1), centres[q_lab]
+  db = centres[db_lab] * np.where(rng.random((2000, num_bits)) < 0.1, -1, 1)
+  q = centres[q_lab]
   if multilabel:
     db_lab = np.eye(4, dtype=np.int64)[db_lab] | (rng.random((2000, 4)) < 0.2)
     q_lab = np.eye(4, dtype=np.int64)[q_lab]
