@@ -1,6 +1,6 @@
 """Exact Hamming search and mAP@all speed: orthohash_jax vs FAISS IndexBinaryFlat and numpy.
 
-One run covers, on random codes and on tie-heavy codes (few centres, 3% of bits flipped):
+One run covers, on random codes and on tie-heavy codes (few centres, 20% of bits flipped):
 * search: N in {1e5, 1e6}, Q = 1000, k in {100, 1000}, K in {64, 128}: pairs/s (Q N / seconds)
   of ``retrieval.hamming_topk`` and of faiss (when installed), their ratio, and whether the
   returned distances agree;
@@ -23,11 +23,11 @@ from orthohash_jax import metrics, retrieval
 
 
 def make_codes(rng, n, num_bits, kind, centres, labels):
-  """±1 float32 codes (n, K): "random", or "ties" (centre of the label, 3% of bits flipped)."""
+  """±1 float32 codes (n, K): "random", or "ties" (centre of the label, 20% of bits flipped)."""
   if kind == "random":
     return np.where(rng.random((n, num_bits), np.float32) < 0.5, 1.0, -1.0).astype(np.float32)
   x = centres[labels]
-  return np.where(rng.random((n, num_bits), np.float32) < 0.03, -x, x).astype(np.float32)
+  return np.where(rng.random((n, num_bits), np.float32) < 0.2, -x, x).astype(np.float32)
 
 
 def make_packed(rng, n, num_bits, kind, centres, labels, chunk=100_000):
