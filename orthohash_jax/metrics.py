@@ -115,7 +115,7 @@ def _rank_keys_jit(q, db, q_labels, db_labels, multilabel):
 
 
 def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
-  """[fn(relevance uint (q, depth) in (distance, index) order), ...] over query chunks.
+  """[fn(relevance uint8 (q, depth) in (distance, index) order), ...] over query chunks.
 
   Keys distance | index | relevant are unique, so an (unstable, SIMD) sort of them ranks by
   (distance, index) and carries each item's relevance in the low bit: no gather of labels. uint32
@@ -143,7 +143,7 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
     else:
       dist = _small_distances(q[rows], db_j, chunk).astype(np.uint64) << np.uint64(40)
       keys = dist | index | relevance(q_labels[rows], db_labels, multilabel)
-    return fn(np.sort(keys, axis=1)[:, :depth] & 1)
+    return fn((np.sort(keys, axis=1)[:, :depth] & 1).astype(np.uint8))
 
   with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
     return list(pool.map(run, range(0, len(q), chunk)))
