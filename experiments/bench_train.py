@@ -7,13 +7,16 @@ Both sides train the same model on the same 5,000 x 784 training set (configs/fa
 MLP 784-512-512 ReLU, hash layer without bias + BatchNorm, fixed Bernoulli codebook, cosine
 head, OrthoHash loss s=8 m=0.2, Adam 1e-3, batch 64, drop last), in one process, one after the
 other, after one warm-up epoch each. PyTorch gets its best plain loop: tensors preloaded in
-memory, index batches, no DataLoader, ``torch.set_num_threads`` = the cores JAX may use.
-Prints steps/s of both and their ratio. Needs the Fashion-MNIST IDX files (Debian package
+memory, index batches, no DataLoader, ``torch.set_num_threads`` = the cores JAX may use. Each
+side runs in its own subprocess (in one process, XLA's idle worker threads starve PyTorch's).
+Prints steps/s of both, their ratio, and each side's GFLOP/s against its own 2048^3 matmul. Needs the Fashion-MNIST IDX files (Debian package
 dataset-fashion-mnist) or --data_dir.
 """
 import argparse
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -74,7 +77,7 @@ def bench_torch(config, data, epochs, codebook):
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   epoch()  # warm-up
   t0 = time.perf_counter()
@@ -83,37 +86,83 @@ def bench_torch(config, data, epochs, codebook):
   return epochs * spe / (time.perf_counter() - t0), last
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--epochs", type=int, default=5)
-  parser.add_argument("--num_bits", type=int, default=64)
-  parser.add_argument("--data_dir", default="")
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--output", default="")
-  args = parser.parse_args()
+def step_gflop(config, data) -> float:
+  """Forward + backward matmul FLOPs of one step (no input gradient for the first layer)."""
+  sizes = [int(np.prod(data.input_shape)), *config.hidden, config.num_bits, data.num_classes]
+  macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+  return 2 * config.batch_size * (3 * sum(macs) - macs[0]) / 1e9
+
+
+def matmul_gflops(side: str) -> float:
+  """Sustained float32 GFLOP/s of a 2048^3 matmul: the roofline for this machine."""
+  n = 2048
+  if side == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda m: m @ m)
+    run = lambda: f(a).block_until_ready()
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    a = torch.ones(n, n)
+    run = lambda: a @ a
+  run()
+  t0 = time.perf_counter()
+  for _ in range(5):
+    run()
+  return 2 * n**3 * 5 / (time.perf_counter() - t0) / 1e9
+
+
+def child(side, args):
+  """Measures one framework (a fresh process each, so neither starves the other's threads)."""
   from orthohash_jax import codebook, data  # pylint: disable=g-import-not-at-top
   config = fashion_config(args.num_bits, args.data_dir)
   try:
     d = data.load(config)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  row = {"num_bits": args.num_bits, "batch_size": config.batch_size, "threads": args.threads}
-  row["jax_steps_per_second"], row["jax_last_loss"] = bench_jax(config, d, args.epochs)
-  try:
+  if side == "jax":
+    steps_per_second, loss = bench_jax(config, d, args.epochs)
+  else:
     import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    print(json.dumps(row))
-    sys.exit("error: torch is not installed (pip install torch==2.13.0); JAX figure above")
-  torch.set_num_threads(args.threads)
-  row["torch_version"] = torch.__version__
-  cb = codebook.make_codebook(config.codebook, d.num_classes, config.num_bits, config.seed)
-  row["torch_steps_per_second"], row["torch_last_loss"] = bench_torch(config, d, args.epochs, cb)
+    torch.set_num_threads(args.threads)
+    cb = codebook.make_codebook(config.codebook, d.num_classes, config.num_bits, config.seed)
+    steps_per_second, loss = bench_torch(config, d, args.epochs, cb)
+  gflop = step_gflop(config, d)
+  print(json.dumps({"steps_per_second": steps_per_second, "last_loss": loss,
+                    "step_gflop": gflop, "achieved_gflops": steps_per_second * gflop,
+                    "matmul_gflops": matmul_gflops(side)}))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--epochs", type=int, default=5)
+  parser.add_argument("--num_bits", type=int, default=64)
+  parser.add_argument("--data_dir", default="")
+  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--output", default="")
+  parser.add_argument("--side", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.side:
+    child(args.side, args)
+    return
+  row = {"num_bits": args.num_bits, "epochs": args.epochs, "torch_threads": args.threads}
+  for side in ("jax", "torch"):
+    if side == "torch" and importlib.util.find_spec("torch") is None:
+      print(json.dumps(row))
+      sys.exit("error: torch is not installed (pip install torch==2.13.0); JAX figures above")
+    proc = subprocess.run([sys.executable, __file__, f"--side={side}"] + sys.argv[1:],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode:
+      sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"{side} failed")
+    row.update({f"{side}_{k}": v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()})
   row["ratio_jax_over_torch"] = row["jax_steps_per_second"] / row["torch_steps_per_second"]
-  print(f"orthohash-jax {row['jax_steps_per_second']:8.1f} steps/s (last loss "
-        f"{row['jax_last_loss']:.4f})")
-  print(f"PyTorch       {row['torch_steps_per_second']:8.1f} steps/s (last loss "
-        f"{row['torch_last_loss']:.4f})")
-  print(f"ratio jax / torch: {row['ratio_jax_over_torch']:.2f}x")
+  for side, name in (("jax", "orthohash-jax"), ("torch", "PyTorch")):
+    print(f"{name:14s} {row[side + '_steps_per_second']:8.1f} steps/s  "
+          f"{row[side + '_achieved_gflops']:6.1f} GFLOP/s of {row[side + '_matmul_gflops']:6.1f} "
+          f"(its 2048^3 matmul)  last loss {row[side + '_last_loss']:.4f}")
+  print(f"ratio jax / torch: {row['ratio_jax_over_torch']:.2f}x "
+        f"({row['jax_step_gflop']:.3f} GFLOP per step)")
   if args.output:
     with open(args.output, "w") as f:
       json.dump(row, f, indent=2)
