@@ -16,14 +16,13 @@ searches ``query_codes`` (of ``--queries`` if given, else of ``--codes``) agains
 prints one line per query ("query: index:distance ...") or saves ``indices``, ``distances`` and
 ``k`` to ``--output``. Bad input: one line on stderr, exit status 2.
 """
-import argparse
 import os
 import sys
 import zipfile
 
 import numpy as np
 
-from orthohash_jax import retrieval
+from orthohash_jax import cli, retrieval
 
 BACKENDS = ("jax", "faiss")
 
@@ -145,8 +144,8 @@ def load_queries(path, num_bits):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m orthohash_jax.search",
-                                   description="Exact Hamming k-NN over packed codes.")
+  parser = cli.ArgumentParser(prog="python -m orthohash_jax.search",
+                              description="Exact Hamming k-NN over packed codes.")
   parser.add_argument("--codes", required=True, help=".npz with db_codes and num_bits")
   parser.add_argument("--k", type=int, default=100, help="neighbours per query")
   parser.add_argument("--queries", help=".npz with query_codes (default: the --codes file)")
