@@ -104,8 +104,9 @@ def build_model(config, data: data_lib.RetrievalData) -> models.HashModel:
   return models.HashModel(backbone, hash_layer, head)
 
 
-def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  """Adam (torch-style coupled weight decay) with lr x backbone_lr_scale for the backbone."""
+def make_optimizer(config, total_steps: int):
+  """(optax transformation, lr schedule): Adam with torch-style coupled weight decay, the lr
+  times ``backbone_lr_scale`` for the backbone, constant or x0.1 at 80% of ``total_steps``."""
   if config.lr_schedule == "step":
     schedule = optax.piecewise_constant_schedule(
         config.learning_rate, {int(0.8 * total_steps): 0.1})
@@ -169,10 +170,9 @@ class Trainer:
     model = nnx.merge(self.graphdef, params, batch_stats, constants)
     codes, logits = model(x, train=True)
     c = self.config
+    multilabel = y.ndim == 2
     if c.loss == "orthohash":  # classes stay split over the model axis
       logits = jax.lax.with_sharding_constraint(logits, parallel.logits_sharding(self.mesh))
-    multilabel = y.ndim == 2
-    if c.loss == "orthohash":
       loss = losses.orthohash_loss(logits, y, scale=c.scale, margin=c.margin,
                                    margin_type=c.margin_type, multilabel=multilabel,
                                    multilabel_loss=c.multilabel_loss,
@@ -271,6 +271,29 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+# Keys a resumed run may change: they alter neither the state nor the batch of any step.
+RESUMABLE_KEYS = frozenset({
+    "num_epochs", "checkpoint_every_steps", "keep_checkpoints", "steps_per_chunk", "eval_topk",
+    "eval_batch_size", "eval_every_epochs", "export_faiss", "data_dir", "decode_threads",
+    "num_devices", "model_axis"})
+
+
+def check_same_run(workdir: str, config) -> None:
+  """Raises ValueError when ``workdir`` holds checkpoints of a run with another config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+  changed = sorted(k for k in set(saved) | set(current)
+                   if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  if changed:
+    diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    raise ValueError(f"{workdir} holds checkpoints of a run with another config ({diffs}); "
+                     "use a new --workdir")
+
+
 def restore_run(workdir: str):
   """(trainer, state, step) of the latest usable checkpoint of the run in ``workdir``."""
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -295,6 +318,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data = data_lib.load(config)
   mesh = parallel.make_mesh(config.num_devices, config.model_axis)
   trainer = Trainer(config, data, mesh)
+  check_same_run(workdir, config)
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   state, start = ckpt.restore_latest(trainer.abstract_state())

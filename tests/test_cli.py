@@ -129,6 +129,7 @@ def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path):
     (["--config.num_bits=0"], "num_bits must be positive"),
     (["--config.batch_size=100000"], "larger than the training set"),
     (["--config.num_bits=abc"], "--config.num_bits"),
+    (["--config.num_bits=32"], "num_bits: 64 -> 32); use a new --workdir"),
 ])
 def test_bad_input_one_line_and_checkpoints_intact(finished_run, args, pattern):
   before = {s: os.path.getmtime(os.path.join(finished_run, "checkpoints", str(s)))
