@@ -21,13 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def child(steps: int, num_bits: int) -> None:
   sys.path.insert(0, ROOT)
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from orthohash_jax import data, parallel, train  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("gldv2", os.path.join(ROOT, "configs/gldv2.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("synthetic")
+  from orthohash_jax import config_base, data, parallel, train  # pylint: disable=g-import-not-at-top
+  config = config_base.load_config_file(os.path.join(ROOT, "configs/gldv2.py:synthetic"))
   n = len(jax.devices())
   config.update(model_axis=n, num_bits=num_bits, steps_per_chunk=steps)
   d = data.load(config)

@@ -27,11 +27,8 @@ sys.path.insert(0, ROOT)
 
 
 def fashion_config(num_bits, data_dir):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs/fashion_mnist.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from orthohash_jax import config_base  # pylint: disable=g-import-not-at-top
+  config = config_base.load_config_file(os.path.join(ROOT, "configs/fashion_mnist.py"))
   config.num_bits = num_bits
   if data_dir:
     config.data_dir = data_dir

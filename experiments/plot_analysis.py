@@ -28,9 +28,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.run_grid import load_config, parse_sets
+from experiments.run_grid import parse_sets
 from orthohash_jax import data as data_lib
-from orthohash_jax import export, metrics, parallel, retrieval, train
+from orthohash_jax import config_base, export, metrics, parallel, retrieval, train
 
 
 def pair_distances(q_codes, db_codes, q_labels, db_labels):
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     else:
       if args.every_epochs < 1:
         raise ValueError(f"--every_epochs must be positive, got {args.every_epochs}")
-      config = load_config(args.config)
+      config = config_base.load_config_file(args.config)
       config.update(parse_sets(args.set))
       records, trainer, state = train_with_analysis(config, args.every_epochs, args.max_items)
       with open(os.path.join(args.out, "analysis.json"), "w") as f:

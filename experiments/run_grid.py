@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orthohash_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from orthohash_jax import config_base, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = {
     "CE": {"loss": "ce", "use_bn": False},
@@ -31,14 +31,6 @@ METHODS = {
     "OrthoCos+BN+Qcs": {"loss": "orthohash", "quantization_weight": 0.1, "quantization_kind": "cs"},
     "OrthoCos+BN+Ql2": {"loss": "orthohash", "quantization_weight": 0.1, "quantization_kind": "l2"},
 }
-
-
-def load_config(path):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("grid_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def parse_sets(items):
@@ -57,7 +49,7 @@ def run_one(config_path, overrides, workdir):
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)
-  config = load_config(config_path)
+  config = config_base.load_config_file(config_path)
   config.update(overrides)
   return train.train_and_evaluate(config, workdir)
 

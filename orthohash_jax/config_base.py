@@ -3,8 +3,22 @@
 Every key that any config or the command line may set is declared here, so an unknown
 ``--config.key`` is an error. ``None``-able keys are typed placeholders.
 """
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of a config file, as ``--config=PATH[:ARG]`` gives it (``get_config(ARG)``)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -1,5 +1,4 @@
 """Paper dataset configs: settings, unset data_dir, and one epoch on tiny real-format list files."""
-import importlib.util
 import json
 import os
 
@@ -8,7 +7,7 @@ import pytest
 from PIL import Image
 
 from orthohash_jax import data as data_lib
-from orthohash_jax import retrieval, train
+from orthohash_jax import config_base, retrieval, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # dataset: (R of mAP@R, multi-hot list files as published)
@@ -17,10 +16,7 @@ PAPER = {"imagenet100": (1000, False), "nuswide": (5000, True), "coco": (5000, T
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_base.load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
   config.lock()
   return config
 

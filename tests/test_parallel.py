@@ -69,12 +69,8 @@ def test_mesh_errors():
 
 
 def test_gldv2_synthetic_config_class_sharded():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from orthohash_jax import data  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("gldv2", "configs/gldv2.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("synthetic")
+  from orthohash_jax import config_base, data  # pylint: disable=g-import-not-at-top
+  config = config_base.load_config_file("configs/gldv2.py:synthetic")
   config.update(num_classes=301, descriptor_dim=32, synthetic_eval_classes=40, model_axis=4,
                 batch_size=64, num_epochs=10, num_bits=32, learning_rate=1e-2)
   d = data.load(config)
@@ -92,4 +88,4 @@ def test_gldv2_synthetic_config_class_sharded():
   assert losses_[-1] < losses_[0]
   assert trainer.evaluate(state)["mAP"] > 0.3  # chance is 1/40
   with pytest.raises(ValueError, match="'real' or 'synthetic'"):
-    module.get_config("fake")
+    config_base.load_config_file("configs/gldv2.py:fake")
