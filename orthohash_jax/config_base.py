@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_schedule = "constant"      # constant | step (x0.1 at 80% of training)
   c.batch_size = 64               # global batch; the last incomplete batch of an epoch is dropped
   c.num_epochs = 100
+  c.augment_crop_pad = 0          # images: pad + random crop + horizontal flip (0 = off)
   c.steps_per_chunk = 0           # steps per compiled lax.scan call; 0 = one epoch
   # evaluation
   c.eval_topk = config_dict.placeholder(int)  # R of mAP@R; None = whole database
@@ -79,8 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
 def paper_image_config(dataset: str, eval_topk) -> ml_collections.ConfigDict:
   """The category-level setting of the paper's Table 1 with the authors' code defaults (Adam
   lr 1e-4, weight decay 5e-4, lr x0.1 at 80% of 100 epochs, batch 256, s = 8, m = 0.2 cos,
-  Bernoulli codebook), but a CNN trained from scratch on 32x32 images instead of a pretrained
-  AlexNet on 224x224 crops. ``data_dir`` stays unset: the loader reports it."""
+  Bernoulli codebook, pad-4 random crops and flips), but a CNN trained from scratch on 32x32
+  images instead of a pretrained AlexNet on 224x224 crops. ``data_dir`` stays unset: the loader reports it."""
   c = base_config()
   c.dataset = dataset
   c.eval_topk = eval_topk
@@ -91,5 +92,6 @@ def paper_image_config(dataset: str, eval_topk) -> ml_collections.ConfigDict:
   c.lr_schedule = "step"
   c.batch_size = 256
   c.num_epochs = 100
+  c.augment_crop_pad = 4
   c.checkpoint_every_steps = 2000
   return c

@@ -33,6 +33,7 @@ from orthohash_jax import codebook as codebook_lib
 from orthohash_jax import data as data_lib
 from orthohash_jax import export as export_lib
 from orthohash_jax import losses, metrics, models, parallel
+from orthohash_jax.data import listfile
 
 
 class TrainingError(RuntimeError):
@@ -185,6 +186,10 @@ class Trainer:
 
   def _train_step(self, constants, state: TrainState, batch):
     x, y = batch
+    pad = self.config.augment_crop_pad
+    if pad and x.ndim == 4:  # the key depends on (seed, step) only, so resumed runs match
+      key = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+      x = listfile.random_crop_flip(key, x, pad)
     (loss, batch_stats), grads = jax.value_and_grad(self._loss, has_aux=True)(
         state.params, state.batch_stats, constants, x, y)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)

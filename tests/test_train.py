@@ -107,3 +107,18 @@ def test_bad_config_values():
     train.Trainer(small_config(num_bits=-1), blobs(), parallel.make_mesh(1))
   with pytest.raises(ValueError, match="not divisible by the 4 devices"):
     train.Trainer(small_config(batch_size=6), blobs(), parallel.make_mesh(4))
+
+
+def test_crop_flip_augmentation_is_applied_and_deterministic():
+  d = blobs(dim=16)
+  images = data_lib.RetrievalData("img", 4, d.train_x.reshape(-1, 4, 4, 1), d.train_y,
+                                  d.query_x.reshape(-1, 4, 4, 1), d.query_y,
+                                  d.db_x.reshape(-1, 4, 4, 1), d.db_y)
+
+  def losses_with(pad):
+    trainer = train.Trainer(small_config(augment_crop_pad=pad), images, parallel.make_mesh(1))
+    return np.asarray(trainer.run_chunk(trainer.initial_state(), 0, 8)[1])
+
+  plain, augmented = losses_with(0), losses_with(1)
+  assert not np.allclose(plain, augmented)  # the inputs of step 0 on are cropped / flipped
+  np.testing.assert_array_equal(augmented, losses_with(1))
