@@ -1,8 +1,10 @@
 r"""GLDv2 instance retrieval on precomputed 2048-d DELG descriptors (paper Table 2).
 
-Real descriptors (files from ``python -m orthohash_jax.data.convert_fire``):
+Real descriptors (files from ``python -m orthohash_jax.data.convert_fire``); one command trains,
+scores GLDv2 mAP@100 and ROxford/RParis Easy/Medium/Hard mAP and mP@{1,5,10} (results.json):
   python -m orthohash_jax.main --config=configs/gldv2.py --workdir=runs/gldv2 \
-      --config.data_dir=/path/to/gldv2delgembed --config.model_axis=4
+      --config.data_dir=/path/to/gldv2delgembed --config.model_axis=4 --config.recompute_bn=True \
+      --config.revisited=/path/to/roxford5kdelgembed:roxford5k,/path/to/rparis6kdelgembed:rparis6k
 
 Synthetic descriptors at the real sizes (81,313 classes x 2,048 dims; runs on a CPU box):
   python -m orthohash_jax.main --config=configs/gldv2.py:synthetic --workdir=runs/gldv2_syn

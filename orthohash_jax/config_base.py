@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_topk = config_dict.placeholder(int)  # R of mAP@R; None = whole database
   c.eval_batch_size = 1024
   c.eval_every_epochs = 0         # 0 = only at the end
+  c.revisited = config_dict.placeholder(str)  # "ROOT:roxford5k,ROOT:rparis6k": scored after training
   c.recompute_bn = False          # instance data: also score with the hash BN statistics of the database
   # checkpoints and logs
   c.checkpoint_every_steps = 1000  # rounded up to whole chunks

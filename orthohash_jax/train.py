@@ -390,5 +390,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "multilabel": data.multilabel, "dataset": data.name,
   }
   summary.update({k: v for k, v in result.items() if k.startswith("mAP_")})
+  if config.get("revisited"):  # ROxford / RParis E/M/H with the trained hash layer
+    from orthohash_jax import instance  # pylint: disable=g-import-not-at-top
+    for spec in config.revisited.split(","):
+      root, name = instance.parse_revisited(spec)
+      summary[name] = instance.evaluate_revisited(trainer, state, root, name)
   _write_json(os.path.join(workdir, "results.json"), summary)
   return summary

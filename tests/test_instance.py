@@ -59,7 +59,8 @@ def run(tmp_path_factory):
   config = config_base.base_config()
   config.update({"dataset": "gldv2", "data_dir": str(gld), "num_classes": CLASSES,
                  "backbone": "identity", "num_bits": BITS, "batch_size": 16, "num_epochs": 3,
-                 "recompute_bn": True, "eval_batch_size": 16})
+                 "recompute_bn": True, "eval_batch_size": 16,
+                 "revisited": f"{rev}:roxford5k"})
   workdir = tmp / "run"
   summary = train.train_and_evaluate(config, str(workdir))
   return {"workdir": workdir, "summary": summary, "config": config, "rev_root": rev,
@@ -128,6 +129,7 @@ def test_cli_gldv2_and_revisited(run, tmp_path, capsys):
                         f"--output={out}"]) == 0
   printed = json.loads(capsys.readouterr().out)
   assert printed == json.loads(out.read_text())
+  assert run["summary"]["roxford5k"] == printed["roxford5k"]  # also scored by the training run
   q_x, db_x, lines = run["gldv2"]
   for key, db_stats in (("mAP@100", None), ("mAP@100_recompute_bn", db_x)):
     ranking = numpy_ranking(numpy_codes(run, q_x, db_stats), numpy_codes(run, db_x, db_stats))
