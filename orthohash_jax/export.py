@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from orthohash_jax import cli
+from orthohash_jax import cli, retrieval
 
 REQUIRED_KEYS = ("query_codes", "db_codes", "query_labels", "db_labels", "num_bits")
 
@@ -46,12 +46,9 @@ def load_codes(path: str) -> dict:
   missing = [k for k in REQUIRED_KEYS if k not in out]
   if missing:
     raise ValueError(f"codes file {path} lacks {missing}")
-  words = -(-int(out["num_bits"]) // 32)
-  for key in ("query_codes", "db_codes"):
-    if out[key].dtype != np.uint32 or out[key].ndim != 2 or out[key].shape[1] != words:
-      raise ValueError(f"{path}: {key} must be uint32 (N, {words}), got {out[key].dtype} "
-                       f"{out[key].shape}")
   out["num_bits"] = int(out["num_bits"])
+  for key in ("query_codes", "db_codes"):
+    retrieval.check_codes(out[key], out["num_bits"], f"{path}: {key}")
   return out
 
 

@@ -61,6 +61,19 @@ def unpack_codes(packed, num_bits: int):
   return (2 * bits.astype(jnp.int8) - 1).astype(jnp.int8)
 
 
+def check_codes(codes, num_bits: int, name: str):
+  """Validates packed codes of ``num_bits`` bits: uint32 (N, ceil(K / 32)), unused high bits 0."""
+  if codes.dtype != np.uint32 or codes.ndim != 2:
+    raise ValueError(f"{name} must be packed uint32 (N, W), got {codes.dtype} {codes.shape}")
+  words = num_words(num_bits)
+  if codes.shape[1] != words:
+    raise ValueError(f"{name} has {codes.shape[1]} words per code, {num_bits} bits need {words}")
+  spare = words * WORD_BITS - num_bits
+  if spare and codes.size and np.any(codes[:, -1] >> np.uint32(WORD_BITS - spare)):
+    raise ValueError(f"{name} has bits set above bit {num_bits}; codes must be zero-padded")
+  return codes
+
+
 def check_packed(q_packed, db_packed):
   """Validates two packed code arrays: uint32, 2-D, same number of words."""
   for name, a in (("query", q_packed), ("database", db_packed)):

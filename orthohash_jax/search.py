@@ -27,19 +27,6 @@ from orthohash_jax import cli, retrieval
 BACKENDS = ("jax", "faiss")
 
 
-def _check_codes(codes, num_bits, name):
-  """Validates packed codes: uint32 (N, ceil(K / 32)), unused high bits zero."""
-  if codes.dtype != np.uint32 or codes.ndim != 2:
-    raise ValueError(f"{name} must be packed uint32 (N, W), got {codes.dtype} {codes.shape}")
-  words = retrieval.num_words(num_bits)
-  if codes.shape[1] != words:
-    raise ValueError(f"{name} has {codes.shape[1]} words per code, {num_bits} bits need {words}")
-  spare = words * retrieval.WORD_BITS - num_bits
-  if spare and codes.size and np.any(codes[:, -1] >> np.uint32(retrieval.WORD_BITS - spare)):
-    raise ValueError(f"{name} has bits set above bit {num_bits}; codes must be zero-padded")
-  return codes
-
-
 class HammingIndex:
   """Packed binary codes (and optional labels) with exact top-k search."""
 
@@ -71,7 +58,7 @@ class HammingIndex:
       if codes.ndim != 2 or codes.shape[1] != self.num_bits:
         raise ValueError(f"unpacked codes must be (n, {self.num_bits}), got shape {codes.shape}")
       codes = np.asarray(retrieval.pack_codes(codes))
-    codes = _check_codes(codes, self.num_bits, "codes")
+    codes = retrieval.check_codes(codes, self.num_bits, "codes")
     if labels is not None:
       labels = np.asarray(labels)
       if len(labels) != len(codes):
@@ -89,7 +76,7 @@ class HammingIndex:
     queries = np.asarray(queries)
     if queries.dtype != np.uint32:
       queries = np.asarray(retrieval.pack_codes(queries))
-    _check_codes(queries, self.num_bits, "query codes")
+    retrieval.check_codes(queries, self.num_bits, "query codes")
     if not 1 <= int(k) <= len(self):
       raise ValueError(f"k must be in [1, index size {len(self)}], got {k}")
     if self.backend == "faiss":
@@ -120,7 +107,7 @@ class HammingIndex:
         raise ValueError(f"{path}: num_bits must be an integer scalar, got {num_bits.dtype} "
                          f"{num_bits.shape}")
       index = cls(int(num_bits), backend, method)
-      codes = _check_codes(data["db_codes"], index.num_bits, f"{path}: db_codes")
+      codes = retrieval.check_codes(data["db_codes"], index.num_bits, f"{path}: db_codes")
       index.add(codes, data["db_labels"] if "db_labels" in data.files else None)
     return index
 
@@ -140,7 +127,7 @@ def load_queries(path, num_bits):
   with _open_npz(path) as data:
     if "query_codes" not in data.files:
       raise ValueError(f"{path}: missing key 'query_codes' (has {sorted(data.files)})")
-    return _check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
+    return retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
 
 
 def main(argv=None):
