@@ -22,32 +22,17 @@ import json
 import os
 import sys
 
-from flax import nnx
-import jax
 import numpy as np
 
 from orthohash_jax import cli, metrics, parallel, retrieval, revisited
 from orthohash_jax.data.descriptors import GLDV2_R, InstanceData, load_revisited
 
 
-def pre_bn_outputs(trainer, state, x) -> np.ndarray:
-  """Hash-layer outputs before BatchNorm, W f(x): float32 (N, K) of host inputs x (N, ...)."""
-
-  @jax.jit
-  def forward(params, batch_stats, batch):
-    model = nnx.merge(trainer.graphdef, params, batch_stats, trainer.constants)
-    return model.hash_layer.fc(model.backbone(batch, train=False))
-
-  step = trainer.config.eval_batch_size
-  return np.concatenate([np.asarray(forward(state.params, state.batch_stats, x[s:s + step]))
-                         for s in range(0, len(x), step)])
-
-
 def recompute_bn(trainer, state, x):
   """``state`` with the hash BN running mean / var set to the mean / biased var over x (N, ...)."""
   if not trainer.config.use_bn:
     raise ValueError("recompute_bn needs a hash layer with BatchNorm (use_bn=True)")
-  v = pre_bn_outputs(trainer, state, x).astype(np.float64)
+  v = trainer.encode(state, x, pre_bn=True).astype(np.float64)
   stats = {"mean": v.mean(0).astype(np.float32), "var": v.var(0).astype(np.float32)}
   batch_stats = {**state.batch_stats, "hash_layer": {"bn": stats}}
   return state.replace(batch_stats=parallel.replicate(batch_stats, trainer.mesh))

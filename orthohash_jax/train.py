@@ -150,7 +150,8 @@ class Trainer:
     state_sharding = parallel.replicated(mesh)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
                                out_shardings=(state_sharding, state_sharding))
-    self.encode_batch = jax.jit(self._encode, out_shardings=state_sharding)
+    self.encode_batch = jax.jit(self._encode, static_argnames="pre_bn",
+                                out_shardings=state_sharding)
 
   # ---- state ----
   def _host_state(self) -> TrainState:
@@ -199,8 +200,10 @@ class Trainer:
   def _train_chunk(self, state, constants, xs, ys):
     return jax.lax.scan(lambda s, b: self._train_step(constants, s, b), state, (xs, ys))
 
-  def _encode(self, params, batch_stats, constants, x):
+  def _encode(self, params, batch_stats, constants, x, pre_bn=False):
     model = nnx.merge(self.graphdef, params, batch_stats, constants)
+    if pre_bn:  # hash-layer outputs W f(x) before BatchNorm
+      return model.hash_layer.fc(model.backbone(x, train=False))
     return model(x, train=False)[0]
 
   # ---- host side ----
@@ -222,8 +225,9 @@ class Trainer:
     ys = parallel.global_batch(self.mesh, self.data.train_y[idx], batch_axis=1)
     return self.train_chunk(state, self.constants, xs, ys)
 
-  def encode(self, state: TrainState, x: np.ndarray) -> np.ndarray:
-    """Continuous eval-mode codes, float32 (N, K), of host inputs x (N, ...)."""
+  def encode(self, state: TrainState, x: np.ndarray, pre_bn: bool = False) -> np.ndarray:
+    """Continuous eval-mode codes, float32 (N, K), of host inputs x (N, ...); ``pre_bn``: the
+    hash-layer outputs before BatchNorm."""
     out = []
     rows = parallel.process_batch_slice(self.eval_batch)
     for s in range(0, len(x), self.eval_batch):
@@ -231,7 +235,7 @@ class Trainer:
       padded = np.concatenate([chunk, np.zeros((self.eval_batch - len(chunk),) + x.shape[1:],
                                                x.dtype)])
       codes = self.encode_batch(state.params, state.batch_stats, self.constants,
-                                parallel.global_batch(self.mesh, padded[rows]))
+                                parallel.global_batch(self.mesh, padded[rows]), pre_bn=pre_bn)
       out.append(np.asarray(codes)[:len(chunk)])
     return np.concatenate(out)
 
