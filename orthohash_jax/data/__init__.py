@@ -34,6 +34,11 @@ class RetrievalData:
   def input_shape(self):
     return self.train_x.shape[1:]
 
+  def min_label(self, split: str) -> int:
+    """Smallest valid class id of a split (subclasses may allow -1 for unknown)."""
+    del split
+    return 0
+
   def __post_init__(self):
     for split in ("train", "query", "db"):
       x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
@@ -44,8 +49,9 @@ class RetrievalData:
       if y.ndim == 2 and y.shape[1] != self.num_classes:
         raise DataError(f"{self.name}: {split} labels have {y.shape[1]} columns, "
                         f"expected {self.num_classes}")
-      if y.ndim == 1 and (y.min() < 0 or y.max() >= self.num_classes):
-        raise DataError(f"{self.name}: {split} labels outside [0, {self.num_classes})")
+      low = self.min_label(split)
+      if y.ndim == 1 and (y.min() < low or y.max() >= self.num_classes):
+        raise DataError(f"{self.name}: {split} labels outside [{low}, {self.num_classes})")
 
 
 def per_class_split(labels, sizes, seed: int = 0):

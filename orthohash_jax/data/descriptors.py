@@ -38,14 +38,11 @@ class InstanceData(RetrievalData):
   db_ids: np.ndarray = None
   ground_truth: list = None
 
+  def min_label(self, split: str) -> int:
+    return 0 if split == "train" else -1  # -1: unknown (scored with the ground truth instead)
+
   def __post_init__(self):
-    for split in ("train", "query", "db"):
-      x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
-      if len(x) != len(y) or len(x) == 0:
-        raise DataError(f"{self.name}: {split} has {len(x)} inputs and {len(y)} labels")
-      low = 0 if split == "train" else -1
-      if y.min() < low or y.max() >= self.num_classes:
-        raise DataError(f"{self.name}: {split} labels outside [{low}, {self.num_classes})")
+    super().__post_init__()
     if len(self.query_ids) != len(self.query_x) or len(self.db_ids) != len(self.db_x):
       raise DataError(f"{self.name}: ids do not match the number of descriptors")
     if len(self.ground_truth) != len(self.query_x):
