@@ -11,4 +11,7 @@ from orthohash_jax.config_base import paper_image_config
 
 
 def get_config():
-  return paper_image_config("cifar10", eval_topk=None)
+  config = paper_image_config("cifar10", eval_topk=None)
+  config.num_query_per_class = 100
+  config.num_train_per_class = 500
+  return config

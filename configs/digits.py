@@ -11,5 +11,6 @@ from orthohash_jax.config_base import base_config
 def get_config():
   config = base_config()
   config.dataset = "digits"
+  config.num_query_per_class = 30
   config.checkpoint_every_steps = 500
   return config

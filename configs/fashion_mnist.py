@@ -15,5 +15,7 @@ from orthohash_jax.config_base import base_config
 def get_config():
   config = base_config()
   config.dataset = "fashion_mnist"
+  config.num_query_per_class = 100
+  config.num_train_per_class = 500
   config.checkpoint_every_steps = 2000
   return config

@@ -27,6 +27,8 @@ def get_config(mode: str = "real"):
   config.checkpoint_every_steps = 2000
   if mode == "synthetic":
     config.dataset = "synthetic_descriptors"
+    config.num_train_per_class = 2
+    config.num_query_per_class = 1
     config.num_epochs = 1
     config.eval_topk = None
   elif mode == "real":

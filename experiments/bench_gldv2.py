@@ -22,17 +22,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child(steps: int, num_bits: int) -> None:
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
-  from orthohash_jax import config_base, data, parallel, train  # pylint: disable=g-import-not-at-top
+  from orthohash_jax import config_base, data, parallel, run  # pylint: disable=g-import-not-at-top
   config = config_base.load_config_file(os.path.join(ROOT, "configs/gldv2.py:synthetic"))
   n = len(jax.devices())
   config.update(model_axis=n, num_bits=num_bits, steps_per_chunk=steps)
   d = data.load(config)
-  trainer = train.Trainer(config, d, parallel.make_mesh(-1, n))
+  trainer = run.make_trainer(config, d, parallel.make_mesh(-1, n))
   state = trainer.initial_state()
-  state, losses = trainer.run_chunk(state, 0, steps)  # compile
+  state, losses = run.train_steps(trainer, d, state, 0, steps)  # compile
   losses.block_until_ready()
   t0 = time.perf_counter()
-  state, losses = trainer.run_chunk(state, steps, 2 * steps)
+  state, losses = run.train_steps(trainer, d, state, steps, 2 * steps)
   losses.block_until_ready()
   elapsed = time.perf_counter() - t0
   shard = trainer.constants["head"]["codebook"].addressable_shards[0].data

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments.run_grid import parse_sets
 from orthohash_jax import data as data_lib
-from orthohash_jax import config_base, export, metrics, parallel, retrieval, train
+from orthohash_jax import codes_file, config_base, evaluation, metrics, parallel, retrieval, run
 
 
 def pair_distances(q_codes, db_codes, q_labels, db_labels):
@@ -43,7 +43,7 @@ def pair_distances(q_codes, db_codes, q_labels, db_labels):
 
 
 def plot_histogram(codes: dict, path: str) -> dict:
-  """Figure 3 from packed codes (``export.load_codes`` keys); returns the two means."""
+  """Figure 3 from packed codes (``codes_file.load_codes`` keys); returns the two means."""
   intra, inter = pair_distances(codes["query_codes"], codes["db_codes"], codes["query_labels"],
                                 codes["db_labels"])
   k = codes["num_bits"]
@@ -87,12 +87,11 @@ def plot_pr(codes: dict, path: str) -> dict:
   return pr
 
 
-def analysis_record(trainer, state, epoch: int, max_items: int) -> dict:
+def analysis_record(trainer, data, state, epoch: int, max_items: int) -> dict:
   """mAP and the Figure-4 metrics of the database codes at one point of training."""
-  data = trainer.data
-  db_codes = trainer.encode(state, data.db_x)
+  db_codes = evaluation.encode_split(trainer, data, state, "db")
   sub = np.random.default_rng(0).permutation(len(db_codes))[:max_items]
-  return {"epoch": epoch, "mAP": trainer.evaluate(state)["mAP"],
+  return {"epoch": epoch, "mAP": evaluation.evaluate(trainer, data, state)["mAP"],
           "quantization_angle": metrics.quantization_angle(db_codes),
           "separability": metrics.separability(db_codes[sub], data.db_y[sub]),
           "orthogonality": metrics.orthogonality(db_codes, data.db_y)}
@@ -100,20 +99,21 @@ def analysis_record(trainer, state, epoch: int, max_items: int) -> dict:
 
 def train_with_analysis(config, every_epochs: int, max_items: int = 2000):
   """Trains ``config`` from scratch, one compiled epoch at a time; returns (records, trainer,
-  final state), a record at epoch 0 and every ``every_epochs`` (and the last) epoch."""
+  data, final state), a record at epoch 0 and every ``every_epochs`` (and the last) epoch."""
   data = data_lib.load(config)
   if data.multilabel:
     raise ValueError("the Figure-4 metrics need single-label data")
-  trainer = train.Trainer(config, data, parallel.make_mesh(config.num_devices))
+  trainer = run.make_trainer(config, data, parallel.make_mesh(config.num_devices))
+  steps_per_epoch = run.training_steps(config, data)[0]
   state = trainer.initial_state()
-  records = [analysis_record(trainer, state, 0, max_items)]
+  records = [analysis_record(trainer, data, state, 0, max_items)]
   for epoch in range(1, config.num_epochs + 1):
-    state, _ = trainer.run_chunk(state, (epoch - 1) * trainer.steps_per_epoch,
-                                 epoch * trainer.steps_per_epoch)
+    state, _ = run.train_steps(trainer, data, state, (epoch - 1) * steps_per_epoch,
+                               epoch * steps_per_epoch)
     if epoch % every_epochs == 0 or epoch == config.num_epochs:
-      records.append(analysis_record(trainer, state, epoch, max_items))
+      records.append(analysis_record(trainer, data, state, epoch, max_items))
       print(json.dumps(records[-1]), flush=True)
-  return records, trainer, state
+  return records, trainer, data, state
 
 
 FIGURE4 = (("quantization_angle", "quantization angle (deg)"),
@@ -152,17 +152,17 @@ def main(argv=None) -> int:
   try:
     os.makedirs(args.out, exist_ok=True)
     if args.workdir:
-      codes = export.load_codes(os.path.join(args.workdir, "codes.npz"))
+      codes = codes_file.load_codes(os.path.join(args.workdir, "codes.npz"))
     else:
       if args.every_epochs < 1:
         raise ValueError(f"--every_epochs must be positive, got {args.every_epochs}")
       config = config_base.load_config_file(args.config)
       config.update(parse_sets(args.set))
-      records, trainer, state = train_with_analysis(config, args.every_epochs, args.max_items)
+      records, trainer, data, state = train_with_analysis(config, args.every_epochs, args.max_items)
       with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(records, f, indent=2)
       plot_figure4(records, os.path.join(args.out, "figure4.png"))
-      result = trainer.evaluate(state)
+      result = evaluation.evaluate(trainer, data, state)
       codes = {**result, "num_bits": config.num_bits}
     plot_histogram(codes, os.path.join(args.out, "hamming_histogram.png"))
     plot_pr(codes, os.path.join(args.out, "pr_curve.png"))

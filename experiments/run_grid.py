@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orthohash_jax import config_base, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from orthohash_jax import config_base, run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = {
     "CE": {"loss": "ce", "use_bn": False},
@@ -51,7 +51,7 @@ def run_one(config_path, overrides, workdir):
       return json.load(f)
   config = config_base.load_config_file(config_path)
   config.update(overrides)
-  return train.train_and_evaluate(config, workdir)
+  return run.train_and_evaluate(config, workdir)
 
 
 def main():

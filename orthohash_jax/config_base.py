@@ -1,13 +1,125 @@
-"""Shared defaults of every experiment config (``configs/*.py`` start from ``base_config()``).
+"""Every config key, its default, its one-line description and whether a resumed run may change it.
 
-Every key that any config or the command line may set is declared here, so an unknown
-``--config.key`` is an error. ``None``-able keys are typed placeholders.
+Experiment configs (``configs/*.py``) start from ``base_config()`` and override keys; the command
+line overrides them again (``--config.key=value``). ``KEYS`` is the one place where a key and its
+default are declared: loaders and the training code read keys, never fall back to defaults of
+their own. A key whose default is ``None`` is a typed placeholder (``None`` has the meaning given
+in its description). ``resumable`` keys alter neither the train state nor the batch of any step, so
+a workdir may be resumed with other values of them (see ``run.check_same_run``).
+
+``check_known_keys(config)`` rejects keys that are not declared here (a typo such as ``num_bitz``
+in a config file); ``describe()`` lists the keys with their defaults and descriptions
+(``python -m orthohash_jax.main --list_keys``).
 """
+import dataclasses
+import difflib
 import importlib.util
 import os
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+  name: str
+  default: Any
+  doc: str
+  resumable: bool = False
+  type: type = None  # the placeholder type of a key whose default is None
+
+
+KEYS = (
+    Key("seed", 0, "model init, codebook, data order and augmentation draws"),
+    # data
+    Key("dataset", "digits", "data source, one of data.SOURCES"),
+    Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
+        resumable=True, type=str),
+    Key("split_seed", 0, "seed of the query / database / training split"),
+    Key("num_query_per_class", 30, "queries per class (digits, Fashion-MNIST, CIFAR-10, synthetic)"),
+    Key("num_train_per_class", 500, "training items per class (Fashion-MNIST, CIFAR-10, synthetic)"),
+    Key("num_classes", None, "list files / descriptors: number of classes (None: the dataset's own)",
+        type=int),
+    Key("image_size", 32, "list-file images are resized to image_size x image_size"),
+    Key("expected_sizes", None, "list files: {'train': n, 'test': n, 'database': n} to check",
+        type=dict),
+    Key("allow_duplicates", False, "list files: keep a path listed twice instead of failing"),
+    Key("decode_threads", 8, "threads decoding list-file images", resumable=True),
+    Key("descriptor_dim", 2048, "synthetic descriptors: dimension"),
+    Key("synthetic_noise", 1.0, "synthetic descriptors: noise std times sqrt(dim)"),
+    Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),
+    Key("download", False, "tfds: allow downloading (never possible offline)", resumable=True),
+    # model
+    Key("backbone", "mlp", "feature extractor, one of models.BACKBONES"),
+    Key("hidden", (512, 512), "MLP widths"),
+    Key("num_bits", 64, "code length K"),
+    Key("use_bn", True, "BatchNorm after the hash layer"),
+    # loss
+    Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / CE+BN)"),
+    Key("codebook", "bernoulli", "class targets, one of codebook.METHODS"),
+    Key("scale", 8.0, "s of the cosine-margin softmax (the paper uses sqrt(num_bits))"),
+    Key("margin", 0.2, "m of the cosine-margin softmax"),
+    Key("margin_type", "cos", "one of losses.MARGIN_TYPES"),
+    Key("multilabel_loss", "label_smoothing", "one of losses.MULTILABEL_LOSSES"),
+    Key("quantization_weight", 0.0, "weight of the quantization loss (ablation only)"),
+    Key("quantization_kind", "cs", "one of losses.QUANTIZATION_KINDS"),
+    # optimisation
+    Key("learning_rate", 1e-3, "Adam learning rate"),
+    Key("adam_eps", 1e-8, "Adam epsilon (as torch; larger values damp near-zero gradients)"),
+    Key("backbone_lr_scale", 1.0, "learning-rate factor of the backbone (authors: 0.1 if pretrained)"),
+    Key("weight_decay", 0.0, "coupled (torch Adam style) L2 weight decay"),
+    Key("lr_schedule", "constant", "one of trainer.LR_SCHEDULES (step: x0.1 at 80% of training)"),
+    Key("batch_size", 64, "global batch; the last incomplete batch of an epoch is dropped"),
+    Key("num_epochs", 100, "training length in epochs (a resumed run may extend it)",
+        resumable=True),
+    Key("augment_crop_pad", 0, "in-memory images: pad + random crop + horizontal flip (0: off)"),
+    Key("steps_per_chunk", 0, "steps per compiled lax.scan call (0: one epoch)", resumable=True),
+    # evaluation
+    Key("eval_topk", None, "R of mAP@R (None: the whole database)", resumable=True, type=int),
+    Key("eval_batch_size", 1024, "global batch of encoding at evaluation", resumable=True),
+    Key("eval_every_epochs", 0, "evaluate mAP every this many epochs (0: only at the end)",
+        resumable=True),
+    Key("revisited", None, "'ROOT:roxford5k,ROOT:rparis6k': also scored after training",
+        resumable=True, type=str),
+    Key("recompute_bn", False, "instance data: also score with hash BN statistics of the database",
+        resumable=True),
+    # checkpoints, devices and outputs
+    Key("checkpoint_every_steps", 1000, "checkpoint period, rounded up to whole chunks",
+        resumable=True),
+    Key("keep_checkpoints", 3, "number of newest checkpoints kept (at least 1)", resumable=True),
+    Key("num_devices", -1, "mesh size (-1: all devices of all processes)", resumable=True),
+    Key("model_axis", 1, "devices sharding the classes of codebook and logits", resumable=True),
+    Key("export_faiss", False, "also write a FAISS IndexBinaryFlat (num_bits divisible by 8)",
+        resumable=True),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+RESUMABLE_KEYS = frozenset(k.name for k in KEYS if k.resumable)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A ConfigDict holding every key of ``KEYS`` at its default."""
+  c = ml_collections.ConfigDict()
+  for key in KEYS:
+    setattr(c, key.name, config_dict.placeholder(key.type) if key.default is None else key.default)
+  return c
+
+
+def check_known_keys(config) -> None:
+  """Raises ValueError (one line, with a suggestion) for a key that ``KEYS`` does not declare."""
+  for name in config.keys():
+    if name not in KEYS_BY_NAME:
+      close = difflib.get_close_matches(name, KEYS_BY_NAME, n=1)
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise ValueError(f"unknown config key {name!r}{hint} (list the keys with "
+                       "python -m orthohash_jax.main --list_keys)")
+
+
+def describe() -> str:
+  """One line per key: name, default and description."""
+  width = max(len(k.name) for k in KEYS)
+  return "\n".join(f"{k.name:<{width}}  {k.default!r:<18} {k.doc}"
+                   + (" [may change on resume]" if k.resumable else "") for k in KEYS)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -18,71 +130,19 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location("experiment_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0                      # model init, codebook and data order
-  # data
-  c.dataset = "digits"
-  c.data_dir = config_dict.placeholder(str)
-  c.split_seed = 0
-  c.num_query_per_class = config_dict.placeholder(int)  # None: the dataset's protocol
-  c.num_train_per_class = config_dict.placeholder(int)
-  c.num_classes = config_dict.placeholder(int)  # list-file datasets: None = the dataset's own
-  c.image_size = config_dict.placeholder(int)   # list-file images are resized to this (32)
-  c.expected_sizes = config_dict.placeholder(dict)  # {"train": n, "test": n, "database": n}
-  c.allow_duplicates = False                    # list files: a repeated path is an error
-  c.decode_threads = config_dict.placeholder(int)
-  c.descriptor_dim = config_dict.placeholder(int)       # synthetic descriptors (2048)
-  c.synthetic_noise = config_dict.placeholder(float)    # synthetic descriptors (1.0)
-  c.synthetic_eval_classes = config_dict.placeholder(int)  # synthetic descriptors (1000)
-  c.download = False                            # tfds: allow downloading (never here)
-  # model
-  c.backbone = "mlp"              # mlp | cnn | identity
-  c.hidden = (512, 512)           # MLP widths
-  c.num_bits = 64
-  c.use_bn = True                 # BatchNorm after the hash layer
-  # loss
-  c.loss = "orthohash"            # orthohash | ce (linear classifier head; CE / CE+BN baselines)
-  c.codebook = "bernoulli"        # bernoulli | gaussian | hadamard | maxmin
-  c.scale = 8.0                   # s; the paper uses sqrt(num_bits)
-  c.margin = 0.2                  # m
-  c.margin_type = "cos"           # cos | arc
-  c.multilabel_loss = "label_smoothing"  # label_smoothing | bce
-  c.quantization_weight = 0.0     # ablation only
-  c.quantization_kind = "cs"      # cs | l1 | l2
-  # optimisation
-  c.learning_rate = 1e-3
-  c.adam_eps = 1e-8               # as torch; larger values damp updates of near-zero gradients
-  c.backbone_lr_scale = 1.0       # the authors' code uses 0.1 with a pretrained backbone
-  c.weight_decay = 0.0            # coupled (torch Adam style) L2
-  c.lr_schedule = "constant"      # constant | step (x0.1 at 80% of training)
-  c.batch_size = 64               # global batch; the last incomplete batch of an epoch is dropped
-  c.num_epochs = 100
-  c.augment_crop_pad = 0          # images: pad + random crop + horizontal flip (0 = off)
-  c.steps_per_chunk = 0           # steps per compiled lax.scan call; 0 = one epoch
-  # evaluation
-  c.eval_topk = config_dict.placeholder(int)  # R of mAP@R; None = whole database
-  c.eval_batch_size = 1024
-  c.eval_every_epochs = 0         # 0 = only at the end
-  c.revisited = config_dict.placeholder(str)  # "ROOT:roxford5k,ROOT:rparis6k": scored after training
-  c.recompute_bn = False          # instance data: also score with the hash BN statistics of the database
-  # checkpoints and logs
-  c.checkpoint_every_steps = 1000  # rounded up to whole chunks
-  c.keep_checkpoints = 3
-  c.num_devices = -1              # mesh size; -1 = all devices (of all processes)
-  c.model_axis = 1                # devices sharding the classes of codebook and logits
-  c.export_faiss = False
-  return c
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} defines no get_config()")
+  config = module.get_config(arg) if arg else module.get_config()
+  check_known_keys(config)
+  return config
 
 
 def paper_image_config(dataset: str, eval_topk) -> ml_collections.ConfigDict:
   """The category-level setting of the paper's Table 1 with the authors' code defaults (Adam
   lr 1e-4, weight decay 5e-4, lr x0.1 at 80% of 100 epochs, batch 256, s = 8, m = 0.2 cos,
   Bernoulli codebook, pad-4 random crops and flips), but a CNN trained from scratch on 32x32
-  images instead of a pretrained AlexNet on 224x224 crops. ``data_dir`` stays unset: the loader reports it."""
+  images instead of a pretrained AlexNet on 224x224 crops. ``data_dir`` stays unset: the loader
+  reports it."""
   c = base_config()
   c.dataset = dataset
   c.eval_topk = eval_topk

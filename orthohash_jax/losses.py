@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 ARC_EPS = 1e-5
+LOSSES = ("orthohash", "ce")  # config.loss: cosine-margin head, or the CE baselines
 MARGIN_TYPES = ("cos", "arc")
 MULTILABEL_LOSSES = ("label_smoothing", "bce")
 QUANTIZATION_KINDS = ("cs", "l1", "l2")

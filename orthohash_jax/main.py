@@ -11,12 +11,13 @@ Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 """
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from orthohash_jax import parallel, train
+from orthohash_jax import config_base, parallel, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.",
                                           lock_config=True)
@@ -33,7 +34,11 @@ def fail(message: str, status: int = 2):
 
 
 def parse_flags(argv):
-  """absl flag parsing with one-line errors (unknown config keys, bad values) and exit 2."""
+  """absl flag parsing with one-line errors (unknown config keys, bad values) and exit 2;
+  ``--list_keys`` prints every config key with its default and description."""
+  if "--list_keys" in argv[1:]:
+    print(config_base.describe())
+    sys.exit(0)
   for arg in argv[1:]:
     if arg.startswith("--config="):
       path = arg.split("=", 1)[1].split(":", 1)[0]
@@ -44,7 +49,13 @@ def parse_flags(argv):
   except flags.Error as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except AttributeError as e:  # an override of a key the locked config does not have
-    fail(f"unknown config key {str(e).strip(chr(34) + chr(39))!r}; see orthohash_jax/config_base.py for the keys")
+    found = re.search(r"[A-Za-z_]\w*", str(e))  # ml_collections quotes the name, with a hint
+    name = found.group(0) if found else str(e)
+    try:
+      config_base.check_known_keys({name: None})
+    except ValueError as unknown:
+      fail(str(unknown))
+    fail(f"bad config override: {name}")
   except Exception as e:  # pylint: disable=broad-except
     # a config file that fails to load surfaces as an arbitrary exception while parsing
     fail(f"cannot load the config: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -59,11 +70,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.Preempted as e:
+    summary = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except run.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(0)
-  except train.TrainingError as e:
+  except run.TrainingError as e:
     fail(str(e), status=1)
   except (ValueError, OSError) as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from orthohash_jax import codebook as codebook_lib
@@ -90,6 +91,14 @@ class HashLayer(nnx.Module):
       v = self.bn(v, use_running_average=not train)
     return v
 
+  def set_statistics(self, mean, var):
+    """Replaces the BatchNorm running mean / variance (float32 (K,)), e.g. by the statistics of
+    the pre-BN outputs ``fc(f)`` over a database (the paper's BN recompute, Sec. 4.3)."""
+    if self.bn is None:
+      raise ValueError("recomputing BN statistics needs a hash layer with BatchNorm (use_bn=True)")
+    self.bn.mean[...] = jnp.asarray(mean, jnp.float32)
+    self.bn.var[...] = jnp.asarray(var, jnp.float32)
+
 
 def normalise(x, eps=1e-12):
   """L2-normalises the last axis (as torch.nn.functional.normalize)."""
@@ -135,3 +144,33 @@ class HashModel(nnx.Module):
   def __call__(self, x, *, train: bool):
     codes = self.hash_layer(self.backbone(x, train=train), train=train)
     return codes, self.head(codes)
+
+
+def _square_image(shape):
+  side = int(round(np.sqrt(np.prod(shape))))
+  if side * side != np.prod(shape):
+    raise ValueError(f"backbone cnn needs images (H, W, C) or square flat inputs, got {shape}")
+  return (side, side, 1)
+
+
+# config.backbone -> (config, per-example input shape, rngs) -> module with ``out_features``
+BACKBONES = {
+    "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden), rngs=rngs),
+    "cnn": lambda c, shape, rngs: SmallCNN(shape if len(shape) == 3 else _square_image(shape),
+                                           rngs=rngs),
+    "identity": lambda c, shape, rngs: Identity(int(np.prod(shape))),
+}
+
+
+def build_model(config, input_shape, num_classes: int, codebook) -> HashModel:
+  """backbone -> HashLayer -> CosSimHead on ``codebook`` (C, K) +-1 (``config.loss`` orthohash;
+  classes padded to a multiple of ``config.model_axis``) or LinearHead (ce). Parameters are
+  initialised from ``config.seed``."""
+  rngs = nnx.Rngs(config.seed)
+  backbone = BACKBONES[config.backbone](config, tuple(input_shape), rngs)
+  hash_layer = HashLayer(backbone.out_features, config.num_bits, use_bn=config.use_bn, rngs=rngs)
+  if config.loss == "orthohash":
+    head = CosSimHead(codebook, pad_classes_to=config.model_axis)
+  else:
+    head = LinearHead(config.num_bits, num_classes, rngs=rngs)
+  return HashModel(backbone, hash_layer, head)

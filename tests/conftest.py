@@ -1,5 +1,100 @@
-"""Shared test set-up: 4 fake CPU devices so mesh code paths run with several devices."""
+"""Shared test set-up and helpers (imported by the test modules as ``conftest``).
+
+4 fake CPU devices in one process, so mesh code paths run with several devices; small data and
+configs; the CLI subprocess helpers; file writers for the data formats.
+"""
+import gzip
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-import-position
+from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- small data, configs and trainers ----
+def blobs(seed=0, n_per_class=32, classes=4, dim=8):
+  """Gaussian blobs as RetrievalData: 128 training = database items, 16 queries."""
+  rng = np.random.default_rng(seed)
+  means = rng.normal(size=(classes, dim)) * 3
+  y = np.repeat(np.arange(classes), n_per_class).astype(np.int32)
+  x = (means[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
+  return data_lib.RetrievalData("blobs", classes, x, y, x[::8], y[::8], x, y)
+
+
+def small_config(**overrides):
+  c = config_base.base_config()
+  c.hidden = (16,)
+  c.num_bits = 16
+  c.batch_size = 16
+  c.num_epochs = 4
+  c.eval_batch_size = 32
+  c.update(overrides)
+  return c
+
+
+def make_trainer(config, data, num_devices=1, model_axis=1):
+  return run.make_trainer(config, data, parallel.make_mesh(num_devices, model_axis))
+
+
+def train_steps(trainer, data, state, start, stop):
+  """(state, losses numpy (stop - start,)) after training global steps [start, stop)."""
+  state, losses = run.train_steps(trainer, data, state, start, stop)
+  return state, np.asarray(losses)
+
+
+# ---- command-line runs ----
+CLI_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_PLATFORMS": "cpu"}
+
+
+def main_cmd(workdir, *args, config="configs/digits.py"):
+  return [sys.executable, "-m", "orthohash_jax.main", f"--config={config}",
+          f"--workdir={workdir}", *args]
+
+
+def run_cmd(cmd, env=None):
+  return subprocess.run(cmd, cwd=ROOT, env=env or CLI_ENV, capture_output=True, text=True,
+                        timeout=600)
+
+
+def assert_one_line_error(proc, pattern, status=2):
+  assert proc.returncode == status, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
+  assert pattern in lines[0]
+
+
+def checkpoint_steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(p) for p in os.listdir(d) if p.isdigit()) if os.path.isdir(d) else []
+
+
+def final_params(workdir):
+  """(step, params) of the latest checkpoint, restored onto this process's first device."""
+  step = checkpoint_steps(workdir)[-1]
+  path = os.path.join(workdir, "checkpoints", str(step), "default")
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, target)
+  return step, jax.tree.map(np.asarray, state["params"])
+
+
+# ---- data files ----
+def write_idx(path, array, corrupt=False):
+  """An unsigned-byte IDX file, gzipped; ``corrupt`` drops the last 10 bytes."""
+  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+  payload = header + np.asarray(array).astype(np.uint8).tobytes()
+  with gzip.open(path, "wb") as f:
+    f.write(payload[:-10] if corrupt else payload)

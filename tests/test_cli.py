@@ -1,61 +1,34 @@
-"""End-to-end command-line tests: each runs ``python -m orthohash_jax.main`` in a subprocess."""
-import gzip
+"""The command line of ``main`` and ``export``: one real subprocess per exit-code contract
+(finish, kill -9 + resume, bad input), the message checks in-process."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from orthohash_jax import export, metrics
+from conftest import (CLI_ENV, ROOT, assert_one_line_error, checkpoint_steps, final_params,
+                      main_cmd, run_cmd, write_idx)
+from orthohash_jax import codes_file, config_base, metrics, retrieval, run
+from orthohash_jax import data as data_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-       "JAX_PLATFORMS": "cpu"}
 SHORT = ["--config.num_epochs=30", "--config.checkpoint_every_steps=92", "--config.hidden=(64,)"]
 
 
-def main_cmd(workdir, *args, config="configs/digits.py"):
-  return [sys.executable, "-m", "orthohash_jax.main", f"--config={config}",
-          f"--workdir={workdir}", *args]
-
-
-def run(cmd):
-  return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def checkpoint_steps(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(p) for p in os.listdir(d) if p.isdigit()) if os.path.isdir(d) else []
-
-
-def final_params(workdir):
-  """(step, params) of the latest checkpoint, restored onto this process's first device."""
-  step = checkpoint_steps(workdir)[-1]
-  path = os.path.join(workdir, "checkpoints", str(step), "default")
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata.tree)
-  state = checkpointer.restore(path, target)
-  return step, jax.tree.map(np.asarray, state["params"])
-
-
-def assert_one_line_error(proc, pattern):
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
-  assert pattern in lines[0]
+def short_config(**overrides):
+  config = config_base.load_config_file(os.path.join(ROOT, "configs/digits.py"))
+  config.update(num_epochs=30, checkpoint_every_steps=92, hidden=(64,), **overrides)
+  return config
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
-  proc = run(main_cmd(workdir, *SHORT))
+  proc = run_cmd(main_cmd(workdir, *SHORT))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
@@ -66,30 +39,29 @@ def test_results_json_and_export_roundtrip(finished_run, tmp_path):
   assert {"mAP", "num_bits", "steps", "train_seconds", "steps_per_second"} <= set(results)
   assert results["steps"] == 30 * 23 and results["num_bits"] == 64 and results["mAP"] > 0.9
   out = str(tmp_path / "codes.npz")
-  proc = subprocess.run([sys.executable, "-m", "orthohash_jax.export", f"--workdir={finished_run}",
-                         f"--output={out}", "--faiss"], cwd=ROOT, env=ENV, capture_output=True,
-                        text=True, timeout=300)
+  proc = run_cmd([sys.executable, "-m", "orthohash_jax.export", f"--workdir={finished_run}",
+                  f"--output={out}", "--faiss"])
   assert proc.returncode == 0, proc.stderr[-2000:]
-  codes = export.load_codes(out)
+  codes = codes_file.load_codes(out)
   assert codes["query_codes"].dtype == np.uint32 and codes["query_codes"].shape == (300, 2)
   got = metrics.mean_average_precision(codes["query_codes"], codes["db_codes"],
                                        codes["query_labels"], codes["db_labels"])
   assert got == pytest.approx(results["mAP"], abs=1e-12)
-  same = export.load_codes(os.path.join(finished_run, "codes.npz"))
+  same = codes_file.load_codes(os.path.join(finished_run, "codes.npz"))
   np.testing.assert_array_equal(same["db_codes"], codes["db_codes"])
   faiss = pytest.importorskip("faiss")
   index = faiss.read_index_binary(os.path.splitext(out)[0] + ".faissbin")
   qbytes = np.ascontiguousarray(codes["query_codes"]).view(np.uint8)
   dist, _ = index.search(qbytes, 5)
-  ref = np.sort((np.asarray(metrics.retrieval.hamming_distance(codes["query_codes"],
-                                                                codes["db_codes"]))), 1)[:, :5]
+  ref = np.sort(np.asarray(retrieval.hamming_distance(codes["query_codes"], codes["db_codes"])),
+                1)[:, :5]
   np.testing.assert_array_equal(dist, ref)
 
 
 def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(main_cmd(workdir, *SHORT), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
+  proc = subprocess.Popen(main_cmd(workdir, *SHORT), cwd=ROOT, env=CLI_ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   for line in proc.stdout:  # progress lines come after the checkpoint of earlier steps
     if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 200:
       proc.send_signal(signal.SIGKILL)
@@ -98,7 +70,7 @@ def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
   assert proc.returncode == -signal.SIGKILL
   steps = checkpoint_steps(workdir)
   assert steps and steps[-1] < 690
-  resumed = run(main_cmd(workdir, *SHORT))
+  resumed = run_cmd(main_cmd(workdir, *SHORT))
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f"resumed from checkpoint at step {steps[-1]}" in resumed.stdout
   step_a, a = final_params(workdir)
@@ -106,10 +78,12 @@ def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
   assert step_a == step_b == 690
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+  with open(os.path.join(workdir, "results.json")) as f, \
+       open(os.path.join(finished_run, "results.json")) as g:
+    assert json.load(f)["mAP"] == json.load(g)["mAP"]
 
 
-def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
+def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path, capsys):
   workdir = str(tmp_path / "copy")
   shutil.copytree(finished_run, workdir)
   latest = checkpoint_steps(workdir)[-1]
@@ -118,42 +92,39 @@ def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path):
       if "manifest" in name or name.startswith("_METADATA"):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
-  proc = run(main_cmd(workdir, *SHORT))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert f"checkpoint at step {latest} could not be restored" in proc.stdout
+  summary = run.train_and_evaluate(short_config(), workdir)
+  assert f"checkpoint at step {latest} could not be restored" in capsys.readouterr().out
   assert os.path.isdir(os.path.join(workdir, "checkpoints_corrupt", str(latest)))
+  assert summary["steps"] == 690
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["--config.not_a_key=1"], "unknown config key 'not_a_key'"),
-    (["--config.num_bits=0"], "num_bits must be positive"),
-    (["--config.batch_size=100000"], "larger than the training set"),
-    (["--config.num_bits=abc"], "--config.num_bits"),
-    (["--config.num_bits=32"], "num_bits: 64 -> 32); use a new --workdir"),
-])
-def test_bad_input_one_line_and_checkpoints_intact(finished_run, args, pattern):
+def test_bad_input_exits_2_with_one_line_and_checkpoints_intact(finished_run):
   before = {s: os.path.getmtime(os.path.join(finished_run, "checkpoints", str(s)))
             for s in checkpoint_steps(finished_run)}
-  assert_one_line_error(run(main_cmd(finished_run, *args)), pattern)
+  assert_one_line_error(run_cmd(main_cmd(finished_run, *SHORT, "--config.num_bitz=1")),
+                        "unknown config key 'num_bitz'")
+  assert_one_line_error(run_cmd(main_cmd(finished_run, *SHORT, "--config.num_bits=32")),
+                        "num_bits: 64 -> 32); use a new --workdir")
   after = {s: os.path.getmtime(os.path.join(finished_run, "checkpoints", str(s)))
            for s in checkpoint_steps(finished_run)}
   assert before == after
 
 
-def write_idx(path, array, corrupt=False):
-  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-  payload = header + array.astype(np.uint8).tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(payload[:-10] if corrupt else payload)
+def test_same_workdir_other_config_is_refused(finished_run):
+  with pytest.raises(ValueError, match=r"num_bits: 64 -> 32\); use a new --workdir"):
+    run.train_and_evaluate(short_config(num_bits=32), finished_run)
 
 
 def test_fashion_idx_errors(tmp_path):
-  assert_one_line_error(run(main_cmd(tmp_path / "w", "--config.data_dir=/nonexistent",
-                                     config="configs/fashion_mnist.py")), "does not exist")
+  config = config_base.load_config_file(os.path.join(ROOT, "configs/fashion_mnist.py"))
+  config.data_dir = "/nonexistent"
+  with pytest.raises(data_lib.DataError, match="does not exist"):
+    data_lib.load(config)
   rng = np.random.default_rng(0)
   for split, n in (("train", 40), ("t10k", 20)):
     write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)),
               corrupt=split == "t10k")
     write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-  assert_one_line_error(run(main_cmd(tmp_path / "w", f"--config.data_dir={tmp_path}",
-                                     config="configs/fashion_mnist.py")), "header declares shape")
+  config.data_dir = str(tmp_path)
+  with pytest.raises(data_lib.DataError, match="header declares shape"):
+    data_lib.load(config)

@@ -4,14 +4,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import write_idx
 from orthohash_jax import config_base, data
 from orthohash_jax.data import idx
-
-
-def write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
 
 
 def test_read_idx_raw_and_gz(tmp_path):

@@ -68,7 +68,7 @@ def test_plots_from_workdir(grid, tmp_path):
     same = f["query_labels"][:, None] == f["db_labels"][None]
   dist = (q[:, None] != db[None]).sum(-1)
   means = plot_analysis.plot_histogram(
-      plot_analysis.export.load_codes(str(workdir / "codes.npz")), str(tmp_path / "h.png"))
+      plot_analysis.codes_file.load_codes(str(workdir / "codes.npz")), str(tmp_path / "h.png"))
   assert means["intra-class"] == pytest.approx(dist[same].mean())
   assert means["inter-class"] == pytest.approx(dist[~same].mean())
 

@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from orthohash_jax import checkpoint, config_base, instance, parallel, revisited, train
+from conftest import make_trainer, train_steps
+from orthohash_jax import config_base, evaluation, instance, revisited, run as run_lib
 from orthohash_jax import data as data_lib
 
 CLASSES, DIM, BITS = 4, 8, 16
@@ -62,17 +63,14 @@ def run(tmp_path_factory):
                  "recompute_bn": True, "eval_batch_size": 16,
                  "revisited": f"{rev}:roxford5k"})
   workdir = tmp / "run"
-  summary = train.train_and_evaluate(config, str(workdir))
+  summary = run_lib.train_and_evaluate(config, str(workdir))
   return {"workdir": workdir, "summary": summary, "config": config, "rev_root": rev,
           "gldv2": (q_x, db_x, lines), "rev": (rq_x, rdb_x, gnd)}
 
 
 def numpy_codes(run, x, db):
   """Eval-mode codes of the restored run in numpy: BN(x W) with running or db statistics."""
-  trainer = train.Trainer(run["config"], data_lib.load(run["config"]), parallel.make_mesh(1))
-  ckpt = checkpoint.Checkpointer(str(run["workdir"]))
-  state, _ = ckpt.restore_latest(trainer.abstract_state())
-  ckpt.close()
+  _, _, state, _ = run_lib.restore_run(str(run["workdir"]))
   params, stats = jax.tree.map(np.asarray, (state.params["hash_layer"], state.batch_stats))
   w, bn = params["fc"]["kernel"], params["bn"]
   mean, var = stats["hash_layer"]["bn"]["mean"], stats["hash_layer"]["bn"]["var"]
@@ -109,17 +107,17 @@ def test_training_scores_gldv2_ground_truth(run):
 
 
 def test_recompute_bn_sets_database_statistics(run):
-  trainer = train.Trainer(run["config"], data_lib.load(run["config"]), parallel.make_mesh(1))
-  state = trainer.initial_state()
-  state, _ = trainer.run_chunk(state, 0, 4)
+  d = data_lib.load(run["config"])
+  trainer = make_trainer(run["config"], d)
+  state, _ = train_steps(trainer, d, trainer.initial_state(), 0, 4)
   shifted_db = run["rev"][1]
-  new = instance.recompute_bn(trainer, state, shifted_db)
+  new = evaluation.recompute_bn(trainer, state, lambda idx: shifted_db[idx], len(shifted_db))
   params = jax.tree.map(np.asarray, new.params["hash_layer"])
   v = shifted_db.astype(np.float64) @ params["fc"]["kernel"]  # identity backbone
-  z = (trainer.encode(new, shifted_db) - params["bn"]["bias"]) / params["bn"]["scale"]
+  z = (evaluation.encode_array(trainer, new, shifted_db) - params["bn"]["bias"]) / params["bn"]["scale"]
   np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(z.var(0), v.var(0) / (v.var(0) + 1e-5), rtol=1e-3)
-  result = instance.evaluate(trainer, state, recompute=False)
+  result = evaluation.evaluate_gldv2(trainer, d, state, recompute=False)
   assert "mAP_recompute_bn" not in result and result["query_codes"].dtype == np.uint32
 
 
@@ -149,7 +147,7 @@ def test_cli_gldv2_and_revisited(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, pattern", [
     (["--workdir={tmp}/missing"], "is not a training run"),
-    (["--workdir={run}", "--revisited=nocolon"], "--revisited must be ROOT:name"),
+    (["--workdir={run}", "--revisited=nocolon"], "revisited sets are ROOT:name"),
     (["--workdir={run}", "--revisited={tmp}:rparis6k"], "gnd_rparis6k.json: ground truth file"),
 ])
 def test_cli_bad_input(run, tmp_path, capsys, args, pattern):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from orthohash_jax import augment
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import listfile
 
@@ -142,7 +143,7 @@ def test_undecodable_image_and_overlap_warning(tmp_path):
 
 def test_random_crop_flip():
   images = jax.random.uniform(jax.random.key(0), (64, 6, 5, 2))
-  aug = jax.jit(listfile.random_crop_flip, static_argnames="pad")
+  aug = jax.jit(augment.random_crop_flip, static_argnames="pad")
   out = np.asarray(aug(jax.random.key(1), images, pad=2))
   assert out.shape == images.shape and out.dtype == np.float32
   padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))

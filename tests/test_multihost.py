@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_cli import ROOT, final_params, main_cmd
+from conftest import ROOT, final_params, main_cmd
 
 # Adam divides by sqrt(v) + eps: with torch's eps 1e-8, parameters whose gradient is ~0 move by
 # +-lr with the sign of float32 rounding noise, and sums split over devices round differently,

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from orthohash_jax import data as data_lib
-from orthohash_jax import config_base, retrieval, train
+from orthohash_jax import config_base, retrieval, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # dataset: (R of mAP@R, multi-hot list files as published)
@@ -84,7 +84,7 @@ def test_list_file_config_trains_one_epoch(name, tmp_path):
   config.update({"data_dir": str(root), "num_classes": 3, "num_epochs": 1, "batch_size": 8,
                  "num_bits": 16, "eval_topk": 10})
   workdir = str(tmp_path / "run")
-  summary = train.train_and_evaluate(config, workdir)
+  summary = run.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results == json.loads(json.dumps(summary))

@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orthohash_jax import codebook, losses, models, parallel
-from test_train import blobs, small_config
-from orthohash_jax import train
+from conftest import blobs, make_trainer, small_config, train_steps
+from orthohash_jax import codebook, config_base, data, evaluation, losses, models, parallel
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
@@ -51,8 +50,9 @@ def test_class_sharded_loss_equals_unsharded(multilabel, margin_type):
 def test_model_axis_training_equals_single_device():
   def run(num_devices, model_axis):
     config = small_config(model_axis=model_axis)
-    trainer = train.Trainer(config, blobs(), parallel.make_mesh(num_devices, model_axis))
-    state, losses_ = trainer.run_chunk(trainer.initial_state(), 0, 16)
+    d = blobs()
+    trainer = make_trainer(config, d, num_devices, model_axis)
+    state, losses_ = train_steps(trainer, d, trainer.initial_state(), 0, 16)
     return jax.tree.map(np.asarray, state.params), np.asarray(losses_)
 
   (p1, l1), (p4, l4) = run(1, 1), run(4, 2)
@@ -69,23 +69,18 @@ def test_mesh_errors():
 
 
 def test_gldv2_synthetic_config_class_sharded():
-  from orthohash_jax import config_base, data  # pylint: disable=g-import-not-at-top
   config = config_base.load_config_file("configs/gldv2.py:synthetic")
   config.update(num_classes=301, descriptor_dim=32, synthetic_eval_classes=40, model_axis=4,
                 batch_size=64, num_epochs=10, num_bits=32, learning_rate=1e-2)
   d = data.load(config)
   assert d.train_x.shape == (602, 32) and d.num_classes == 301
   np.testing.assert_allclose(np.linalg.norm(d.train_x, axis=1), 1, rtol=1e-5)
-  trainer = train.Trainer(config, d, parallel.make_mesh(4, model_axis=4))
+  trainer = make_trainer(config, d, 4, model_axis=4)
   table = trainer.constants["head"]["codebook"]
   assert table.shape == (304, 32)  # padded to a multiple of 4
   assert {s.data.shape for s in table.addressable_shards} == {(76, 32)}
-  state = trainer.initial_state()
-  losses_ = []
-  for step in range(0, trainer.total_steps, trainer.steps_per_chunk):
-    state, chunk = trainer.run_chunk(state, step, step + trainer.steps_per_chunk)
-    losses_.append(float(np.mean(chunk)))
-  assert losses_[-1] < losses_[0]
-  assert trainer.evaluate(state)["mAP"] > 0.3  # chance is 1/40
+  state, losses_ = train_steps(trainer, d, trainer.initial_state(), 0, 90)
+  assert losses_[-9:].mean() < losses_[:9].mean()
+  assert evaluation.evaluate(trainer, d, state)["mAP"] > 0.3  # chance is 1/40
   with pytest.raises(ValueError, match="'real' or 'synthetic'"):
     config_base.load_config_file("configs/gldv2.py:fake")

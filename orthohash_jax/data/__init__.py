@@ -1,9 +1,20 @@
-"""Retrieval datasets as in-memory arrays, and the split protocols of hashing papers.
+"""Retrieval datasets, the input interface of training and evaluation, and split protocols.
 
-Every source returns a ``RetrievalData``: float32 inputs and labels for the training set, the
-queries and the database. Labels are int32 (N,) class ids (single-label) or uint8 (N, C)
-multi-hot rows (multi-label); ``multilabel`` is derived from the label arrays, never from a
-dataset name. ``load(config)`` dispatches on ``config.dataset``.
+Input interface (what ``run`` and ``evaluation`` use; they never look at a source's type):
+  name, num_classes, multilabel, input_shape (per-example shape fed to the device),
+  input_dtype (float32 arrays, or uint8 images normalised on the device with ``mean_std``),
+  protocol ("category": labels decide relevance; "gldv2": ground-truth lists, see descriptors),
+  size(split), labels(split) (whole split, host), train_rows(indices (S, b), steps (S,),
+  positions (b,)) -> x (S, b, ...) with any host-side augmentation drawn from (seed, step,
+  position), eval_rows(split, indices (n,)) -> x (n, ...), close(). Splits: "train", "query", "db".
+
+``RetrievalData`` implements it over in-memory arrays: float32 inputs; labels int32 (N,) class
+ids (single-label) or uint8 (N, C) multi-hot rows (multi-label); ``multilabel`` is derived from
+the label arrays, never from a dataset name. ``load(config)`` dispatches on ``config.dataset``.
+
+Training order: epoch e visits the training set in ``np.random.default_rng([seed, e])``
+permutation order, in batches of ``batch_size``, the incomplete last batch dropped
+(``step_indices``), so the batch of a step depends only on (seed, step).
 """
 import dataclasses
 import importlib
@@ -30,9 +41,34 @@ class RetrievalData:
   def multilabel(self) -> bool:
     return self.train_y.ndim == 2
 
+  protocol = "category"
+  mean_std = None  # float inputs are fed as they are
+
   @property
   def input_shape(self):
     return self.train_x.shape[1:]
+
+  @property
+  def input_dtype(self):
+    return self.train_x.dtype
+
+  def size(self, split: str) -> int:
+    return len(getattr(self, f"{split}_y"))
+
+  def labels(self, split: str) -> np.ndarray:
+    return getattr(self, f"{split}_y")
+
+  def train_rows(self, indices, steps, positions) -> np.ndarray:
+    """Inputs (S, b, ...) of training rows ``indices`` (S, b); in-memory data is augmented on
+    the device (``augment``), so ``steps`` and ``positions`` are unused."""
+    del steps, positions
+    return self.train_x[indices]
+
+  def eval_rows(self, split: str, indices) -> np.ndarray:
+    return getattr(self, f"{split}_x")[indices]
+
+  def close(self):
+    pass
 
   def min_label(self, split: str) -> int:
     """Smallest valid class id of a split (subclasses may allow -1 for unknown)."""
@@ -74,6 +110,18 @@ def per_class_split(labels, sizes, seed: int = 0):
       part.append(idx[start:stop])
       start = stop
   return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def step_indices(seed: int, num_train: int, batch_size: int, start: int, stop: int) -> np.ndarray:
+  """Training-set indices int64 (stop - start, batch_size) of global steps [start, stop)."""
+  steps_per_epoch = num_train // batch_size
+  rows, perms = [], {}
+  for step in range(start, stop):
+    epoch, j = divmod(step, steps_per_epoch)
+    if epoch not in perms:
+      perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_train)
+    rows.append(perms[epoch][j * batch_size:(j + 1) * batch_size])
+  return np.stack(rows)
 
 
 SOURCES = {

@@ -37,6 +37,7 @@ class InstanceData(RetrievalData):
   query_ids: np.ndarray = None
   db_ids: np.ndarray = None
   ground_truth: list = None
+  protocol = "gldv2"
 
   def min_label(self, split: str) -> int:
     return 0 if split == "train" else -1  # -1: unknown (scored with the ground truth instead)
@@ -155,11 +156,11 @@ def _labels_or_unknown(desc):
 
 
 def load(config) -> InstanceData:
-  root = config.get("data_dir", None)
+  root = config.data_dir
   if not root or not os.path.isdir(root):
     raise DataError(f"gldv2: data_dir {root!r} is not a directory (it must hold train.npz, "
                     f"test.npz, database.npz and ground_truth.csv)")
-  num_classes = config.get("num_classes", None) or GLDV2_CLASSES
+  num_classes = config.num_classes or GLDV2_CLASSES
   train = read_descriptors(os.path.join(root, "train.npz"), need_labels=True)
   query = read_descriptors(os.path.join(root, "test.npz"))
   db = read_descriptors(os.path.join(root, "database.npz"))

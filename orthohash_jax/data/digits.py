@@ -13,6 +13,5 @@ def load(config) -> RetrievalData:
   digits = load_digits()
   x = (digits.data / 16.0).astype(np.float32)
   y = digits.target.astype(np.int32)
-  query, db = per_class_split(y, (config.get("num_query_per_class") or 30, None),
-                              seed=config.get("split_seed", 0))
+  query, db = per_class_split(y, (config.num_query_per_class, None), seed=config.split_seed)
   return RetrievalData("digits", 10, x[db], y[db], x[query], y[query], x[db], y[db])

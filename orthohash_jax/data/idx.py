@@ -65,7 +65,7 @@ def read_split(data_dir: str, split: str):
 
 
 def load(config) -> RetrievalData:
-  data_dir = config.get("data_dir", None) or DEFAULT_DIR
+  data_dir = config.data_dir or DEFAULT_DIR
   if not os.path.isdir(data_dir):
     raise DataError(f"data directory {data_dir} does not exist (install the Debian package "
                     "dataset-fashion-mnist or set --config.data_dir)")
@@ -77,7 +77,6 @@ def load(config) -> RetrievalData:
   # The training items are the first ones of each class's database part, so the database is
   # the union of the training part and the rest.
   query, train, rest = per_class_split(
-      y, (config.get("num_query_per_class") or 100, config.get("num_train_per_class") or 500, None),
-      seed=config.get("split_seed", 0))
+      y, (config.num_query_per_class, config.num_train_per_class, None), seed=config.split_seed)
   db = np.sort(np.concatenate([train, rest]))
   return RetrievalData("fashion_mnist", 10, x[train], y[train], x[query], y[query], x[db], y[db])

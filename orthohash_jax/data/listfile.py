@@ -13,7 +13,6 @@ Images: decoded with Pillow, converted to RGB, resized (bilinear, aspect ratio n
 [0, 1]. This is NOT the papers' 224x224 ImageNet-pretrained AlexNet pipeline: pretrained
 weights cannot be fetched here, so the supported backbones are a CNN trained from scratch on
 small images or precomputed features (``descriptors``). Memory: N * S * S * 12 bytes.
-``random_crop_flip`` is the training augmentation (pad, random crop, horizontal flip).
 
 Validation (``DataError`` naming file and line): missing list file, wrong column count, label
 values other than 0/1, missing or undecodable images, a path repeated within a file (an error
@@ -29,9 +28,8 @@ import concurrent.futures
 import os
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from orthohash_jax.data import DataError, RetrievalData
 
@@ -77,7 +75,6 @@ def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
 
 
 def _decode(root, name, size):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(os.path.join(root, name)) as img:
     img.draft("RGB", (size, size))
     img = img.convert("RGB").resize((size, size), Image.BILINEAR)
@@ -112,15 +109,15 @@ def to_labels(rows, multilabel: bool):
 def load(config) -> RetrievalData:
   name = config.dataset
   info = DATASET_INFO.get(name, {})
-  num_classes = config.get("num_classes", None) or info.get("num_classes")
+  num_classes = config.num_classes or info.get("num_classes")
   if not num_classes:
     raise DataError(f"{name}: set num_classes for a generic list-file dataset")
-  root = config.get("data_dir", None)
+  root = config.data_dir
   if not root or not os.path.isdir(root):
     raise DataError(f"{name}: data_dir {root!r} is not a directory (it must hold "
                     f"{', '.join(SPLIT_FILES.values())})")
-  expected = config.get("expected_sizes", None) or {}
-  allow_duplicates = bool(config.get("allow_duplicates"))
+  expected = config.expected_sizes or {}
+  allow_duplicates = config.allow_duplicates
   parsed = {}
   for split, filename in SPLIT_FILES.items():
     path = os.path.join(root, filename)
@@ -136,23 +133,10 @@ def load(config) -> RetrievalData:
   if info and multilabel != info["multilabel"]:
     warnings.warn(f"{name}: labels are {'multi' if multilabel else 'single'}-label, unlike the "
                   f"published lists; using the labels as they are")
-  size = config.get("image_size") or 32
-  threads = config.get("decode_threads") or 8
+  size = config.image_size
+  threads = config.decode_threads
   arrays = {}
   for split, (path, names, lines, rows) in parsed.items():
     arrays[f"{split}_x"] = load_images(root, path, names, lines, size, threads)
     arrays[f"{split}_y"] = to_labels(rows, multilabel)
   return RetrievalData(name, num_classes, **arrays)
-
-
-def random_crop_flip(key, images, pad: int = 4):
-  """Zero-pads a batch (B, H, W, C) by ``pad``, crops a random H x W window per image and flips
-  each image horizontally with probability 1/2. jit with ``static_argnames="pad"``."""
-  b, h, w, c = images.shape
-  crop_key, flip_key = jax.random.split(key)
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * pad + 1)
-  crops = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
-      padded, offsets)
-  flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
-  return jnp.where(flip, crops[:, :, ::-1], crops)

@@ -20,12 +20,12 @@ def _unit(x):
 
 
 def load(config) -> RetrievalData:
-  num_classes = config.get("num_classes") or GLDV2_CLASSES
-  dim = config.get("descriptor_dim") or 2048
-  noise = config.get("synthetic_noise") or 1.0
-  per_train = config.get("num_train_per_class") or 2
-  eval_classes = min(config.get("synthetic_eval_classes") or 1000, num_classes)
-  rng = np.random.default_rng(config.get("split_seed") or 0)
+  num_classes = config.num_classes or GLDV2_CLASSES
+  dim = config.descriptor_dim
+  noise = config.synthetic_noise
+  per_train = config.num_train_per_class
+  eval_classes = min(config.synthetic_eval_classes, num_classes)
+  rng = np.random.default_rng(config.split_seed)
 
   means = _unit(rng.standard_normal((num_classes, dim), dtype=np.float32))
 
@@ -39,7 +39,7 @@ def load(config) -> RetrievalData:
 
   train_x, train_y = sample(np.repeat(np.arange(num_classes), per_train))
   query_x, query_y = sample(np.repeat(np.arange(eval_classes),
-                                      config.get("num_query_per_class") or 1))
+                                      config.num_query_per_class))
   db_x, db_y = sample(np.repeat(np.arange(eval_classes), 1))
   return RetrievalData("synthetic_descriptors", num_classes, train_x, train_y, query_x, query_y,
                        db_x, db_y)

@@ -27,10 +27,10 @@ def _read(source):
 
 def load(config) -> RetrievalData:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data_dir = config.get("data_dir", None)
+  data_dir = config.data_dir
   try:
     sources = tfds.data_source("cifar10", split=["train", "test"], data_dir=data_dir,
-                               download=config.get("download", None) is not False)
+                               download=config.download)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"cifar10: cannot open the TFDS data source in {data_dir}: "
                     f"{str(e).splitlines()[0]}") from e
@@ -38,7 +38,6 @@ def load(config) -> RetrievalData:
   x = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
   y = np.concatenate([p[1] for p in parts])
   query, train, rest = per_class_split(
-      y, (config.get("num_query_per_class") or 100, config.get("num_train_per_class") or 500, None),
-      seed=config.get("split_seed") or 0)
+      y, (config.num_query_per_class, config.num_train_per_class, None), seed=config.split_seed)
   db = np.sort(np.concatenate([train, rest]))
   return RetrievalData("cifar10", 10, x[train], y[train], x[query], y[query], x[db], y[db])

@@ -1,0 +1,351 @@
+"""A training run in a workdir: validation, the training loop, resume, and the files it writes.
+
+``train_and_evaluate(config, workdir)``:
+1. ``validate_config`` (every key and option, before any data is loaded or anything compiled),
+   ``check_same_run`` (a workdir holding checkpoints of another config is refused), data loading;
+2. the codebook: ``<workdir>/codebook.npy`` float32 (C, K) +-1 is written when the run starts and
+   used on every resume, export and evaluation (``run_codebook``), so the class targets never
+   depend on the numpy version that regenerates them;
+3. resume from the latest usable checkpoint (``checkpoint.Checkpointer``), then the loop: chunks of
+   ``steps_per_chunk`` steps (an epoch by default), each one compiled ``lax.scan``. The next chunk
+   is dispatched before the losses of the previous one are read (host batching and logging
+   overlap the device), so a non-finite loss is seen one chunk late; a checkpoint is only saved
+   after the losses of every step before it were read and found finite, so the last good
+   checkpoint rule holds. ``metrics.jsonl`` gets a line per chunk;
+4. SIGTERM or orbax's preemption notice: the chunk finishes, a checkpoint is saved and
+   ``Preempted`` is raised; a non-finite loss raises ``TrainingError`` without saving;
+5. evaluation (``evaluation.evaluate``, plus revisited Oxford/Paris when ``config.revisited``),
+   ``codes.npz`` (``codes_file``) and ``results.json`` (process 0 writes every file).
+
+``restore_run(workdir)`` rebuilds (trainer, data, state, step) of the latest checkpoint for the
+export and instance tools.
+"""
+import json
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from orthohash_jax import checkpoint as checkpoint_lib
+from orthohash_jax import codebook as codebook_lib
+from orthohash_jax import codes_file, config_base, evaluation, losses, models, parallel
+from orthohash_jax import trainer as trainer_lib
+from orthohash_jax import data as data_lib
+
+CODEBOOK_FILE = "codebook.npy"
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss); reported as one line by ``main``."""
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM / preemption after saving a checkpoint."""
+
+
+def _options(name, value, allowed):
+  return (value in allowed, f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def validate_config(config) -> None:
+  """Raises ValueError with a one-line message for any key or value that cannot work."""
+  config_base.check_known_keys(config)
+  c = config
+  checks = [
+      _options("dataset", c.dataset, data_lib.SOURCES),
+      _options("backbone", c.backbone, models.BACKBONES),
+      _options("loss", c.loss, losses.LOSSES),
+      _options("codebook", c.codebook, codebook_lib.METHODS),
+      _options("margin_type", c.margin_type, losses.MARGIN_TYPES),
+      _options("multilabel_loss", c.multilabel_loss, losses.MULTILABEL_LOSSES),
+      _options("quantization_kind", c.quantization_kind, losses.QUANTIZATION_KINDS),
+      _options("lr_schedule", c.lr_schedule, trainer_lib.LR_SCHEDULES),
+      (c.num_bits > 0, f"num_bits must be positive, got {c.num_bits}"),
+      (c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}"),
+      (c.num_epochs > 0, f"num_epochs must be positive, got {c.num_epochs}"),
+      (c.learning_rate > 0, f"learning_rate must be positive, got {c.learning_rate}"),
+      (c.scale > 0, f"scale must be positive, got {c.scale}"),
+      (c.steps_per_chunk >= 0, f"steps_per_chunk must be >= 0 (0: one epoch), got "
+       f"{c.steps_per_chunk}"),
+      (c.eval_topk is None or c.eval_topk > 0,
+       f"eval_topk must be positive or None (whole database), got {c.eval_topk}"),
+      (c.eval_batch_size > 0, f"eval_batch_size must be positive, got {c.eval_batch_size}"),
+      (c.eval_every_epochs >= 0, f"eval_every_epochs must be >= 0, got {c.eval_every_epochs}"),
+      (c.checkpoint_every_steps > 0,
+       f"checkpoint_every_steps must be positive, got {c.checkpoint_every_steps}"),
+      (c.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {c.keep_checkpoints}"),
+      (c.model_axis >= 1, f"model_axis must be at least 1, got {c.model_axis}"),
+      (c.augment_crop_pad >= 0, f"augment_crop_pad must be >= 0, got {c.augment_crop_pad}"),
+      (not c.export_faiss or c.num_bits % 8 == 0,
+       f"export_faiss needs num_bits divisible by 8, got {c.num_bits}"),
+      (c.codebook != "hadamard" or c.num_bits & (c.num_bits - 1) == 0,
+       f"the hadamard codebook needs num_bits a power of two, got {c.num_bits}"),
+      (c.revisited is None or all(":" in s for s in c.revisited.split(",")),
+       f"revisited must be ROOT:name[,ROOT:name], got {c.revisited!r}"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
+def validate_data(config, data) -> None:
+  """Checks of the config against the loaded data."""
+  if config.batch_size > data.size("train"):
+    raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
+                     f"({data.size('train')})")
+  if config.eval_topk is not None and config.eval_topk > data.size("db"):
+    raise ValueError(f"eval_topk {config.eval_topk} is larger than the database "
+                     f"({data.size('db')})")
+
+
+def _to_json(config) -> dict:
+  return json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+
+
+def check_same_run(workdir: str, config) -> None:
+  """Raises ValueError when ``workdir`` holds checkpoints of a run with another config (keys
+  declared resumable in ``config_base`` may differ)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = _to_json(config)
+  changed = sorted(k for k in set(saved) | set(current)
+                   if k not in config_base.RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  if changed:
+    diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    raise ValueError(f"{workdir} holds checkpoints of a run with another config ({diffs}); "
+                     "use a new --workdir")
+
+
+def write_json(path: str, obj) -> None:
+  """Atomic JSON write on process 0."""
+  if parallel.is_main_process():
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_codebook(config, num_classes: int, workdir: str):
+  """The run's class targets float32 (C, K) (None for the ce loss): ``<workdir>/codebook.npy``
+  when it exists, else generated from (codebook, C, K, seed) and written there."""
+  if config.loss != "orthohash":
+    return None
+  path = os.path.join(workdir, CODEBOOK_FILE)
+  if os.path.exists(path):
+    try:
+      saved = codebook_lib.check_binary(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path} is not a readable +-1 codebook ({e})") from None
+    if saved.shape != (num_classes, config.num_bits):
+      raise ValueError(f"{path} holds a {saved.shape} codebook, the run needs "
+                       f"({num_classes}, {config.num_bits})")
+    return saved.astype(np.float32)
+  codebook = codebook_lib.make_codebook(config.codebook, num_classes, config.num_bits, config.seed)
+  if parallel.is_main_process():
+    np.save(path + ".tmp.npy", codebook)
+    os.replace(path + ".tmp.npy", path)
+  return codebook
+
+
+class _SigtermFlag:
+  """Remembers a SIGTERM instead of dying, so the loop can checkpoint and exit."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def training_steps(config, data):
+  """(steps per epoch, total steps): the incomplete last batch of an epoch is dropped."""
+  steps_per_epoch = data.size("train") // config.batch_size
+  return steps_per_epoch, steps_per_epoch * config.num_epochs
+
+
+def make_trainer(config, data, mesh, codebook=None) -> trainer_lib.Trainer:
+  """The Trainer of a validated config for ``data`` (input interface); ``codebook`` (C, K): the
+  class targets (None: generated from the config, as a new run does)."""
+  if codebook is None and config.loss == "orthohash":
+    codebook = codebook_lib.make_codebook(config.codebook, data.num_classes, config.num_bits,
+                                          config.seed)
+  return trainer_lib.Trainer(
+      config, input_shape=data.input_shape, num_classes=data.num_classes, codebook=codebook,
+      total_steps=training_steps(config, data)[1], mesh=mesh, mean_std=data.mean_std)
+
+
+def host_batch(config, data, start: int, stop: int, labels=None):
+  """This process's inputs (S, b, ...) and labels of the global steps [start, stop)
+  (``labels``: the training labels, to avoid fetching them again)."""
+  rows = parallel.process_batch_slice(config.batch_size)
+  idx = data_lib.step_indices(config.seed, data.size("train"), config.batch_size, start,
+                              stop)[:, rows]
+  labels = data.labels("train") if labels is None else labels
+  return (data.train_rows(idx, np.arange(start, stop), np.arange(config.batch_size)[rows]),
+          labels[idx])
+
+
+def train_steps(trainer, data, state, start: int, stop: int, labels=None):
+  """Dispatches training of the global steps [start, stop) in one compiled chunk; returns
+  (state, losses (stop - start,)) as device arrays."""
+  xs, ys = host_batch(trainer.config, data, start, stop, labels)
+  return trainer.run_chunk(state, xs, ys)
+
+
+def _setup(config, workdir: str):
+  """(data, trainer) of a validated config; the codebook comes from the workdir."""
+  data = data_lib.load(config)
+  validate_data(config, data)
+  mesh = parallel.make_mesh(config.num_devices, config.model_axis)
+  codebook = run_codebook(config, data.num_classes, workdir)
+  return data, make_trainer(config, data, mesh, codebook)
+
+
+def restore_run(workdir: str):
+  """(trainer, data, state, step) of the latest usable checkpoint of the run in ``workdir``."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"{workdir} is not a training run (no config.json)")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  validate_config(config)
+  data, trainer = _setup(config, workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+  try:
+    state, step = ckpt.restore_latest(trainer.abstract_state())
+  finally:
+    ckpt.close()
+  if state is None:
+    raise ValueError(f"no usable checkpoint in {workdir}/checkpoints")
+  return trainer, data, state, step
+
+
+class _Loop:
+  """The training loop's host side: batches, logging and the one-chunk-late loss check."""
+
+  def __init__(self, config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps):
+    self.config, self.data, self.trainer, self.ckpt = config, data, trainer, ckpt
+    self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+    self.log_path = os.path.join(workdir, "metrics.jsonl")
+    self.train_labels = data.labels("train")
+    self.chunk = config.steps_per_chunk or steps_per_epoch
+    self.print_every = max(1, total_steps // self.chunk // 10)
+    self.train_seconds, self.steps_timed = 0.0, 0
+    self.first = True
+    self.clock = time.perf_counter()
+
+  def finish(self, start: int, stop: int, losses, state=None) -> None:
+    """Reads the losses of steps [start, stop) (a host sync), stops on a non-finite one, logs a
+    line; with ``state`` (the state after ``stop``) also evaluates when an evaluation is due."""
+    losses = np.asarray(losses)
+    now = time.perf_counter()
+    elapsed, self.clock = now - self.clock, now
+    if not np.all(np.isfinite(losses)):
+      bad = start + int(np.argmin(np.isfinite(losses)))
+      last = self.ckpt.manager.latest_step()
+      where = (f"last good checkpoint: step {last} in {self.ckpt.directory}" if last is not None
+               else "no checkpoint was saved yet")
+      raise TrainingError(f"loss is not finite at step {bad}; stopped without saving ({where})")
+    if not self.first:  # the first chunk of an invocation includes compilation
+      self.train_seconds += elapsed
+      self.steps_timed += stop - start
+    self.first = False
+    record = {"step": stop, "epoch": stop / self.steps_per_epoch, "loss": float(losses.mean()),
+              "lr": float(self.trainer.schedule(stop - 1)),
+              "steps_per_second": len(losses) / elapsed}
+    if state is not None and self.evaluation_due(stop):
+      record["mAP"] = evaluation.evaluate(self.trainer, self.data, state)["mAP"]
+      self.clock = time.perf_counter()
+    if parallel.is_main_process():
+      with open(self.log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+      if (stop // self.chunk) % self.print_every == 0 or stop == self.total_steps:
+        print(f"step {stop}/{self.total_steps} loss {record['loss']:.4f} lr {record['lr']:.2g} "
+              f"{record['steps_per_second']:.1f} steps/s"
+              + (f" mAP {record['mAP']:.4f}" if "mAP" in record else ""), flush=True)
+
+  def evaluation_due(self, step: int) -> bool:
+    every = self.config.eval_every_epochs * self.steps_per_epoch
+    return bool(every) and step % every == 0 and step < self.total_steps
+
+  def train(self, state, start: int, sigterm: _SigtermFlag):
+    """Trains from ``start`` to the end; returns the final state."""
+    chunk = self.chunk
+    ckpt_every = max(chunk, -(-self.config.checkpoint_every_steps // chunk) * chunk)
+    pending = None  # (start, stop, losses) of the chunk whose losses were not read yet
+    step = start
+    while step < self.total_steps:
+      stop = min(step + chunk, self.total_steps)
+      # host batching overlaps the device's work on the previous chunk
+      state, losses = train_steps(self.trainer, self.data, state, step, stop, self.train_labels)
+      if pending:
+        self.finish(*pending)
+      pending, step = (step, stop, losses), stop
+      preempted = parallel.any_process(sigterm.raised) or self.ckpt.reached_preemption(step)
+      if (step % ckpt_every == 0 or step == self.total_steps or preempted
+          or self.evaluation_due(step)):
+        self.finish(*pending, state=state)
+        pending = None
+        if step % ckpt_every == 0 or step == self.total_steps or preempted:
+          self.ckpt.save(step, state)
+          self.clock = time.perf_counter()
+        if preempted:
+          raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}")
+    return state
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir."""
+  validate_config(config)
+  check_same_run(workdir, config)
+  os.makedirs(workdir, exist_ok=True)
+  data, trainer = _setup(config, workdir)
+  steps_per_epoch, total_steps = training_steps(config, data)
+  write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+  sigterm = _SigtermFlag()
+  try:
+    state, start = ckpt.restore_latest(trainer.abstract_state())
+    if state is None:
+      state = trainer.initial_state()
+    else:
+      print(f"resumed from checkpoint at step {start}", flush=True)
+    loop = _Loop(config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps)
+    state = loop.train(state, start, sigterm)
+  finally:
+    sigterm.restore()
+    ckpt.close()
+  result = evaluation.evaluate(trainer, data, state)
+  if parallel.is_main_process():
+    codes_file.save_codes(os.path.join(workdir, "codes.npz"), result, config.num_bits,
+                          config.to_dict(), faiss_index=config.export_faiss)
+  summary = {
+      "mAP": result["mAP"], "num_bits": config.num_bits, "steps": int(jax.device_get(state.step)),
+      "train_seconds": loop.train_seconds,
+      "steps_per_second": (loop.steps_timed / loop.train_seconds if loop.train_seconds
+                           else float("nan")),
+      "quantization_angle": result["quantization_angle"],
+      "eval_topk": config.eval_topk, "tie_policy": "ties broken by database index",
+      "zero_relevance_policy": "AP = 0, counted in the mean",
+      "num_queries": data.size("query"), "num_database": data.size("db"),
+      "multilabel": data.multilabel, "dataset": data.name,
+  }
+  summary.update({k: v for k, v in result.items() if k.startswith("mAP_")})
+  if config.revisited:  # ROxford / RParis E/M/H with the trained hash layer
+    for spec in config.revisited.split(","):
+      root, name = evaluation.parse_revisited(spec)
+      summary[name] = evaluation.evaluate_revisited(trainer, data, state, root, name)
+  data.close()
+  write_json(os.path.join(workdir, "results.json"), summary)
+  return summary
