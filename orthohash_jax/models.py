@@ -96,8 +96,8 @@ class HashLayer(nnx.Module):
     the pre-BN outputs ``fc(f)`` over a database (the paper's BN recompute, Sec. 4.3)."""
     if self.bn is None:
       raise ValueError("recomputing BN statistics needs a hash layer with BatchNorm (use_bn=True)")
-    self.bn.mean[...] = jnp.asarray(mean, jnp.float32)
-    self.bn.var[...] = jnp.asarray(var, jnp.float32)
+    self.bn.mean.set_value(jnp.asarray(mean, jnp.float32))
+    self.bn.var.set_value(jnp.asarray(var, jnp.float32))
 
 
 def normalise(x, eps=1e-12):

@@ -105,8 +105,8 @@ class Trainer:
 
   def with_bn_statistics(self, state: TrainState, mean, var) -> TrainState:
     """``state`` whose hash-layer BatchNorm running mean / var are ``mean`` / ``var`` (K,)."""
-    model = nnx.merge(self.graphdef, *self._init, self.constants)
-    nnx.update(model, nnx.State(jax.device_get(state.batch_stats)))
+    model = nnx.merge(self.graphdef, self._init[0], jax.device_get(state.batch_stats),
+                      self.constants)
     model.hash_layer.set_statistics(mean, var)
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     return state.replace(batch_stats=parallel.replicate(batch_stats, self.mesh))

@@ -31,6 +31,13 @@ def blobs(seed=0, n_per_class=32, classes=4, dim=8):
   return data_lib.RetrievalData("blobs", classes, x, y, x[::8], y[::8], x, y)
 
 
+def config_of(values: dict):
+  """The base config with ``values`` set (the way a config file builds one)."""
+  c = config_base.base_config()
+  c.update(values)
+  return c
+
+
 def small_config(**overrides):
   c = config_base.base_config()
   c.hidden = (16,)

@@ -1,10 +1,9 @@
 import gzip
 
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from conftest import config_of, write_idx
 from orthohash_jax import config_base, data
 from orthohash_jax.data import idx
 
@@ -47,7 +46,7 @@ def test_fashion_protocol_on_generated_files(tmp_path):
 
 
 def test_digits_protocol():
-  d = data.load(ml_collections.ConfigDict({"dataset": "digits"}))
+  d = data.load(config_of({"dataset": "digits"}))
   assert len(d.query_x) == 300 and len(d.db_x) == 1497
   np.testing.assert_array_equal(np.bincount(d.query_y), [30] * 10)
   assert d.train_x is d.db_x or np.array_equal(d.train_x, d.db_x)
@@ -56,4 +55,4 @@ def test_digits_protocol():
 
 def test_unknown_dataset():
   with pytest.raises(data.DataError, match="unknown dataset"):
-    data.load(ml_collections.ConfigDict({"dataset": "mnist2"}))
+    data.load(config_of({"dataset": "mnist2"}))

@@ -6,10 +6,10 @@ import subprocess
 import sys
 import zipfile
 
-import ml_collections
 import numpy as np
 import pytest
 
+from conftest import config_of
 from orthohash_jax import data as data_lib
 from orthohash_jax import revisited
 from orthohash_jax.data import convert_fire, descriptors
@@ -53,7 +53,7 @@ def test_convert_and_load_gldv2(tmp_path):
   with np.load(root / "train.npz") as f:
     np.testing.assert_array_equal(f["labels"], fire["train"]["labels"] - 1)
     assert f["codes"].dtype == np.float32 and f["ids"][0] == "t000"
-  d = data_lib.load(ml_collections.ConfigDict({"dataset": "gldv2", "data_dir": str(root)}))
+  d = data_lib.load(config_of({"dataset": "gldv2", "data_dir": str(root)}))
   assert isinstance(d, descriptors.InstanceData) and d.num_classes == 81313
   np.testing.assert_array_equal(d.train_x, fire["train"]["codes"])
   np.testing.assert_array_equal(d.train_y, fire["train"]["labels"] - 1)
@@ -74,7 +74,7 @@ def test_convert_and_load_gldv2(tmp_path):
 
 def test_gldv2_errors(tmp_path):
   root, _ = _gldv2_dir(tmp_path)
-  config = ml_collections.ConfigDict({"dataset": "gldv2", "data_dir": str(root)})
+  config = config_of({"dataset": "gldv2", "data_dir": str(root)})
   (root / "ground_truth.csv").write_text("id,images\nq000,d003 zzz\n")
   with pytest.raises(data_lib.DataError,
                      match=r"ground_truth.csv: 1 database ids not found, e.g. 'zzz'"):

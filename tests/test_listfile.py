@@ -1,10 +1,10 @@
 """List-file datasets: real PNG/JPEG files and list files written under tmp_path."""
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import config_of
 from orthohash_jax import augment
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import listfile
@@ -27,7 +27,7 @@ def _write_split(root, filename, labels, prefix, rng, ext="png", size=(SIZE, SIZ
 
 
 def _config(root, **kw):
-  return ml_collections.ConfigDict(
+  return config_of(
       {"dataset": "listfile", "data_dir": str(root), "num_classes": 3, "image_size": SIZE, **kw})
 
 
@@ -60,7 +60,7 @@ def test_multilabel_follows_labels_not_name(tmp_path):
   rows[1, 20] = 1
   rows[2, 3] = 1
   _dataset(tmp_path, rows, rows[1:], rows)
-  d = data_lib.load(ml_collections.ConfigDict(
+  d = data_lib.load(config_of(
       {"dataset": "nuswide", "data_dir": str(tmp_path), "image_size": SIZE}))
   assert d.multilabel and d.num_classes == 21
   for y, want in ((d.train_y, rows), (d.query_y, rows[1:]), (d.db_y, rows)):
@@ -69,7 +69,7 @@ def test_multilabel_follows_labels_not_name(tmp_path):
   # The same name with one-hot rows loads single-label, with a warning.
   _dataset(tmp_path, rows[1:], rows[1:], rows[1:])
   with pytest.warns(UserWarning, match="single-label, unlike the published lists"):
-    d = data_lib.load(ml_collections.ConfigDict(
+    d = data_lib.load(config_of(
         {"dataset": "nuswide", "data_dir": str(tmp_path), "image_size": SIZE}))
   assert not d.multilabel
   np.testing.assert_array_equal(d.train_y, [20, 3])
