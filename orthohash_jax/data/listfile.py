@@ -109,7 +109,12 @@ def to_labels(rows, multilabel: bool):
   return rows if multilabel else np.argmax(rows, axis=1).astype(np.int32)
 
 
-def load(config) -> RetrievalData:
+def read_lists(config):
+  """Parses and validates the three list files of ``config.data_dir`` (no image is opened).
+
+  Returns (name, num_classes, root, parsed, multilabel) where ``parsed`` maps each split of
+  ``SPLIT_FILES`` to (list-file path, relative image paths, line numbers, uint8 (N, C) rows).
+  """
   name = config.dataset
   info = DATASET_INFO.get(name, {})
   num_classes = config.get("num_classes", None) or info.get("num_classes")
@@ -136,6 +141,11 @@ def load(config) -> RetrievalData:
   if info and multilabel != info["multilabel"]:
     warnings.warn(f"{name}: labels are {'multi' if multilabel else 'single'}-label, unlike the "
                   f"published lists; using the labels as they are")
+  return name, num_classes, root, parsed, multilabel
+
+
+def load(config) -> RetrievalData:
+  name, num_classes, root, parsed, multilabel = read_lists(config)
   size = config.get("image_size") or 32
   threads = config.get("decode_threads") or 8
   arrays = {}
