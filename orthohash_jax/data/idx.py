@@ -64,13 +64,18 @@ def read_split(data_dir: str, split: str):
   return images, labels
 
 
-def load(config) -> RetrievalData:
+def read_protocol(config):
+  """The Fashion-MNIST protocol on the IDX files of ``config.data_dir``.
+
+  Returns (images uint8 (70000, 28, 28), labels int32 (70000,), train, query, db) where the
+  last three are ascending int64 indices into the merged train+test arrays.
+  """
   data_dir = config.get("data_dir", None) or DEFAULT_DIR
   if not os.path.isdir(data_dir):
     raise DataError(f"data directory {data_dir} does not exist (install the Debian package "
                     "dataset-fashion-mnist or set --config.data_dir)")
   parts = [read_split(data_dir, s) for s in ("train", "test")]
-  x = np.concatenate([p[0] for p in parts]).reshape(-1, 28 * 28).astype(np.float32) / 255.0
+  images = np.concatenate([p[0] for p in parts])
   y = np.concatenate([p[1] for p in parts]).astype(np.int32)
   if y.max() >= 10:
     raise DataError(f"{data_dir}: labels must lie in [0, 10), found {y.max()}")
@@ -79,5 +84,10 @@ def load(config) -> RetrievalData:
   query, train, rest = per_class_split(
       y, (config.get("num_query_per_class") or 100, config.get("num_train_per_class") or 500, None),
       seed=config.get("split_seed", 0))
-  db = np.sort(np.concatenate([train, rest]))
+  return images, y, train, query, np.sort(np.concatenate([train, rest]))
+
+
+def load(config) -> RetrievalData:
+  images, y, train, query, db = read_protocol(config)
+  x = images.reshape(-1, 28 * 28).astype(np.float32) / 255.0
   return RetrievalData("fashion_mnist", 10, x[train], y[train], x[query], y[query], x[db], y[db])
