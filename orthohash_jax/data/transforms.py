@@ -95,6 +95,11 @@ def draft_scale(region_w: float, region_h: float, out_w: int, out_h: int) -> int
   return 1
 
 
+def _convert(img, mode):
+  """``img.convert(mode)`` without the copy Pillow makes when the mode already matches."""
+  return img if img.mode == mode else img.convert(mode)
+
+
 @dataclasses.dataclass(frozen=True)
 class Transform:
   """One transform; ``__call__(img, rng)`` on an opened (not yet decoded) Pillow image."""
@@ -130,7 +135,7 @@ class Transform:
     out = (self.size, self.size)
     flip = False
     if self.kind == "none":
-      img = img.convert(self.mode)
+      img = _convert(img, self.mode)
     elif self.kind == "random_resized_crop":
       box = random_resized_crop_box(rng, *full, self.scale, self.ratio)
       flip = rng.random() < 0.5
@@ -154,7 +159,7 @@ class Transform:
     full = img.size
     s = draft_scale(box[2] - box[0], box[3] - box[1], *out_size) if self.draft else 1
     drafted = img.draft(self.mode, (full[0] // s, full[1] // s)) if s > 1 else None
-    img = img.convert(self.mode)
+    img = _convert(img, self.mode)
     if drafted is not None and drafted[1][2] != full[0]:
       # Reduced by f = full / drafted width (a power of two); the last DCT block may be partial,
       # so the region is mapped by f, not by the reduced image's size.
