@@ -3,6 +3,8 @@ Fashion-MNIST list files against the IDX path."""
 import gc
 import tracemalloc
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -193,14 +195,15 @@ def test_fashion_mnist_list_files_equal_idx_rows(tmp_path):
                                eval_transform="none", pixel_norm="unit"))
   try:
     assert src.input_shape == (28, 28, 1)
-    mean, std = src.mean_std
+    table = streaming.normalization_table(src.mean_std)
+    normalize = jax.jit(lambda x, t: t[x.astype(jnp.int32), jnp.arange(t.shape[1])])
     for split in ("train", "query", "db"):
       n = src.size(split)
       if split == "train":  # as the loop asks: (steps, batch) of rows
         x = src.train_rows(np.arange(n).reshape(4, -1), np.arange(4), np.arange(n // 4))
       else:
         x = src.eval_rows(split, np.arange(n))
-      pixels = ((x.astype(np.float32) - mean) / std).reshape(n, -1)
+      pixels = np.asarray(normalize(x, table)).reshape(n, -1)  # as on the device
       np.testing.assert_array_equal(pixels, getattr(want, f"{split}_x"))
       np.testing.assert_array_equal(src.labels(split), getattr(want, f"{split}_y"))
   finally:
@@ -212,3 +215,12 @@ def test_write_listfiles_bad_input_is_one_line(tmp_path, capsys):
                                f"--data_dir={tmp_path / 'missing'}"]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_normalization_table_equals_host_numpy_exactly():
+  x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
+  mean_std = streaming.PIXEL_NORMS["imagenet"](3)
+  table = streaming.normalization_table(mean_std)
+  assert table.shape == (256, 3) and table.dtype == np.float32
+  got = jax.jit(lambda x, t: t[x.astype(jnp.int32), jnp.arange(3)])(x, table)
+  np.testing.assert_array_equal(np.asarray(got), (x.astype(np.float32) - mean_std[0]) / mean_std[1])
