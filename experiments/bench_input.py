@@ -2,7 +2,7 @@ r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, J
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
   flock /tmp/bench.lock python experiments/bench_input.py [--dir=/tmp/bench_input] \
-      [--train_images=2048] [--reps=2] [--output=bench_input.json]
+      [--train_images=2048] [--reps=3] [--sections=train,rss,draft] [--output=F.json]
 
 1. Generates JPEG files (256x256, quality 90): smooth two-colour gradients, a few blurred
    ellipses and rectangles, mild Gaussian noise; and list files (10 classes). Files are kept in
@@ -11,7 +11,9 @@ r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, J
    ours (``train_rows_async`` with 3 batches in flight) and a torch DataLoader (same files,
    the same transform written with PIL + torch random numbers, uint8 tensors, prefetch 2 per
    worker) at 1 and 2 workers, on the same random order; after a warm-up of 2 batches; reps
-   interleaved (ours, torch, ours, torch); the best of the reps is reported.
+   interleaved (ours, torch, ours, torch); every rep and the medians are reported, and the
+   CPU time per image (all threads and worker processes, start-up included), which a busy
+   machine disturbs far less than images/s.
 3. Peak RSS of reading database.txt through ``eval_rows`` (Resize(224) + CenterCrop(224),
    batches of 256, 2 workers) at 2,000 and 20,000 images, each in a fresh subprocess.
 4. JPEG draft mode on 1024x768 versions: mean / max absolute pixel difference to a full decode
@@ -101,7 +103,14 @@ def source_config(directory, workers):
       "pixel_norm": "imagenet"})
 
 
+def _cpu_s(who):
+  usage = resource.getrusage(who)
+  return usage.ru_utime + usage.ru_stime
+
+
 def ours_images_per_s(directory, workers, order):
+  """(images/s after warm-up, CPU ms per image over the whole run incl. start-up)."""
+  cpu0 = _cpu_s(resource.RUSAGE_SELF)
   src = streaming.load(source_config(directory, workers))
   batches = order.reshape(-1, BATCH)
   positions = np.arange(BATCH)
@@ -115,10 +124,11 @@ def ours_images_per_s(directory, workers, order):
       pending.append(src.train_rows_async(batches[step + 3:step + 4], [step + 3], positions))
   rate = (len(batches) - 2) * BATCH / (time.perf_counter() - start)
   src.close()
-  return rate
+  return rate, (_cpu_s(resource.RUSAGE_SELF) - cpu0) * 1e3 / len(order)
 
 
 def torch_images_per_s(directory, workers, order):
+  """As ``ours_images_per_s``; CPU counts the main process and the (reaped) workers."""
   import torch  # pylint: disable=g-import-not-at-top
 
   names = [line.split()[0] for line in open(os.path.join(directory, "train.txt"))]
@@ -153,12 +163,16 @@ def torch_images_per_s(directory, workers, order):
   loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH, sampler=order.tolist(),
                                        num_workers=workers, prefetch_factor=2,
                                        persistent_workers=False)
+  cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
   it = iter(loader)
   for _ in range(2):
     next(it)
   start = time.perf_counter()
   n = sum(len(b) for b in it)
-  return n / (time.perf_counter() - start)
+  rate = n / (time.perf_counter() - start)
+  del it  # joins the workers, so that their CPU time is counted
+  cpu = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
+  return rate, cpu * 1e3 / len(order)
 
 
 def rss_child(directory, n):
@@ -210,8 +224,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dir", default="/tmp/bench_input")
   parser.add_argument("--train_images", type=int, default=2048)
-  parser.add_argument("--reps", type=int, default=2)
+  parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--output", default=None)
+  parser.add_argument("--sections", default="train,rss,draft",
+                      help="comma-separated subset of train, rss, draft")
   parser.add_argument("--rss_child", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.rss_child is not None:
@@ -220,37 +236,54 @@ def main():
     return
   report = {"load_start": os.getloadavg()}
   print(f"load average at start: {report['load_start']}", flush=True)
+  sections = set(args.sections.split(","))
   train_dir = [make_files(args.dir, n) for n in RSS_SIZES][-1]
   order = np.random.default_rng(0).permutation(RSS_SIZES[1])[:args.train_images // BATCH * BATCH]
-  rates = {}
-  for workers in (1, 2):
-    for rep in range(args.reps):
-      for side, fn in (("ours", ours_images_per_s), ("torch", torch_images_per_s)):
-        rate = fn(train_dir, workers, order)
-        rates.setdefault(f"{side}_w{workers}", []).append(rate)
-        print(f"train {side} workers={workers} rep={rep}: {rate:.1f} images/s", flush=True)
-  report["train_images_per_s"] = {k: max(v) for k, v in rates.items()}
-  report["train_images_per_s_all"] = rates
-  report["rss_mib"] = {}
-  for n in RSS_SIZES:
-    child = subprocess.run([sys.executable, __file__, f"--dir={args.dir}", f"--rss_child={n}"],
-                           capture_output=True, text=True, check=True)
-    report["rss_mib"][n] = json.loads(child.stdout.strip().splitlines()[-1])["rss_mib"]
-    print(f"eval_rows over {n} database images: peak RSS {report['rss_mib'][n]:.0f} MiB",
-          flush=True)
-  report["draft"] = draft_effect(args.dir)
+  if "train" in sections:
+    rates, cpu = {}, {}
+    for workers in (1, 2):
+      for rep in range(args.reps):
+        for side, fn in (("ours", ours_images_per_s), ("torch", torch_images_per_s)):
+          rate, cpu_ms = fn(train_dir, workers, order)
+          rates.setdefault(f"{side}_w{workers}", []).append(rate)
+          cpu.setdefault(f"{side}_w{workers}", []).append(cpu_ms)
+          print(f"train {side} workers={workers} rep={rep}: {rate:.1f} images/s, "
+                f"{cpu_ms:.2f} CPU ms/image", flush=True)
+    report["train_images_per_s_median"] = {k: float(np.median(v)) for k, v in rates.items()}
+    report["train_images_per_s_all"] = rates
+    report["train_cpu_ms_per_image_median"] = {k: float(np.median(v)) for k, v in cpu.items()}
+  if "rss" in sections:
+    report["rss_mib"] = {}
+    for n in RSS_SIZES:
+      child = subprocess.run([sys.executable, __file__, f"--dir={args.dir}", f"--rss_child={n}"],
+                             capture_output=True, text=True, check=True)
+      report["rss_mib"][n] = json.loads(child.stdout.strip().splitlines()[-1])["rss_mib"]
+      print(f"eval_rows over {n} database images: peak RSS {report['rss_mib'][n]:.0f} MiB",
+            flush=True)
+  if "draft" in sections:
+    report["draft"] = draft_effect(args.dir)
   report["load_end"] = os.getloadavg()
-  best = report["train_images_per_s"]
-  print("\n| workers | ours images/s | torch DataLoader images/s | ours / torch |")
-  print("| --- | --- | --- | --- |")
-  for w in (1, 2):
-    print(f"| {w} | {best[f'ours_w{w}']:.1f} | {best[f'torch_w{w}']:.1f} | "
-          f"{best[f'ours_w{w}'] / best[f'torch_w{w}']:.2f} |")
-  rss = report["rss_mib"]
-  print(f"\npeak RSS eval_rows: {RSS_SIZES[0]} images {rss[RSS_SIZES[0]]:.0f} MiB, "
-        f"{RSS_SIZES[1]} images {rss[RSS_SIZES[1]]:.0f} MiB, ratio "
-        f"{rss[RSS_SIZES[1]] / rss[RSS_SIZES[0]]:.3f}")
-  for kind, d in report["draft"].items():
+  if "train" in sections:
+    med, every = report["train_images_per_s_median"], report["train_images_per_s_all"]
+    print("\n| workers | ours images/s (median; reps) | torch DataLoader images/s (median; reps) "
+          "| ours / torch per rep | ratio of medians |")
+    print("| --- | --- | --- | --- | --- |")
+    for w in (1, 2):
+      ours, torch_ = every[f"ours_w{w}"], every[f"torch_w{w}"]
+      print(f"| {w} | {med[f'ours_w{w}']:.1f}; " + ", ".join(f"{r:.0f}" for r in ours) +
+            f" | {med[f'torch_w{w}']:.1f}; " + ", ".join(f"{r:.0f}" for r in torch_) + " | " +
+            ", ".join(f"{a / b:.2f}" for a, b in zip(ours, torch_)) +
+            f" | {med[f'ours_w{w}'] / med[f'torch_w{w}']:.2f} |")
+    cpu_med = report["train_cpu_ms_per_image_median"]
+    for w in (1, 2):
+      print(f"CPU ms per image (median), workers={w}: ours {cpu_med[f'ours_w{w}']:.2f}, torch "
+            f"{cpu_med[f'torch_w{w}']:.2f} (contention-robust: the cost, not the speed)")
+  if "rss" in sections:
+    rss = report["rss_mib"]
+    print(f"\npeak RSS eval_rows: {RSS_SIZES[0]} images {rss[RSS_SIZES[0]]:.0f} MiB, "
+          f"{RSS_SIZES[1]} images {rss[RSS_SIZES[1]]:.0f} MiB, ratio "
+          f"{rss[RSS_SIZES[1]] / rss[RSS_SIZES[0]]:.3f}")
+  for kind, d in report.get("draft", {}).items():
     print(f"draft {kind} (1024x768 JPEG -> 224): mean |diff| {d['mean_abs_diff']:.2f}, max "
           f"{d['max_abs_diff']}, pixels differing {d['share_of_pixels_differing']:.1%}, "
           f"time draft/full {d['time_ratio_draft_over_full']:.2f}")
