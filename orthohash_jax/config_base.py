@@ -41,11 +41,24 @@ KEYS = (
     Key("num_train_per_class", 500, "training items per class (Fashion-MNIST, CIFAR-10, synthetic)"),
     Key("num_classes", None, "list files / descriptors: number of classes (None: the dataset's own)",
         type=int),
-    Key("image_size", 32, "list-file images are resized to image_size x image_size"),
+    Key("image_size", 224, "list-file images: side of the crops fed to the model"),
+    Key("image_mode", "RGB", "list-file images: RGB, or L (grayscale)"),
+    Key("train_transform", "random_resized_crop", "list-file training transform, one of "
+        "transforms.KINDS"),
+    Key("train_resize", 256, "shorter side before the random crop (resize_random_crop)"),
+    Key("eval_transform", "resize_center_crop", "list-file evaluation transform, one of "
+        "transforms.KINDS"),
+    Key("eval_resize", 224, "shorter side before the centre crop (256 for NUS-WIDE)"),
+    Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
+    Key("pixel_norm", "imagenet", "device normalisation of uint8 images, one of "
+        "streaming.PIXEL_NORMS"),
+    Key("data_workers", 2, "threads decoding list-file images (0: in the calling thread)",
+        resumable=True),
+    Key("skip_bad_images", False, "replace unreadable images by a constant one and count them "
+        "in results.json, instead of stopping"),
     Key("expected_sizes", None, "list files: {'train': n, 'test': n, 'database': n} to check",
         type=dict),
     Key("allow_duplicates", False, "list files: keep a path listed twice instead of failing"),
-    Key("decode_threads", 8, "threads decoding list-file images", resumable=True),
     Key("descriptor_dim", 2048, "synthetic descriptors: dimension"),
     Key("synthetic_noise", 1.0, "synthetic descriptors: noise std times sqrt(dim)"),
     Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),

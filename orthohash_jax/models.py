@@ -43,17 +43,21 @@ class MLP(nnx.Module):
 
 
 class SmallCNN(nnx.Module):
-  """Two conv(3x3)+ReLU+maxpool(2) stages and a ReLU dense layer, for 28x28 / 32x32 images."""
+  """conv(3x3)+ReLU+maxpool(2) stages and a ReLU dense layer. ``global_pool=False`` flattens the
+  last feature map (28x28 / 32x32 images); ``global_pool=True`` averages it over space first, so
+  the parameters do not depend on the image size (224x224 smoke runs of the paper pipeline)."""
 
   def __init__(self, image_shape: Sequence[int], channels=(32, 64), features: int = 512, *,
-               rngs: nnx.Rngs):
+               global_pool: bool = False, rngs: nnx.Rngs):
     height, width, in_channels = image_shape
     chans = (in_channels, *channels)
     self.convs = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
     for _ in channels:
       height, width = height // 2, width // 2
-    self.dense = nnx.Linear(height * width * chans[-1], features, rngs=rngs)
+    flat = chans[-1] if global_pool else height * width * chans[-1]
+    self.dense = nnx.Linear(flat, features, rngs=rngs)
     self.image_shape = tuple(image_shape)
+    self.global_pool = global_pool
     self.out_features = features
 
   def __call__(self, x, *, train: bool):
@@ -61,7 +65,8 @@ class SmallCNN(nnx.Module):
     x = x.reshape(x.shape[0], *self.image_shape)
     for conv in self.convs:
       x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
-    return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+    x = x.mean(axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
+    return jax.nn.relu(self.dense(x))
 
 
 class Identity(nnx.Module):
@@ -158,6 +163,8 @@ BACKBONES = {
     "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden), rngs=rngs),
     "cnn": lambda c, shape, rngs: SmallCNN(shape if len(shape) == 3 else _square_image(shape),
                                            rngs=rngs),
+    "cnn_gap": lambda c, shape, rngs: SmallCNN(shape, channels=(32, 64, 128), global_pool=True,
+                                               rngs=rngs),
     "identity": lambda c, shape, rngs: Identity(int(np.prod(shape))),
 }
 

@@ -13,8 +13,9 @@ mesh axis), the optimiser and two compiled functions:
   global batch (this process's b rows), replicated on every process; ``pre_bn``: the hash-layer
   outputs W f(x) before BatchNorm.
 
-Inputs: float arrays are used as they are; uint8 images are cast on the device and normalised
-with ``mean_std`` ((mean, std) per channel, pixel units), so batches travel as uint8.
+Inputs: float arrays are used as they are; uint8 images travel as uint8 and are normalised on
+the device with ``mean_std`` ((mean, std) per channel, pixel units) through
+``data.normalization_table``, bit-equal to normalising on the host with numpy.
 In-memory images are augmented on the device (``augment_crop_pad``) with a key from (seed, step).
 
 The state is a ``TrainState`` pytree of plain dicts (params, batch_stats, opt_state, step).
@@ -29,6 +30,7 @@ import numpy as np
 import optax
 
 from orthohash_jax import augment, losses, models, parallel
+from orthohash_jax import data as data_lib
 
 LR_SCHEDULES = ("constant", "step")  # step: x0.1 at 80% of the training steps
 
@@ -71,8 +73,7 @@ class Trainer:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} "
                        "devices of the data axis")
     self.eval_batch = -(-config.eval_batch_size // num_devices) * num_devices
-    self.mean_std = None if mean_std is None else tuple(np.asarray(a, np.float32)
-                                                        for a in mean_std)
+    self.norm_table = None if mean_std is None else data_lib.normalization_table(mean_std)
     model = models.build_model(config, input_shape, num_classes, codebook)
     self.graphdef, params, batch_stats, constants = nnx.split(
         model, nnx.Param, nnx.BatchStat, ...)
@@ -113,10 +114,11 @@ class Trainer:
 
   # ---- compiled functions ----
   def _inputs(self, x):
-    if self.mean_std is None:
+    """uint8 images -> float32 by table lookup (bit-equal to host numpy); floats as they are."""
+    if self.norm_table is None:
       return x
-    mean, std = self.mean_std
-    return (x.astype(jnp.float32) - mean) / std
+    table = jnp.asarray(self.norm_table)
+    return table[x.astype(jnp.int32), jnp.arange(table.shape[1])]
 
   def _loss(self, params, batch_stats, constants, x, y):
     model = nnx.merge(self.graphdef, params, batch_stats, constants)

@@ -2,7 +2,8 @@
 
 Input interface (what ``run`` and ``evaluation`` use; they never look at a source's type):
   name, num_classes, multilabel, input_shape (per-example shape fed to the device),
-  input_dtype (float32 arrays, or uint8 images normalised on the device with ``mean_std``),
+  input_dtype (float32 arrays, or uint8 images normalised on the device with ``mean_std``, see
+  ``normalization_table``),
   protocol ("category": labels decide relevance; "gldv2": ground-truth lists, see descriptors),
   size(split), labels(split) (whole split, host), train_rows(indices (S, b), steps (S,),
   positions (b,)) -> x (S, b, ...) with any host-side augmentation drawn from (seed, step,
@@ -25,6 +26,21 @@ class DataError(ValueError):
   """Bad or missing data: reported as one line with a non-zero exit by ``main``."""
 
 
+# (mean, std) per channel in pixel units [0, 255] for uint8 inputs
+UNIT_MEAN_STD = (np.zeros(1, np.float32), np.full(1, 255.0, np.float32))  # x / 255, grayscale
+IMAGENET_MEAN_STD = (np.array([0.485, 0.456, 0.406], np.float32) * 255,
+                     np.array([0.229, 0.224, 0.225], np.float32) * 255)
+
+
+def normalization_table(mean_std) -> np.ndarray:
+  """float32 (256, C): row v = (v - mean) / std computed with numpy. The device normalises uint8
+  inputs by looking up ``table[x, channel]``, which equals host numpy ``(x - mean) / std`` bit
+  for bit (XLA would compile ``(x - mean) / std`` as a multiplication by 1 / std, 1 ulp off for
+  about half of the 256 values when std = 255)."""
+  mean, std = (np.asarray(a, np.float32) for a in mean_std)
+  return (np.arange(256, dtype=np.float32)[:, None] - mean) / std
+
+
 @dataclasses.dataclass
 class RetrievalData:
   """Train / query / database splits; x float32 (N, ...), y int32 (N,) or uint8 (N, C)."""
@@ -41,8 +57,8 @@ class RetrievalData:
   def multilabel(self) -> bool:
     return self.train_y.ndim == 2
 
+  mean_std: tuple = None  # uint8 inputs: per-channel (mean, std) of the device normalisation
   protocol = "category"
-  mean_std = None  # float inputs are fed as they are
 
   @property
   def input_shape(self):
@@ -127,10 +143,10 @@ def step_indices(seed: int, num_train: int, batch_size: int, start: int, stop: i
 SOURCES = {
     "digits": "orthohash_jax.data.digits",
     "fashion_mnist": "orthohash_jax.data.idx",
-    "imagenet100": "orthohash_jax.data.listfile",
-    "nuswide": "orthohash_jax.data.listfile",
-    "coco": "orthohash_jax.data.listfile",
-    "listfile": "orthohash_jax.data.listfile",
+    "imagenet100": "orthohash_jax.data.streaming",
+    "nuswide": "orthohash_jax.data.streaming",
+    "coco": "orthohash_jax.data.streaming",
+    "listfile": "orthohash_jax.data.streaming",
     "cifar10": "orthohash_jax.data.tfds_source",
     "gldv2": "orthohash_jax.data.descriptors",
     "synthetic_descriptors": "orthohash_jax.data.synthetic",

@@ -7,14 +7,15 @@ Fashion-MNIST protocol (``config.dataset = "fashion_mnist"``): train (60k) and t
 train first (70,000); per class the indices (ascending) are permuted with
 ``np.random.default_rng(0).permutation``; the first 100 are queries (1,000), the rest the
 database (69,000), and the first 500 of each class's database part the training set (5,000).
-Pixels / 255, flattened to 784 float32.
+Images stay uint8 (N, 28, 28, 1) in memory; the device divides by 255 (``UNIT_MEAN_STD``), as
+for the same images streamed from PNG files (``write_listfiles``).
 """
 import gzip
 import os
 
 import numpy as np
 
-from orthohash_jax.data import DataError, RetrievalData, per_class_split
+from orthohash_jax.data import UNIT_MEAN_STD, DataError, RetrievalData, per_class_split
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -64,13 +65,18 @@ def read_split(data_dir: str, split: str):
   return images, labels
 
 
-def load(config) -> RetrievalData:
+def read_protocol(config):
+  """The Fashion-MNIST protocol on the IDX files of ``config.data_dir``.
+
+  Returns (images uint8 (70000, 28, 28), labels int32 (70000,), train, query, db) where the
+  last three are ascending int64 indices into the merged train+test arrays.
+  """
   data_dir = config.data_dir or DEFAULT_DIR
   if not os.path.isdir(data_dir):
     raise DataError(f"data directory {data_dir} does not exist (install the Debian package "
                     "dataset-fashion-mnist or set --config.data_dir)")
   parts = [read_split(data_dir, s) for s in ("train", "test")]
-  x = np.concatenate([p[0] for p in parts]).reshape(-1, 28 * 28).astype(np.float32) / 255.0
+  images = np.concatenate([p[0] for p in parts])
   y = np.concatenate([p[1] for p in parts]).astype(np.int32)
   if y.max() >= 10:
     raise DataError(f"{data_dir}: labels must lie in [0, 10), found {y.max()}")
@@ -78,5 +84,11 @@ def load(config) -> RetrievalData:
   # the union of the training part and the rest.
   query, train, rest = per_class_split(
       y, (config.num_query_per_class, config.num_train_per_class, None), seed=config.split_seed)
-  db = np.sort(np.concatenate([train, rest]))
-  return RetrievalData("fashion_mnist", 10, x[train], y[train], x[query], y[query], x[db], y[db])
+  return images, y, train, query, np.sort(np.concatenate([train, rest]))
+
+
+def load(config) -> RetrievalData:
+  images, y, train, query, db = read_protocol(config)
+  x = images[..., None]  # uint8 (N, 28, 28, 1), x / 255 on the device as for image files
+  return RetrievalData("fashion_mnist", 10, x[train], y[train], x[query], y[query], x[db], y[db],
+                       mean_std=UNIT_MEAN_STD)

@@ -8,30 +8,24 @@ Labels: if every row of every split has exactly one 1, labels are int32 (N,) cla
 otherwise (any row with zero or several 1s) all splits are uint8 (N, C) multi-hot. The mode
 follows the labels, never the dataset name (the reference code trained COCO single-label).
 
-Images: decoded with Pillow, converted to RGB, resized (bilinear, aspect ratio not kept) to
-``image_size`` x ``image_size`` (default 32) and held in memory as float32 (N, H, W, 3) in
-[0, 1]. This is NOT the papers' 224x224 ImageNet-pretrained AlexNet pipeline: pretrained
-weights cannot be fetched here, so the supported backbones are a CNN trained from scratch on
-small images or precomputed features (``descriptors``). Memory: N * S * S * 12 bytes.
+Images are read by ``streaming.ImageListSource`` (decoded on demand, never all in memory);
+this module only reads and validates the lists (``read_lists``).
 
 Validation (``DataError`` naming file and line): missing list file, wrong column count, label
-values other than 0/1, missing or undecodable images, a path repeated within a file (an error
-unless ``allow_duplicates``), split sizes differing from ``expected_sizes`` (a dict such as
-{"train": 13000, "test": 5000}; keys are the list-file stems). Queries also in the database are
-reported with a warning.
+values other than 0/1, a path repeated within a file (an error unless ``allow_duplicates``),
+split sizes differing from ``expected_sizes`` (a dict such as {"train": 13000, "test": 5000};
+keys are the list-file stems). Queries also in the database are reported with a warning.
+Missing or undecodable images are reported by the streaming source when they are read.
 
-Config keys: data_dir, num_classes (required for the generic "listfile"; overrides
-``DATASET_INFO``, e.g. 81 for NUS-WIDE-81), image_size, expected_sizes, allow_duplicates,
-decode_threads (8).
+Config keys: dataset, data_dir, num_classes (required for the generic "listfile"; overrides
+``DATASET_INFO``, e.g. 81 for NUS-WIDE-81), expected_sizes, allow_duplicates.
 """
-import concurrent.futures
 import os
 import warnings
 
 import numpy as np
-from PIL import Image
 
-from orthohash_jax.data import DataError, RetrievalData
+from orthohash_jax.data import DataError
 
 # num_classes, R (mAP@R depth of the papers) and whether the published lists are multi-label
 # (informational: the loaded labels decide).
@@ -74,39 +68,17 @@ def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
   return paths, lines, np.array(rows, np.uint8)
 
 
-def _decode(root, name, size):
-  with Image.open(os.path.join(root, name)) as img:
-    img.draft("RGB", (size, size))
-    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-    return np.asarray(img, np.float32) / 255.0
-
-
-def load_images(root: str, list_path: str, names, lines, size: int, threads: int = 8):
-  """Decodes images to float32 (N, size, size, 3) in [0, 1]; errors name the list file line."""
-  missing = [(n, l) for n, l in zip(names, lines) if not os.path.isfile(os.path.join(root, n))]
-  if missing:
-    name, lineno = missing[0]
-    raise DataError(f"{list_path}:{lineno}: image {os.path.join(root, name)} not found "
-                    f"({len(missing)} of {len(names)} images missing)")
-  out = np.empty((len(names), size, size, 3), np.float32)
-
-  def decode_one(i):
-    try:
-      out[i] = _decode(root, names[i], size)
-    except OSError as e:
-      raise DataError(f"{list_path}:{lines[i]}: cannot decode {names[i]}: {e}") from None
-
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    list(pool.map(decode_one, range(len(names))))
-  return out
-
-
 def to_labels(rows, multilabel: bool):
   """uint8 (N, C) rows -> int32 (N,) class ids (single-label) or the rows themselves."""
   return rows if multilabel else np.argmax(rows, axis=1).astype(np.int32)
 
 
-def load(config) -> RetrievalData:
+def read_lists(config):
+  """Parses and validates the three list files of ``config.data_dir`` (no image is opened).
+
+  Returns (name, num_classes, root, parsed, multilabel) where ``parsed`` maps each split of
+  ``SPLIT_FILES`` to (list-file path, relative image paths, line numbers, uint8 (N, C) rows).
+  """
   name = config.dataset
   info = DATASET_INFO.get(name, {})
   num_classes = config.num_classes or info.get("num_classes")
@@ -133,10 +105,5 @@ def load(config) -> RetrievalData:
   if info and multilabel != info["multilabel"]:
     warnings.warn(f"{name}: labels are {'multi' if multilabel else 'single'}-label, unlike the "
                   f"published lists; using the labels as they are")
-  size = config.image_size
-  threads = config.decode_threads
-  arrays = {}
-  for split, (path, names, lines, rows) in parsed.items():
-    arrays[f"{split}_x"] = load_images(root, path, names, lines, size, threads)
-    arrays[f"{split}_y"] = to_labels(rows, multilabel)
-  return RetrievalData(name, num_classes, **arrays)
+  return name, num_classes, root, parsed, multilabel
+

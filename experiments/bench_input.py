@@ -1,0 +1,297 @@
+r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, JPEG draft.
+
+  pip install torch==2.13.0   # optional benchmark extra (a CPU build)
+  flock /tmp/bench.lock python experiments/bench_input.py [--dir=/tmp/bench_input] \
+      [--train_images=2048] [--reps=3] [--sections=train,rss,draft] [--output=F.json]
+
+1. Generates JPEG files (256x256, quality 90): smooth two-colour gradients, a few blurred
+   ellipses and rectangles, mild Gaussian noise; and list files (10 classes). Files are kept in
+   --dir and reused by later runs.
+2. Training pipeline images/s (decode + RandomResizedCrop(224) + flip + batch of 64 uint8):
+   ours (``train_rows_async`` with 3 batches in flight) and a torch DataLoader (same files,
+   the same transform written with PIL + torch random numbers, uint8 tensors, prefetch 2 per
+   worker) at 1 and 2 workers, on the same random order; after a warm-up of 2 batches; reps
+   interleaved (ours, torch, ours, torch); every rep and the medians are reported, and the
+   CPU time per image (all threads and worker processes, start-up included), which a busy
+   machine disturbs far less than images/s.
+3. Peak RSS of reading database.txt through ``eval_rows`` (Resize(224) + CenterCrop(224),
+   batches of 256, 2 workers) at 2,000 and 20,000 images, each in a fresh subprocess.
+4. JPEG draft mode on 1024x768 versions: mean / max absolute pixel difference to a full decode
+   and the speed ratio, for the eval transform and RandomResizedCrop.
+Prints ``os.getloadavg()`` at start and end: only ratios measured side by side mean anything.
+"""
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from orthohash_jax.data import streaming, transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BATCH = 64
+RSS_SIZES = (2000, 20000)
+
+
+_NOISE = np.random.default_rng(0).normal(0, 4, (1280, 1280, 3)).astype(np.int16)
+
+
+def natural_image(rng, size=256):
+  """uint8 (size, size, 3): a gradient and a few shapes drawn at size / 4, upscaled bicubic
+  (soft edges), plus mild Gaussian noise (a random window of a fixed noise field)."""
+  small = size // 4
+  t = np.add.outer(np.linspace(0, 1, small) * rng.uniform(-1, 1),
+                   np.linspace(0, 1, small) * rng.uniform(-1, 1))
+  t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+  c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+  img = Image.fromarray((c0 * (1 - t[..., None]) + c1 * t[..., None]).astype(np.uint8))
+  draw = ImageDraw.Draw(img)
+  for _ in range(int(rng.integers(3, 8))):
+    x0, y0 = rng.integers(-small // 4, small, 2)
+    x1, y1 = np.array([x0, y0]) + rng.integers(small // 10 + 1, small // 2, 2)
+    fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+    shape([int(x0), int(y0), int(x1), int(y1)], fill=fill)
+  img = img.resize((size, size), Image.Resampling.BICUBIC)
+  oy, ox = rng.integers(0, _NOISE.shape[0] - size, 2)
+  noisy = np.asarray(img).astype(np.int16) + _NOISE[oy:oy + size, ox:ox + size]
+  return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _write_image(path, i):
+  Image.fromarray(natural_image(np.random.default_rng([7, i]))).save(path, quality=90)
+
+
+def make_files(directory, n):
+  """Shared images ``directory/images/NNNNNN.jpg`` (kept between runs) and, in
+  ``directory/n{n}``, list files: train.txt = database.txt = images [0, n), test.txt = images
+  [n, n + 100). Returns the list directory."""
+  os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+  names = [f"images/{i:06d}.jpg" for i in range(n + 100)]
+  missing = [i for i, name in enumerate(names)
+             if not os.path.exists(os.path.join(directory, name))]
+  with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
+    list(pool.map(_write_image, [os.path.join(directory, names[i]) for i in missing], missing,
+                  chunksize=64))
+  rows = [f"../{name} " + " ".join("1" if c == i % 10 else "0" for c in range(10))
+          for i, name in enumerate(names)]
+  lists = os.path.join(directory, f"n{n}")
+  os.makedirs(lists, exist_ok=True)
+  for filename, lines in (("train.txt", rows[:n]), ("database.txt", rows[:n]),
+                          ("test.txt", rows[n:])):
+    with open(os.path.join(lists, filename), "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+  return lists
+
+
+def source_config(directory, workers):
+  return ml_collections.ConfigDict({
+      "dataset": "listfile", "data_dir": directory, "num_classes": 10, "seed": 0,
+      "data_workers": workers, "skip_bad_images": False, "image_size": 224, "image_mode": "RGB",
+      "train_transform": "random_resized_crop", "train_resize": 256,
+      "eval_transform": "resize_center_crop", "eval_resize": 224, "jpeg_draft": False,
+      "pixel_norm": "imagenet"})
+
+
+def _cpu_s(who):
+  usage = resource.getrusage(who)
+  return usage.ru_utime + usage.ru_stime
+
+
+def ours_images_per_s(directory, workers, order):
+  """(images/s after warm-up, CPU ms per image over the whole run incl. start-up)."""
+  cpu0 = _cpu_s(resource.RUSAGE_SELF)
+  src = streaming.load(source_config(directory, workers))
+  batches = order.reshape(-1, BATCH)
+  positions = np.arange(BATCH)
+  pending = [src.train_rows_async(batches[s:s + 1], [s], positions) for s in range(3)]
+  start = None
+  for step in range(len(batches)):
+    if step == 2:
+      start = time.perf_counter()
+    pending.pop(0).result()
+    if step + 3 < len(batches):
+      pending.append(src.train_rows_async(batches[step + 3:step + 4], [step + 3], positions))
+  rate = (len(batches) - 2) * BATCH / (time.perf_counter() - start)
+  src.close()
+  return rate, (_cpu_s(resource.RUSAGE_SELF) - cpu0) * 1e3 / len(order)
+
+
+def torch_images_per_s(directory, workers, order):
+  """As ``ours_images_per_s``; CPU counts the main process and the (reaped) workers."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  names = [line.split()[0] for line in open(os.path.join(directory, "train.txt"))]
+
+  class Files(torch.utils.data.Dataset):
+    """RandomResizedCrop(224) + flip with torch random numbers, on PIL (as torchvision)."""
+
+    def __len__(self):
+      return len(names)
+
+    def __getitem__(self, i):
+      with Image.open(os.path.join(directory, names[i])) as img:
+        img = img.convert("RGB")
+        width, height = img.size
+        area = width * height
+        box = None
+        for _ in range(10):
+          target = area * torch.empty(1).uniform_(0.08, 1.0).item()
+          aspect = math.exp(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3)).item())
+          w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+          if 0 < w <= width and 0 < h <= height:
+            top = torch.randint(0, height - h + 1, (1,)).item()
+            left = torch.randint(0, width - w + 1, (1,)).item()
+            box = (left, top, left + w, top + h)
+            break
+        box = box or (0, 0, width, height)
+        img = img.crop(box).resize((224, 224), Image.Resampling.BILINEAR)
+        if torch.rand(1).item() < 0.5:
+          img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.array(img, np.uint8))
+
+  loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH, sampler=order.tolist(),
+                                       num_workers=workers, prefetch_factor=2,
+                                       persistent_workers=False)
+  cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
+  it = iter(loader)
+  for _ in range(2):
+    next(it)
+  start = time.perf_counter()
+  n = sum(len(b) for b in it)
+  rate = n / (time.perf_counter() - start)
+  del it  # joins the workers, so that their CPU time is counted
+  cpu = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
+  return rate, cpu * 1e3 / len(order)
+
+
+def rss_child(directory, n):
+  """Peak RSS (MiB) of reading n database rows through eval_rows (run in a fresh process)."""
+  src = streaming.load(source_config(directory, 2))
+  checksum = 0
+  chunk = 256
+  pending = [src.eval_rows_async("db", np.arange(s, min(s + chunk, n))) for s in (0, chunk)]
+  for start in range(0, n, chunk):
+    checksum += int(pending.pop(0).result()[:, 100, 100].sum())
+    nxt = start + 2 * chunk
+    if nxt < n:
+      pending.append(src.eval_rows_async("db", np.arange(nxt, min(nxt + chunk, n))))
+  src.close()
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, checksum
+
+
+def draft_effect(directory, n=40):
+  """(mean |diff|, max |diff|, time ratio draft/full) per transform on 1024x768 JPEGs."""
+  big = os.path.join(directory, "big")
+  os.makedirs(big, exist_ok=True)
+  paths = []
+  for i in range(n):
+    path = os.path.join(big, f"{i}.jpg")
+    if not os.path.exists(path):
+      x = natural_image(np.random.default_rng([8, i]), 1024)[:768]
+      Image.fromarray(x).save(path, quality=90)
+    paths.append(path)
+  out = {}
+  for kind in ("resize_center_crop", "random_resized_crop"):
+    results, times = {}, {}
+    for draft in (False, True):
+      t = transforms.Transform(kind, size=224, resize=224, draft=draft)
+      start = time.perf_counter()
+      xs = []
+      for i, path in enumerate(paths):
+        with Image.open(path) as img:
+          xs.append(t(img, np.random.default_rng([0, i]) if t.random else None).astype(np.int16))
+      times[draft] = time.perf_counter() - start
+      results[draft] = np.stack(xs)
+    diff = np.abs(results[True] - results[False])
+    out[kind] = {"mean_abs_diff": float(diff.mean()), "max_abs_diff": int(diff.max()),
+                 "share_of_pixels_differing": float((diff > 0).mean()),
+                 "time_ratio_draft_over_full": times[True] / times[False]}
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--dir", default="/tmp/bench_input")
+  parser.add_argument("--train_images", type=int, default=2048)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--output", default=None)
+  parser.add_argument("--sections", default="train,rss,draft",
+                      help="comma-separated subset of train, rss, draft")
+  parser.add_argument("--rss_child", type=int, default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.rss_child is not None:
+    rss, checksum = rss_child(os.path.join(args.dir, f"n{args.rss_child}"), args.rss_child)
+    print(json.dumps({"rss_mib": rss, "checksum": checksum}))
+    return
+  report = {"load_start": os.getloadavg()}
+  print(f"load average at start: {report['load_start']}", flush=True)
+  sections = set(args.sections.split(","))
+  train_dir = [make_files(args.dir, n) for n in RSS_SIZES][-1]
+  order = np.random.default_rng(0).permutation(RSS_SIZES[1])[:args.train_images // BATCH * BATCH]
+  if "train" in sections:
+    rates, cpu = {}, {}
+    for workers in (1, 2):
+      for rep in range(args.reps):
+        for side, fn in (("ours", ours_images_per_s), ("torch", torch_images_per_s)):
+          rate, cpu_ms = fn(train_dir, workers, order)
+          rates.setdefault(f"{side}_w{workers}", []).append(rate)
+          cpu.setdefault(f"{side}_w{workers}", []).append(cpu_ms)
+          print(f"train {side} workers={workers} rep={rep}: {rate:.1f} images/s, "
+                f"{cpu_ms:.2f} CPU ms/image", flush=True)
+    report["train_images_per_s_median"] = {k: float(np.median(v)) for k, v in rates.items()}
+    report["train_images_per_s_all"] = rates
+    report["train_cpu_ms_per_image_median"] = {k: float(np.median(v)) for k, v in cpu.items()}
+  if "rss" in sections:
+    report["rss_mib"] = {}
+    for n in RSS_SIZES:
+      child = subprocess.run([sys.executable, __file__, f"--dir={args.dir}", f"--rss_child={n}"],
+                             capture_output=True, text=True, check=True)
+      report["rss_mib"][n] = json.loads(child.stdout.strip().splitlines()[-1])["rss_mib"]
+      print(f"eval_rows over {n} database images: peak RSS {report['rss_mib'][n]:.0f} MiB",
+            flush=True)
+  if "draft" in sections:
+    report["draft"] = draft_effect(args.dir)
+  report["load_end"] = os.getloadavg()
+  if "train" in sections:
+    med, every = report["train_images_per_s_median"], report["train_images_per_s_all"]
+    print("\n| workers | ours images/s (median; reps) | torch DataLoader images/s (median; reps) "
+          "| ours / torch per rep | ratio of medians |")
+    print("| --- | --- | --- | --- | --- |")
+    for w in (1, 2):
+      ours, torch_ = every[f"ours_w{w}"], every[f"torch_w{w}"]
+      print(f"| {w} | {med[f'ours_w{w}']:.1f}; " + ", ".join(f"{r:.0f}" for r in ours) +
+            f" | {med[f'torch_w{w}']:.1f}; " + ", ".join(f"{r:.0f}" for r in torch_) + " | " +
+            ", ".join(f"{a / b:.2f}" for a, b in zip(ours, torch_)) +
+            f" | {med[f'ours_w{w}'] / med[f'torch_w{w}']:.2f} |")
+    cpu_med = report["train_cpu_ms_per_image_median"]
+    for w in (1, 2):
+      print(f"CPU ms per image (median), workers={w}: ours {cpu_med[f'ours_w{w}']:.2f}, torch "
+            f"{cpu_med[f'torch_w{w}']:.2f} (contention-robust: the cost, not the speed)")
+  if "rss" in sections:
+    rss = report["rss_mib"]
+    print(f"\npeak RSS eval_rows: {RSS_SIZES[0]} images {rss[RSS_SIZES[0]]:.0f} MiB, "
+          f"{RSS_SIZES[1]} images {rss[RSS_SIZES[1]]:.0f} MiB, ratio "
+          f"{rss[RSS_SIZES[1]] / rss[RSS_SIZES[0]]:.3f}")
+  for kind, d in report.get("draft", {}).items():
+    print(f"draft {kind} (1024x768 JPEG -> 224): mean |diff| {d['mean_abs_diff']:.2f}, max "
+          f"{d['max_abs_diff']}, pixels differing {d['share_of_pixels_differing']:.1%}, "
+          f"time draft/full {d['time_ratio_draft_over_full']:.2f}")
+  print(f"load average at end: {report['load_end']}")
+  if args.output:
+    with open(args.output, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,235 @@
+"""Streaming image source over hashing list files: decodes on demand, caches nothing.
+
+``ImageListSource`` implements the input interface shared with the in-memory data:
+- ``name``, ``num_classes``, ``multilabel``; ``input_shape`` (H, W, C) and ``input_dtype``
+  (uint8); ``mean_std``: per-channel (mean, std) float32 in pixel units [0, 255], the device
+  computes ``(x - mean) / std``.
+- ``size(split)``, ``labels(split)`` (int32 (N,) or uint8 (N, C), the whole split) for split in
+  ("train", "query", "db") = train.txt, test.txt, database.txt.
+- ``train_rows(indices (S, b), steps (S,), positions (b,))`` -> uint8 (S, b, H, W, C): row
+  ``indices[s, p]`` of the training list through the training transform, its randomness from
+  ``np.random.default_rng([seed, steps[s], positions[p]])`` only (``positions`` are positions in
+  the global batch), so a batch does not depend on the number of workers or processes.
+- ``eval_rows(split, indices)`` -> uint8 (n, H, W, C) through the deterministic eval transform.
+- ``train_rows_async`` / ``eval_rows_async``: the same, returning at once a ``Pending`` whose
+  ``result()`` waits; the loop keeps a few in flight to prefetch batches.
+- ``close()`` stops the workers.
+
+Device normalisation: by ``data.normalization_table`` (bit-equal to host numpy).
+
+List files are parsed and validated by ``listfile.read_lists`` (same keys, same errors).
+
+Workers: ``data_workers`` threads of one ``ThreadPoolExecutor`` (0: decode in the calling
+thread), one task per image writing into the preallocated batch. Pillow releases the GIL while
+it decodes and resamples, so threads run in parallel without pickling images between processes
+(``experiments/bench_input.py`` compares with a torch DataLoader of worker processes).
+
+Bad images: a missing or undecodable file (or, for transform "none", one whose size differs
+from the first training image) raises ``DataError`` naming list file, line and path; errors
+are raised in row order when the batch is collected, and the other tasks of that batch are
+cancelled, so no worker is left hanging. With ``skip_bad_images`` the image is replaced by a
+constant one (every pixel the rounded normalisation mean, so about 0 after normalisation), a
+warning is issued once per file, and ``skipped`` lists the distinct bad rows met so far.
+
+Memory: the list-file rows (paths, line numbers, labels) stay in memory; decoded pixels exist
+only in the batches returned (and the few in flight).
+"""
+import concurrent.futures
+import os
+import threading
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from orthohash_jax.data import IMAGENET_MEAN_STD, UNIT_MEAN_STD, DataError, listfile
+from orthohash_jax.data import transforms as transforms_lib
+
+SPLITS = ("train", "query", "db")
+# (mean, std) in pixel units: ImageNet statistics (RGB), or x / 255 for any channel count.
+PIXEL_NORMS = {
+    "imagenet": lambda c: IMAGENET_MEAN_STD,
+    "unit": lambda c: tuple(np.repeat(a, c) for a in UNIT_MEAN_STD),
+}
+_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class Pending:
+  """Batch being decoded: ``result()`` returns it, or raises the first error in row order."""
+
+  def __init__(self, out, futures):
+    self._out, self._futures = out, futures
+
+  def result(self) -> np.ndarray:
+    for i, f in enumerate(self._futures):
+      try:
+        f.result()
+      except BaseException:
+        for g in self._futures[i + 1:]:
+          g.cancel()
+        raise
+    return self._out
+
+
+class _Done:
+  """A finished task (``data_workers = 0``) with the ``Future.result`` / ``cancel`` protocol."""
+
+  def __init__(self, fn, *args):
+    self._error = None
+    try:
+      fn(*args)
+    except Exception as e:  # pylint: disable=broad-except
+      self._error = e
+
+  def result(self):
+    if self._error is not None:
+      raise self._error
+
+  def cancel(self):
+    return False
+
+
+class ImageListSource:
+  """Streaming source over train.txt / test.txt / database.txt (see module docstring)."""
+
+  input_dtype = np.dtype(np.uint8)
+
+  def __init__(self, name, num_classes, root, parsed, multilabel, train_transform,
+               eval_transform, seed: int, data_workers: int, skip_bad_images: bool,
+               mean_std):
+    """``parsed`` maps "train"/"query"/"db" to (list path, names, line numbers, uint8 rows) as
+    returned by ``listfile.read_lists``; transforms are ``transforms.Transform``."""
+    self.name, self.num_classes, self.multilabel = name, num_classes, multilabel
+    self._root, self._seed = root, int(seed)
+    self._train_transform, self._eval_transform = train_transform, eval_transform
+    if eval_transform.random:
+      raise ValueError(f"eval transform {eval_transform.kind} is random")
+    self._lists = {s: parsed[s][:3] for s in SPLITS}
+    self._labels = {s: listfile.to_labels(parsed[s][3], multilabel) for s in SPLITS}
+    self.mean_std = mean_std
+    self._skip = bool(skip_bad_images)
+    self._skipped = set()
+    self._lock = threading.Lock()
+    self.input_shape = self._shape(train_transform)
+    if self._shape(eval_transform) != self.input_shape:
+      raise ValueError(f"train transform gives {self.input_shape} but eval transform gives "
+                       f"{self._shape(eval_transform)}")
+    self._fill = np.broadcast_to(np.round(mean_std[0]).astype(np.uint8), self.input_shape)
+    self._pool = (concurrent.futures.ThreadPoolExecutor(data_workers, "decode")
+                  if data_workers > 0 else None)
+
+  def _shape(self, transform):
+    if transform.kind != "none":
+      return (transform.size, transform.size, transform.channels)
+    path, names, lines = self._lists["train"]
+    try:
+      with Image.open(os.path.join(self._root, names[0])) as img:
+        return (img.size[1], img.size[0], transform.channels)
+    except _BAD_IMAGE_ERRORS as e:
+      raise DataError(f"{path}:{lines[0]}: cannot read {os.path.join(self._root, names[0])} "
+                      f"to find the input shape: {e}") from None
+
+  @property
+  def skipped(self):
+    """Distinct bad rows replaced so far, as sorted "list file:line: path" strings."""
+    with self._lock:
+      return sorted(self._skipped)
+
+  def size(self, split: str) -> int:
+    return len(self._lists[split][1])
+
+  def labels(self, split: str) -> np.ndarray:
+    return self._labels[split]
+
+  def _decode_into(self, out, k, split, row, transform, rng_key):
+    path, names, lines = self._lists[split]
+    file = os.path.join(self._root, names[row])
+    try:
+      with Image.open(file) as img:
+        rng = np.random.default_rng(rng_key) if transform.random else None
+        x = transform(img, rng)
+      if x.shape != self.input_shape:
+        raise ValueError(f"image shape {x.shape[:2]} differs from the first training image's "
+                         f"{self.input_shape[:2]}")
+      out[k] = x
+    except _BAD_IMAGE_ERRORS as e:
+      where = f"{path}:{lines[row]}: {file}"
+      if not self._skip:
+        raise DataError(f"{where}: cannot decode: {e} (set skip_bad_images to substitute "
+                        f"a constant image)") from None
+      with self._lock:
+        first = where not in self._skipped
+        self._skipped.add(where)
+      if first:
+        warnings.warn(f"{where}: skipped ({e})")
+      out[k] = self._fill
+
+  def _submit(self, out, tasks):
+    """Decodes ``tasks`` (split, row, transform, rng key) into the rows of ``out``."""
+    run = self._pool.submit if self._pool is not None else _Done
+    flat = out.reshape((-1,) + self.input_shape)
+    return Pending(out, [run(self._decode_into, flat, k, *t) for k, t in enumerate(tasks)])
+
+  def train_rows_async(self, indices, steps, positions) -> Pending:
+    indices = np.asarray(indices)
+    steps, positions = np.asarray(steps), np.asarray(positions)
+    if indices.ndim != 2 or indices.shape != (len(steps), len(positions)):
+      raise ValueError(f"indices {indices.shape} must be (len(steps), len(positions)) = "
+                       f"({len(steps)}, {len(positions)})")
+    self._check_rows("train", indices)
+    out = np.empty(indices.shape + self.input_shape, np.uint8)
+    tasks = [("train", int(indices[s, p]), self._train_transform,
+              [self._seed, int(steps[s]), int(positions[p])])
+             for s in range(len(steps)) for p in range(len(positions))]
+    return self._submit(out, tasks)
+
+  def train_rows(self, indices, steps, positions) -> np.ndarray:
+    return self.train_rows_async(indices, steps, positions).result()
+
+  def eval_rows_async(self, split: str, indices) -> Pending:
+    indices = np.asarray(indices)
+    if indices.ndim != 1:
+      raise ValueError(f"eval indices must be 1-D, got shape {indices.shape}")
+    self._check_rows(split, indices)
+    out = np.empty(indices.shape + self.input_shape, np.uint8)
+    return self._submit(out, [(split, int(i), self._eval_transform, None) for i in indices])
+
+  def eval_rows(self, split: str, indices) -> np.ndarray:
+    return self.eval_rows_async(split, indices).result()
+
+  def _check_rows(self, split, indices):
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if indices.size and (indices.min() < 0 or indices.max() >= self.size(split)):
+      raise ValueError(f"{split} row indices must lie in [0, {self.size(split)})")
+
+  def close(self):
+    if self._pool is not None:
+      self._pool.shutdown(wait=True, cancel_futures=True)
+      self._pool = None
+
+
+def transforms_from_config(config):
+  """(train Transform, eval Transform) from the config keys listed in ``load``."""
+  common = dict(size=config.image_size, mode=config.image_mode, draft=config.jpeg_draft)
+  train = transforms_lib.Transform(config.train_transform, resize=config.train_resize,
+                                   **common)
+  evaluate = transforms_lib.Transform(config.eval_transform, resize=config.eval_resize,
+                                      **common)
+  return train, evaluate
+
+
+def load(config) -> ImageListSource:
+  """Streaming source of a list-file dataset. Keys: those of ``listfile.read_lists``
+  (dataset, data_dir, num_classes, expected_sizes, allow_duplicates) and seed, data_workers,
+  skip_bad_images, image_size, image_mode, train_transform, train_resize, eval_transform,
+  eval_resize, jpeg_draft, pixel_norm ("imagenet" or "unit")."""
+  if config.pixel_norm not in PIXEL_NORMS:
+    raise ValueError(f"pixel_norm must be one of {sorted(PIXEL_NORMS)}, got {config.pixel_norm!r}")
+  name, num_classes, root, parsed, multilabel = listfile.read_lists(config)
+  train, evaluate = transforms_from_config(config)
+  if config.pixel_norm == "imagenet" and config.image_mode != "RGB":
+    raise ValueError("pixel_norm 'imagenet' needs image_mode 'RGB'")
+  mean_std = PIXEL_NORMS[config.pixel_norm](train.channels)
+  return ImageListSource(name, num_classes, root, parsed, multilabel, train, evaluate,
+                         config.seed, config.data_workers, config.skip_bad_images, mean_std)

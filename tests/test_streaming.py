@@ -1,0 +1,226 @@
+"""Streaming list-file source: rows, determinism over workers, bad images, memory, and the
+Fashion-MNIST list files against the IDX path."""
+import gc
+import tracemalloc
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from orthohash_jax.data import DataError, idx, streaming, transforms, write_listfiles
+from test_data import write_idx
+
+ONE_HOT = np.eye(3, dtype=int)
+
+
+def _write(root, n_train=10, n_test=3, n_db=8, seed=0):
+  """JPEG and PNG files of varied sizes plus the three list files; returns {file: rows}."""
+  rng = np.random.default_rng(seed)
+  (root / "img").mkdir(exist_ok=True)
+  rows = {}
+  for filename, n in (("train.txt", n_train), ("test.txt", n_test), ("database.txt", n_db)):
+    lines, labels = [], []
+    for i in range(n):
+      w, h = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+      ext = "jpg" if i % 2 else "png"
+      name = f"img/{filename[:-4]}_{i}.{ext}"
+      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
+      label = ONE_HOT[i % 3]
+      lines.append(name + " " + " ".join(map(str, label)))
+      labels.append(label)
+    (root / filename).write_text("\n".join(lines) + "\n")
+    rows[filename] = np.array(labels)
+  return rows
+
+
+def _config(root, **kw):
+  base = {"dataset": "listfile", "data_dir": str(root), "num_classes": 3, "seed": 7,
+          "data_workers": 2, "skip_bad_images": False, "image_size": 32, "image_mode": "RGB",
+          "train_transform": "random_resized_crop", "train_resize": 36,
+          "eval_transform": "resize_center_crop", "eval_resize": 36, "jpeg_draft": False,
+          "pixel_norm": "imagenet"}
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def _files(root, list_name):
+  return [root / line.split()[0] for line in (root / list_name).read_text().splitlines()]
+
+
+def test_interface_labels_and_eval_rows(tmp_path):
+  rows = _write(tmp_path)
+  src = streaming.load(_config(tmp_path))
+  try:
+    assert (src.name, src.num_classes, src.multilabel) == ("listfile", 3, False)
+    assert src.input_shape == (32, 32, 3) and src.input_dtype == np.uint8
+    np.testing.assert_allclose(src.mean_std[0], [123.675, 116.28, 103.53], rtol=1e-6)
+    for split, name in (("train", "train.txt"), ("query", "test.txt"), ("db", "database.txt")):
+      assert src.size(split) == len(rows[name])
+      np.testing.assert_array_equal(src.labels(split), rows[name].argmax(1))
+    picks = np.array([5, 0, 7, 7])
+    got = src.eval_rows("db", picks)
+    files = _files(tmp_path, "database.txt")
+    t = transforms.Transform("resize_center_crop", size=32, resize=36)
+    for k, i in enumerate(picks):
+      with Image.open(files[i]) as img:
+        np.testing.assert_array_equal(got[k], t(img))
+  finally:
+    src.close()
+
+
+def test_train_rows_from_seed_step_position_only(tmp_path):
+  _write(tmp_path)
+  indices = np.array([[3, 1, 4, 1], [5, 9, 2, 6], [5, 3, 5, 8]])
+  steps, positions = np.array([10, 11, 12]), np.array([0, 1, 2, 3])
+  outs = []
+  for workers in (0, 1, 3):
+    src = streaming.load(_config(tmp_path, data_workers=workers))
+    outs.append(src.train_rows(indices, steps, positions))
+    # Two "processes", each asking for its half of every global batch.
+    halves = [src.train_rows(indices[:, sl], steps, positions[sl])
+              for sl in (slice(0, 2), slice(2, 4))]
+    np.testing.assert_array_equal(np.concatenate(halves, axis=1), outs[-1])
+    src.close()
+  assert outs[0].shape == (3, 4, 32, 32, 3) and outs[0].dtype == np.uint8
+  for out in outs[1:]:
+    np.testing.assert_array_equal(out, outs[0])
+  files = _files(tmp_path, "train.txt")
+  t = transforms.Transform("random_resized_crop", size=32)
+  for s, p in ((0, 2), (2, 0), (2, 2)):
+    with Image.open(files[indices[s, p]]) as img:
+      want = t(img, np.random.default_rng([7, steps[s], positions[p]]))
+    np.testing.assert_array_equal(outs[0][s, p], want)
+  # The same row at other steps or positions gets other augmentations.
+  assert not np.array_equal(outs[0][2, 0], outs[0][2, 2])
+
+
+def test_prefetched_requests_resolve_independently(tmp_path):
+  _write(tmp_path)
+  src = streaming.load(_config(tmp_path, data_workers=2))
+  try:
+    pending = [src.train_rows_async(np.array([[i, i + 1]]), [i], [0, 1]) for i in range(4)]
+    pending.append(src.eval_rows_async("query", np.arange(3)))
+    results = [p.result() for p in pending]
+    np.testing.assert_array_equal(results[2], src.train_rows(np.array([[2, 3]]), [2], [0, 1]))
+    np.testing.assert_array_equal(results[4], src.eval_rows("query", np.arange(3)))
+  finally:
+    src.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_images_name_list_file_and_line(tmp_path, workers):
+  _write(tmp_path)
+  files = _files(tmp_path, "train.txt")
+  files[3].unlink()
+  files[6].write_bytes(b"not an image at all")
+  src = streaming.load(_config(tmp_path, data_workers=workers))
+  try:
+    with pytest.raises(DataError, match=r"train.txt:4: .*train_3.jpg: cannot decode"):
+      src.train_rows(np.array([[0, 3, 6, 1]]), [0], np.arange(4))
+    with pytest.raises(DataError, match=r"train.txt:7: .*train_6.png: cannot decode"):
+      src.train_rows(np.array([[0, 6, 2, 3]]), [0], np.arange(4))
+    # The pool still works after an error.
+    assert src.train_rows(np.array([[0, 1]]), [0], [0, 1]).shape == (1, 2, 32, 32, 3)
+  finally:
+    src.close()
+
+
+def test_skip_bad_images_counts_and_fills(tmp_path):
+  _write(tmp_path)
+  files = _files(tmp_path, "train.txt")
+  files[3].unlink()
+  src = streaming.load(_config(tmp_path, skip_bad_images=True))
+  try:
+    with pytest.warns(UserWarning, match="train.txt:4: .*skipped"):
+      out = src.train_rows(np.array([[3, 0], [1, 3]]), [0, 1], [0, 1])
+    np.testing.assert_array_equal(out[0, 0], np.broadcast_to([124, 116, 104], (32, 32, 3)))
+    np.testing.assert_array_equal(out[1, 1], out[0, 0])
+    assert not np.array_equal(out[0, 1], out[0, 0])
+    assert len(src.skipped) == 1 and src.skipped[0].endswith("train_3.jpg")
+  finally:
+    src.close()
+
+
+def test_none_transform_rejects_other_sizes(tmp_path):
+  _write(tmp_path)
+  src = streaming.load(_config(tmp_path, train_transform="none", eval_transform="none"))
+  try:
+    with Image.open(_files(tmp_path, "train.txt")[0]) as img:
+      assert src.input_shape == (img.size[1], img.size[0], 3)
+    with pytest.raises(DataError, match="differs from the first training image"):
+      src.eval_rows("db", np.arange(8))
+  finally:
+    src.close()
+
+
+def _eval_peak(root, n, batch=16):
+  """Peak traced bytes of streaming ``n`` database rows through eval_rows in batches."""
+  src = streaming.load(_config(root, data_workers=2))
+  gc.collect()
+  tracemalloc.start()
+  total = 0
+  for start in range(0, n, batch):
+    total += int(src.eval_rows("db", np.arange(start, min(start + batch, n)) % 8).sum())
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  src.close()
+  return peak
+
+
+def test_memory_does_not_grow_with_rows_read(tmp_path):
+  _write(tmp_path)
+  small, large = _eval_peak(tmp_path, 32), _eval_peak(tmp_path, 320)
+  assert large < 1.5 * small + 200_000, (small, large)
+
+
+def test_fashion_mnist_list_files_equal_idx_rows(tmp_path):
+  rng = np.random.default_rng(0)
+  idx_dir, out = tmp_path / "idx", tmp_path / "files"
+  idx_dir.mkdir()
+  images = {"train": rng.integers(0, 256, (60, 28, 28)), "t10k": rng.integers(0, 256, (40, 28, 28))}
+  labels = {"train": np.arange(60) % 10, "t10k": (np.arange(40) * 3) % 10}
+  for split in images:
+    write_idx(str(idx_dir / f"{split}-images-idx3-ubyte.gz"), images[split])
+    write_idx(str(idx_dir / f"{split}-labels-idx1-ubyte.gz"), labels[split])
+  assert write_listfiles.main(["--dataset=fashion_mnist", f"--output={out}",
+                               f"--data_dir={idx_dir}", "--num_query_per_class=3",
+                               "--num_train_per_class=4"]) == 0
+  want = idx.load(ml_collections.ConfigDict({
+      "data_dir": str(idx_dir), "num_query_per_class": 3, "num_train_per_class": 4,
+      "split_seed": 0}))
+  src = streaming.load(_config(out, num_classes=10, image_mode="L", train_transform="none",
+                               eval_transform="none", pixel_norm="unit"))
+  try:
+    assert src.input_shape == (28, 28, 1)
+    table = streaming.normalization_table(src.mean_std)
+    normalize = jax.jit(lambda x, t: t[x.astype(jnp.int32), jnp.arange(t.shape[1])])
+    for split in ("train", "query", "db"):
+      n = src.size(split)
+      if split == "train":  # as the loop asks: (steps, batch) of rows
+        x = src.train_rows(np.arange(n).reshape(4, -1), np.arange(4), np.arange(n // 4))
+      else:
+        x = src.eval_rows(split, np.arange(n))
+      pixels = np.asarray(normalize(x, table)).reshape(n, -1)  # as on the device
+      np.testing.assert_array_equal(pixels, getattr(want, f"{split}_x"))
+      np.testing.assert_array_equal(src.labels(split), getattr(want, f"{split}_y"))
+  finally:
+    src.close()
+
+
+def test_write_listfiles_bad_input_is_one_line(tmp_path, capsys):
+  assert write_listfiles.main(["--dataset=fashion_mnist", f"--output={tmp_path / 'o'}",
+                               f"--data_dir={tmp_path / 'missing'}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_normalization_table_equals_host_numpy_exactly():
+  x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
+  mean_std = streaming.PIXEL_NORMS["imagenet"](3)
+  table = streaming.normalization_table(mean_std)
+  assert table.shape == (256, 3) and table.dtype == np.float32
+  got = jax.jit(lambda x, t: t[x.astype(jnp.int32), jnp.arange(3)])(x, table)
+  np.testing.assert_array_equal(np.asarray(got), (x.astype(np.float32) - mean_std[0]) / mean_std[1])
