@@ -16,7 +16,6 @@ r"""Analysis plots of a run (paper Figures 3 and 4, and the PR curve), written a
   quantization angle, the separability and the orthogonality ``metrics.*`` of the database codes
   (orange, dotted, right axis); separability on at most ``--max_items`` database items.
 """
-import argparse
 import json
 import os
 import sys
@@ -28,9 +27,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments.run_grid import parse_sets
 from orthohash_jax import data as data_lib
-from orthohash_jax import codes_file, config_base, evaluation, metrics, parallel, retrieval, run
+from orthohash_jax import cli, codes_file, config_base, evaluation, metrics, parallel, retrieval, run
 
 
 def pair_distances(q_codes, db_codes, q_labels, db_labels):
@@ -140,7 +138,7 @@ def plot_figure4(records, path: str) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--workdir", help="a finished run (reads codes.npz)")
   source.add_argument("--config", help="train this config recording the Figure-4 metrics")
@@ -157,7 +155,7 @@ def main(argv=None) -> int:
       if args.every_epochs < 1:
         raise ValueError(f"--every_epochs must be positive, got {args.every_epochs}")
       config = config_base.load_config_file(args.config)
-      config.update(parse_sets(args.set))
+      config_base.apply_overrides(config, args.set)
       records, trainer, data, state = train_with_analysis(config, args.every_epochs, args.max_items)
       with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(records, f, indent=2)

@@ -7,8 +7,6 @@ Every run gets its own workdir under --out (a finished run, one with results.jso
 redone, so an interrupted grid resumes). Extra --set key=value pairs override config keys for
 every run (e.g. --set num_epochs=10). Methods are the rows of the paper's Table 1 / ablations.
 """
-import argparse
-import ast
 import csv
 import json
 import os
@@ -17,7 +15,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orthohash_jax import config_base, run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from orthohash_jax import cli, config_base, run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = {
     "CE": {"loss": "ce", "use_bn": False},
@@ -33,50 +31,44 @@ METHODS = {
 }
 
 
-def parse_sets(items):
-  out = {}
-  for item in items:
-    key, value = item.split("=", 1)
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
-
-
-def run_one(config_path, overrides, workdir):
+def run_one(config_path, sets, overrides, workdir):
   done = os.path.join(workdir, "results.json")
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)
   config = config_base.load_config_file(config_path)
+  config_base.apply_overrides(config, sets)
   config.update(overrides)
   return run.train_and_evaluate(config, workdir)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> int:
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
   parser.add_argument("--methods", default="CE+BN,OrthoCos+BN")
-  parser.add_argument("--bits", default="16,32,64")
-  parser.add_argument("--seeds", default="0")
+  parser.add_argument("--bits", type=cli.int_list(1), default="16,32,64",
+                      help="code lengths, comma-separated")
+  parser.add_argument("--seeds", type=cli.int_list(0), default="0",
+                      help="seeds, comma-separated")
   parser.add_argument("--out", required=True)
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   args = parser.parse_args()
   methods = args.methods.split(",")
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
-    sys.exit(f"error: unknown methods {unknown}; known: {list(METHODS)}")
-  bits = [int(b) for b in args.bits.split(",")]
-  seeds = [int(s) for s in args.seeds.split(",")]
-  extra = parse_sets(args.set)
+    parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
+  bits, seeds = args.bits, args.seeds
   rows = []
   for method in methods:
     for k in bits:
       for seed in seeds:
         workdir = os.path.join(args.out, "runs", f"{method.replace('/', '_')}_{k}b_s{seed}")
-        res = run_one(args.config, {**extra, **METHODS[method], "num_bits": k, "seed": seed},
-                      workdir)
+        try:
+          res = run_one(args.config, args.set, {**METHODS[method], "num_bits": k, "seed": seed},
+                        workdir)
+        except (ValueError, OSError, run.TrainingError) as e:
+          print(f"error: {method} {k} bits seed {seed}: {e}", file=sys.stderr)
+          return 2
         rows.append({"method": method, "bits": k, "seed": seed, "mAP": res["mAP"],
                      "steps_per_second": res["steps_per_second"]})
         print(json.dumps(rows[-1]), flush=True)
@@ -98,7 +90,8 @@ def main():
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(table)
   print(table)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -1,15 +1,42 @@
 """Orbax checkpoints of the train state in ``<workdir>/checkpoints``, resumed automatically.
 
 Checkpoints are written synchronously (orbax writes to a temporary directory and renames it, so
-a process killed mid-save leaves the previous checkpoints intact). A latest checkpoint that fails
-to restore is reported, moved to ``<workdir>/checkpoints_corrupt/<step>`` (kept for inspection,
-never deleted) and the next older one is used.
+a process killed mid-save leaves the previous checkpoints intact). A checkpoint that fails to
+restore is reported in one line and moved, by process 0 while the others wait, to
+``<workdir>/checkpoints_corrupt/<step>`` (``<step>.1``, ``<step>.2``, ... when that name is taken;
+kept for inspection, never deleted); the next older one is tried. The libraries' own error
+output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
+no checkpoint restores, one line says that training starts from step 0.
 """
+import contextlib
 import os
 import shutil
+import sys
+import tempfile
 
-from absl import logging
 import orbax.checkpoint as ocp
+
+from orthohash_jax import parallel
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+  """Sends file descriptor 2 (where C++ libraries log) to a scratch file while the block runs."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 class Checkpointer:
@@ -30,25 +57,41 @@ class Checkpointer:
     self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
     self.manager.wait_until_finished()
 
-  def restore_latest(self, abstract_state):
-    """Returns (state, step) of the newest checkpoint that restores, or (None, 0) if none does."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
+  def latest_step(self):
+    """The newest saved step, or None."""
+    return self.manager.latest_step()
+
+  def restore_latest(self, abstract_state, log=print):
+    """Returns (state, step) of the newest checkpoint that restores, or (None, 0) if none does;
+    ``log`` receives one line per quarantined checkpoint and one if none restores."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
       try:
-        state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        with quiet_stderr():
+          state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         return state, step
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint at step %d is corrupt (%s: %s); trying an older one",
-                        step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        print(f"warning: checkpoint at step {step} could not be restored "
-              f"({type(e).__name__}); moved to {self.corrupt_dir}, using an older one", flush=True)
-        self._quarantine(step)
+        where = self._quarantine(step)
+        log(f"warning: checkpoint at step {step} could not be restored ({_first_line(e)}); "
+            f"moved to {where}")
+    if steps:
+      log(f"warning: none of the {len(steps)} checkpoints restored; training starts from step 0")
     return None, 0
 
-  def _quarantine(self, step: int) -> None:
+  def _quarantine(self, step: int) -> str:
+    """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns where."""
     self.manager.close()
-    os.makedirs(self.corrupt_dir, exist_ok=True)
-    shutil.move(os.path.join(self.directory, str(step)), os.path.join(self.corrupt_dir, str(step)))
+    target = os.path.join(self.corrupt_dir, str(step))
+    suffix = 0
+    while os.path.exists(target):
+      suffix += 1
+      target = os.path.join(self.corrupt_dir, f"{step}.{suffix}")
+    if parallel.is_main_process():
+      os.makedirs(self.corrupt_dir, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    parallel.barrier("quarantine")
     self.manager = self._open()
+    return target
 
   def reached_preemption(self, step: int) -> bool:
     """True when orbax's multi-host preemption signal (e.g. a TPU maintenance event) fired."""

@@ -21,13 +21,19 @@ REQUIRED_KEYS = ("query_codes", "db_codes", "query_labels", "db_labels", "num_bi
 
 def save_codes(path: str, result: dict, num_bits: int, config: dict, faiss_index=False) -> None:
   """Writes packed codes and labels (``result`` keys as in REQUIRED_KEYS) to ``path``."""
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a directory; give the codes file's path (e.g. {path}/codes.npz)")
   tmp = path + ".tmp.npz"
-  np.savez(tmp, query_codes=np.asarray(result["query_codes"], np.uint32),
-           db_codes=np.asarray(result["db_codes"], np.uint32),
-           query_labels=np.asarray(result["query_labels"]),
-           db_labels=np.asarray(result["db_labels"]), num_bits=np.int64(num_bits),
-           config=json.dumps(config))
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, query_codes=np.asarray(result["query_codes"], np.uint32),
+             db_codes=np.asarray(result["db_codes"], np.uint32),
+             query_labels=np.asarray(result["query_labels"]),
+             db_labels=np.asarray(result["db_labels"]), num_bits=np.int64(num_bits),
+             config=json.dumps(config))
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   if faiss_index:
     write_faiss_index(os.path.splitext(path)[0] + ".faissbin", result["db_codes"], num_bits)
 

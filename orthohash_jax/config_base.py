@@ -7,10 +7,12 @@ their own. A key whose default is ``None`` is a typed placeholder (``None`` has 
 in its description). ``resumable`` keys alter neither the train state nor the batch of any step, so
 a workdir may be resumed with other values of them (see ``run.check_same_run``).
 
-``check_known_keys(config)`` rejects keys that are not declared here (a typo such as ``num_bitz``
+``apply_overrides(config, ["key=value", ...])`` sets keys from strings (the experiment
+scripts' ``--set``). ``check_known_keys(config)`` rejects keys that are not declared here (a typo such as ``num_bitz``
 in a config file); ``describe()`` lists the keys with their defaults and descriptions
 (``python -m orthohash_jax.main --list_keys``).
 """
+import ast
 import dataclasses
 import difflib
 import importlib.util
@@ -126,6 +128,25 @@ def check_known_keys(config) -> None:
       hint = f"; did you mean {close[0]!r}?" if close else ""
       raise ValueError(f"unknown config key {name!r}{hint} (list the keys with "
                        "python -m orthohash_jax.main --list_keys)")
+
+
+def apply_overrides(config, items) -> None:
+  """Sets ``"key=value"`` strings on ``config`` (values read as Python literals, else as
+  strings); raises ValueError (one line) for a malformed item, an unknown key or a value of the
+  wrong type."""
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"config overrides are key=value, got {item!r}")
+    check_known_keys({key: None})
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    try:
+      setattr(config, key, value)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"bad value for {key}: {text!r} ({str(e).splitlines()[0]})") from None
 
 
 def describe() -> str:

@@ -4,20 +4,25 @@
       [--config.num_bits=32 --config.seed=1 ...]
 
 Writes into the workdir: config.json, metrics.jsonl, checkpoints/, results.json, codes.npz.
-A rerun with the same workdir resumes from the latest checkpoint. Bad flags, configs or data
-print one ``error:`` line and exit with status 2; a failed training (non-finite loss) exits 1.
+A rerun with the same workdir resumes from the latest checkpoint. Exit status (each with one
+line on stderr when not 0):
+  0  finished: results.json and codes.npz written;
+  1  training failed (non-finite loss): stopped without saving, the last good checkpoint kept;
+  2  bad flags, config or data: nothing trained, existing checkpoints untouched;
+  3  interrupted (SIGTERM, Ctrl-C or a preemption notice): the running chunk finished and a
+     checkpoint was saved; the same command resumes. A second Ctrl-C aborts at once (130,
+     nothing saved since the last checkpoint).
 Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or pass
 --coordinator=auto on TPU pods) on every process.
 """
 import json
-import os
 import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from orthohash_jax import config_base, parallel, run
+from orthohash_jax import cli, config_base, parallel, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.",
                                           lock_config=True)
@@ -41,9 +46,10 @@ def parse_flags(argv):
     sys.exit(0)
   for arg in argv[1:]:
     if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-      if not os.path.isfile(path):
-        fail(f"config file {path} does not exist")
+      try:  # the file's own errors (missing, no get_config, unknown keys) as one line
+        config_base.load_config_file(arg.split("=", 1)[1])
+      except ValueError as e:
+        fail(str(e))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -71,15 +77,17 @@ def main(argv):
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     summary = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except run.Preempted as e:
+  except run.Interrupted as e:
     print(str(e), file=sys.stderr)
-    sys.exit(0)
+    sys.exit(3)
+  except KeyboardInterrupt:
+    fail("aborted by Ctrl-C (nothing saved since the last checkpoint)", status=130)
   except run.TrainingError as e:
     fail(str(e), status=1)
   except (ValueError, OSError) as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   if parallel.is_main_process():
-    print(json.dumps(summary))
+    cli.say(json.dumps(summary))
 
 
 if __name__ == "__main__":

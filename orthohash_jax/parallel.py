@@ -13,6 +13,7 @@ same in-memory dataset, and feeds only its own slice of every global batch
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -115,5 +116,10 @@ def any_process(flag: bool) -> bool:
   """True on every process when ``flag`` is true on any (a collective: all must call it)."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier ``name`` (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

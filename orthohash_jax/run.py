@@ -12,8 +12,10 @@
    overlap the device), so a non-finite loss is seen one chunk late; a checkpoint is only saved
    after the losses of every step before it were read and found finite, so the last good
    checkpoint rule holds. ``metrics.jsonl`` gets a line per chunk;
-4. SIGTERM or orbax's preemption notice: the chunk finishes, a checkpoint is saved and
-   ``Preempted`` is raised; a non-finite loss raises ``TrainingError`` without saving;
+4. SIGTERM, SIGINT (Ctrl-C) or orbax's preemption notice: the chunk finishes, a checkpoint is
+   saved and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError`` without
+   saving. On resume, ``metrics.jsonl`` lines after the restored step are dropped, and
+   ``check_extension`` says what a changed ``num_epochs`` may do;
 5. evaluation (``evaluation.evaluate``, plus revisited Oxford/Paris when ``config.revisited``),
    ``codes.npz`` (``codes_file``) and ``results.json`` (process 0 writes every file).
 
@@ -31,19 +33,22 @@ import numpy as np
 
 from orthohash_jax import checkpoint as checkpoint_lib
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import codes_file, config_base, evaluation, losses, models, parallel
+from orthohash_jax import cli, codes_file, config_base, evaluation, losses, models, parallel
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import data as data_lib
 
 CODEBOOK_FILE = "codebook.npy"
+PROGRESS_FILE = "progress.json"  # training time totals over every invocation of the run
+LARGE_NUM_BITS = 4096  # beyond this a warning: the paper uses 16 to 128 bits
 
 
 class TrainingError(RuntimeError):
   """Training cannot go on (e.g. a non-finite loss); reported as one line by ``main``."""
 
 
-class Preempted(Exception):
-  """Training stopped on SIGTERM / preemption after saving a checkpoint."""
+class Interrupted(Exception):
+  """Training stopped on SIGTERM, SIGINT (Ctrl-C) or a preemption notice after saving a
+  checkpoint; the same command resumes."""
 
 
 def _options(name, value, allowed):
@@ -105,12 +110,15 @@ def _to_json(config) -> dict:
   return json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
 
 
-def check_same_run(workdir: str, config) -> None:
-  """Raises ValueError when ``workdir`` holds checkpoints of a run with another config (keys
-  declared resumable in ``config_base`` may differ)."""
+def check_same_run(workdir: str, config):
+  """Raises ValueError when ``workdir`` is a file or holds checkpoints of a run with another
+  config (keys declared resumable in ``config_base`` may differ); returns the saved config
+  (a dict) of a run with checkpoints, else None."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a directory")
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return
+    return None
   with open(path) as f:
     saved = json.load(f)
   current = _to_json(config)
@@ -120,6 +128,25 @@ def check_same_run(workdir: str, config) -> None:
     diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
     raise ValueError(f"{workdir} holds checkpoints of a run with another config ({diffs}); "
                      "use a new --workdir")
+  return saved
+
+
+def check_extension(config, saved, start: int, steps_per_epoch: int) -> None:
+  """What changing ``num_epochs`` on resume may do: a run resumed at step ``start`` trains on to
+  the new end exactly as a run started with the new ``num_epochs`` would (same batches, same lr)
+  as long as that run's lr so far is the same. So the new end may not lie before ``start``, and
+  with the step schedule the decay (at 80% of the old length) may not have happened yet."""
+  total = steps_per_epoch * config.num_epochs
+  if start > total:
+    raise ValueError(f"the run is at step {start}, beyond the {total} steps of num_epochs "
+                     f"{config.num_epochs}; use num_epochs >= {-(-start // steps_per_epoch)}")
+  if saved is None or saved.get("num_epochs") == config.num_epochs:
+    return
+  old_decay = int(0.8 * steps_per_epoch * saved["num_epochs"])
+  if config.lr_schedule == "step" and start >= old_decay:
+    raise ValueError(f"the run decayed its lr at step {old_decay}; changing num_epochs "
+                     f"({saved['num_epochs']} -> {config.num_epochs}) would move the decay and "
+                     "raise the lr again: keep num_epochs or start a new run")
 
 
 def write_json(path: str, obj) -> None:
@@ -153,19 +180,28 @@ def run_codebook(config, num_classes: int, workdir: str):
   return codebook
 
 
-class _SigtermFlag:
-  """Remembers a SIGTERM instead of dying, so the loop can checkpoint and exit."""
+class _StopFlag:
+  """Remembers SIGTERM / SIGINT instead of dying, so the loop can checkpoint and exit; a second
+  Ctrl-C stops at once (KeyboardInterrupt)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.raised = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+    del frame
+    if self.raised == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.raised = signum
+    if signum == signal.SIGINT:
+      cli.say("interrupt: saving a checkpoint at the end of this chunk (Ctrl-C again to abort)",
+              err=True)
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 def training_steps(config, data):
@@ -208,6 +244,7 @@ def _setup(config, workdir: str):
   data = data_lib.load(config)
   validate_data(config, data)
   mesh = parallel.make_mesh(config.num_devices, config.model_axis)
+  os.makedirs(workdir, exist_ok=True)  # only once the data loaded: no empty workdir on bad input
   codebook = run_codebook(config, data.num_classes, workdir)
   return data, make_trainer(config, data, mesh, codebook)
 
@@ -231,19 +268,42 @@ def restore_run(workdir: str):
   return trainer, data, state, step
 
 
+def _read_progress(workdir: str) -> dict:
+  path = os.path.join(workdir, PROGRESS_FILE)
+  if not os.path.exists(path):
+    return {"train_seconds": 0.0, "steps_timed": 0}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _truncate_log(path: str, step: int) -> None:
+  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)."""
+  if not parallel.is_main_process() or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(path + ".tmp", path)
+
+
 class _Loop:
-  """The training loop's host side: batches, logging and the one-chunk-late loss check."""
+  """The training loop's host side: batches, logging and the one-chunk-late loss check.
+  ``train_seconds`` / ``steps_timed`` are totals over every invocation of the run (kept in
+  ``progress.json`` with each checkpoint), each invocation's first (compiling) chunk excluded."""
 
   def __init__(self, config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps):
     self.config, self.data, self.trainer, self.ckpt = config, data, trainer, ckpt
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+    self.workdir = workdir
     self.log_path = os.path.join(workdir, "metrics.jsonl")
     self.train_labels = data.labels("train")
     self.chunk = config.steps_per_chunk or steps_per_epoch
     self.print_every = max(1, total_steps // self.chunk // 10)
-    self.train_seconds, self.steps_timed = 0.0, 0
+    progress = _read_progress(workdir)
+    self.train_seconds, self.steps_timed = progress["train_seconds"], progress["steps_timed"]
     self.first = True
-    self.clock = time.perf_counter()
+    self.started = self.clock = time.perf_counter()
 
   def finish(self, start: int, stop: int, losses, state=None) -> None:
     """Reads the losses of steps [start, stop) (a host sync), stops on a non-finite one, logs a
@@ -253,7 +313,7 @@ class _Loop:
     elapsed, self.clock = now - self.clock, now
     if not np.all(np.isfinite(losses)):
       bad = start + int(np.argmin(np.isfinite(losses)))
-      last = self.ckpt.manager.latest_step()
+      last = self.ckpt.latest_step()
       where = (f"last good checkpoint: step {last} in {self.ckpt.directory}" if last is not None
                else "no checkpoint was saved yet")
       raise TrainingError(f"loss is not finite at step {bad}; stopped without saving ({where})")
@@ -271,15 +331,22 @@ class _Loop:
       with open(self.log_path, "a") as f:
         f.write(json.dumps(record) + "\n")
       if (stop // self.chunk) % self.print_every == 0 or stop == self.total_steps:
-        print(f"step {stop}/{self.total_steps} loss {record['loss']:.4f} lr {record['lr']:.2g} "
-              f"{record['steps_per_second']:.1f} steps/s"
-              + (f" mAP {record['mAP']:.4f}" if "mAP" in record else ""), flush=True)
+        cli.say(f"step {stop}/{self.total_steps} loss {record['loss']:.4f} "
+                f"lr {record['lr']:.2g} {record['steps_per_second']:.1f} steps/s"
+                + (f" mAP {record['mAP']:.4f}" if "mAP" in record else ""))
 
   def evaluation_due(self, step: int) -> bool:
     every = self.config.eval_every_epochs * self.steps_per_epoch
     return bool(every) and step % every == 0 and step < self.total_steps
 
-  def train(self, state, start: int, sigterm: _SigtermFlag):
+  def save(self, step: int, state) -> None:
+    self.ckpt.save(step, state)
+    write_json(os.path.join(self.workdir, PROGRESS_FILE),
+               {"step": step, "train_seconds": self.train_seconds,
+                "steps_timed": self.steps_timed})
+    self.clock = time.perf_counter()
+
+  def train(self, state, start: int, stop_flag: _StopFlag):
     """Trains from ``start`` to the end; returns the final state."""
     chunk = self.chunk
     ckpt_every = max(chunk, -(-self.config.checkpoint_every_steps // chunk) * chunk)
@@ -292,39 +359,45 @@ class _Loop:
       if pending:
         self.finish(*pending)
       pending, step = (step, stop, losses), stop
-      preempted = parallel.any_process(sigterm.raised) or self.ckpt.reached_preemption(step)
-      if (step % ckpt_every == 0 or step == self.total_steps or preempted
+      interrupted = (parallel.any_process(stop_flag.raised is not None)
+                     or self.ckpt.reached_preemption(step))
+      if (step % ckpt_every == 0 or step == self.total_steps or interrupted
           or self.evaluation_due(step)):
         self.finish(*pending, state=state)
         pending = None
-        if step % ckpt_every == 0 or step == self.total_steps or preempted:
-          self.ckpt.save(step, state)
-          self.clock = time.perf_counter()
-        if preempted:
-          raise Preempted(f"preempted at step {step}; checkpoint saved in {self.ckpt.directory}")
+        if step % ckpt_every == 0 or step == self.total_steps or interrupted:
+          self.save(step, state)
+        if interrupted:
+          raise Interrupted(f"interrupted at step {step}; checkpoint saved in "
+                            f"{self.ckpt.directory}; rerun the same command to resume")
     return state
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir."""
   validate_config(config)
-  check_same_run(workdir, config)
-  os.makedirs(workdir, exist_ok=True)
+  saved = check_same_run(workdir, config)
+  if config.num_bits > LARGE_NUM_BITS:
+    cli.say(f"warning: num_bits {config.num_bits} is far beyond the paper's 16 to 128 bits: the "
+            "hash layer, codebook and logits grow with it", err=True)
   data, trainer = _setup(config, workdir)
   steps_per_epoch, total_steps = training_steps(config, data)
-  write_json(os.path.join(workdir, "config.json"), config.to_dict())
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
-  sigterm = _SigtermFlag()
+  stop_flag = _StopFlag()
   try:
-    state, start = ckpt.restore_latest(trainer.abstract_state())
+    state, start = ckpt.restore_latest(trainer.abstract_state(),
+                                       log=lambda line: cli.say(line, err=True))
+    check_extension(config, saved, start, steps_per_epoch)
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
     if state is None:
       state = trainer.initial_state()
     else:
-      print(f"resumed from checkpoint at step {start}", flush=True)
+      cli.say(f"resumed from checkpoint at step {start}")
+    _truncate_log(os.path.join(workdir, "metrics.jsonl"), start)
     loop = _Loop(config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps)
-    state = loop.train(state, start, sigterm)
+    state = loop.train(state, start, stop_flag)
   finally:
-    sigterm.restore()
+    stop_flag.restore()
     ckpt.close()
   result = evaluation.evaluate(trainer, data, state)
   if parallel.is_main_process():
@@ -333,8 +406,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   summary = {
       "mAP": result["mAP"], "num_bits": config.num_bits, "steps": int(jax.device_get(state.step)),
       "train_seconds": loop.train_seconds,
-      "steps_per_second": (loop.steps_timed / loop.train_seconds if loop.train_seconds
-                           else float("nan")),
+      "steps_per_second": loop.steps_timed / loop.train_seconds if loop.train_seconds else None,
       "quantization_angle": result["quantization_angle"],
       "eval_topk": config.eval_topk, "tie_policy": "ties broken by database index",
       "zero_relevance_policy": "AP = 0, counted in the mean",

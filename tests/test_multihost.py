@@ -70,9 +70,9 @@ def test_sigterm_saves_and_restart_matches(single_run, tmp_path):
       proc.send_signal(signal.SIGTERM)
       break
   _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-2000:]
-  assert "preempted at step" in err
-  stopped = int(err.split("preempted at step ")[1].split(";")[0])
+  assert proc.returncode == 3, err[-2000:]  # interrupted: `main && next_step` stops here
+  assert "interrupted at step" in err
+  stopped = int(err.split("interrupted at step ")[1].split(";")[0])
   assert 60 <= stopped < 230 and stopped % 23 == 0  # saved at the end of the running chunk
   resumed = subprocess.run(main_cmd(workdir, *EPOCHS), cwd=ROOT, env=env(1), capture_output=True,
                            text=True, timeout=600)
