@@ -1,15 +1,17 @@
-r"""NUS-WIDE (21 most frequent concepts, list files of the hashing papers), mAP@5000.
+r"""NUS-WIDE (21 most frequent concepts, list files of the hashing papers), mAP@5000, multi-label.
 
-  python -m orthohash_jax.main --config=configs/nuswide.py --workdir=runs/nuswide \
-      --config.data_dir=/path/to/nuswide_v2_256 --config.num_bits=64
+  python -m orthohash_jax.main --config=configs/nuswide.py:small --workdir=runs/nuswide_small \
+      --config.data_dir=/path/to/nuswide --config.num_bits=64
 
 data_dir holds train.txt (10,500), test.txt (2,100 queries), database.txt (193,734) and the
-images. Multi-label (multi-hot rows): label-smoothing loss, relevant = shares a label.
-Optimisation as the authors' code (``config_base.paper_image_config``) with a small CNN trained
-from scratch on 32x32 images: mAP is not comparable with the paper's pretrained-AlexNet numbers.
+images they list (format: orthohash_jax/data/listfile.py). Images are streamed from disk and
+decoded by ``data_workers`` threads with the authors' transforms: training Resize(256) + RandomCrop(224) + flip; evaluation Resize(256) + CenterCrop(224); ImageNet mean / std normalisation on the device. Optimisation as the
+authors' code (``config_base.paper_image_config``). Variant "small": a CNN with global
+average pooling trained from scratch, for CPU smoke runs; its mAP is not comparable with the
+paper's pretrained-AlexNet numbers.
 """
 from orthohash_jax.config_base import paper_image_config
 
 
-def get_config():
-  return paper_image_config("nuswide", eval_topk=5000)
+def get_config(variant: str = "small"):
+  return paper_image_config("nuswide", eval_topk=5000, variant=variant)

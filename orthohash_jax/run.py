@@ -36,6 +36,7 @@ from orthohash_jax import codebook as codebook_lib
 from orthohash_jax import cli, codes_file, config_base, evaluation, losses, models, parallel
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import data as data_lib
+from orthohash_jax.data import streaming, transforms
 
 CODEBOOK_FILE = "codebook.npy"
 PROGRESS_FILE = "progress.json"  # training time totals over every invocation of the run
@@ -68,6 +69,14 @@ def validate_config(config) -> None:
       _options("multilabel_loss", c.multilabel_loss, losses.MULTILABEL_LOSSES),
       _options("quantization_kind", c.quantization_kind, losses.QUANTIZATION_KINDS),
       _options("lr_schedule", c.lr_schedule, trainer_lib.LR_SCHEDULES),
+      _options("train_transform", c.train_transform, transforms.KINDS),
+      _options("eval_transform", c.eval_transform, transforms.KINDS),
+      _options("image_mode", c.image_mode, transforms.MODES),
+      _options("pixel_norm", c.pixel_norm, streaming.PIXEL_NORMS),
+      (c.eval_transform not in transforms.RANDOM_KINDS,
+       f"eval_transform must be deterministic, got {c.eval_transform!r}"),
+      (c.image_size > 0, f"image_size must be positive, got {c.image_size}"),
+      (c.data_workers >= 0, f"data_workers must be >= 0, got {c.data_workers}"),
       (c.num_bits > 0, f"num_bits must be positive, got {c.num_bits}"),
       (c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}"),
       (c.num_epochs > 0, f"num_epochs must be positive, got {c.num_epochs}"),
@@ -381,6 +390,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     cli.say(f"warning: num_bits {config.num_bits} is far beyond the paper's 16 to 128 bits: the "
             "hash layer, codebook and logits grow with it", err=True)
   data, trainer = _setup(config, workdir)
+  try:
+    return _train_evaluate_write(config, workdir, data, trainer, saved)
+  finally:
+    data.close()  # stops decoding workers, also on errors
+
+
+def _train_evaluate_write(config, workdir, data, trainer, saved) -> dict:
   steps_per_epoch, total_steps = training_steps(config, data)
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   stop_flag = _StopFlag()
@@ -412,12 +428,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "zero_relevance_policy": "AP = 0, counted in the mean",
       "num_queries": data.size("query"), "num_database": data.size("db"),
       "multilabel": data.multilabel, "dataset": data.name,
+      "skipped_images": len(data.skipped), "skipped_image_files": data.skipped,
   }
   summary.update({k: v for k, v in result.items() if k.startswith("mAP_")})
   if config.revisited:  # ROxford / RParis E/M/H with the trained hash layer
     for spec in config.revisited.split(","):
       root, name = evaluation.parse_revisited(spec)
       summary[name] = evaluation.evaluate_revisited(trainer, data, state, root, name)
-  data.close()
   write_json(os.path.join(workdir, "results.json"), summary)
   return summary

@@ -3,15 +3,23 @@ Fashion-MNIST list files against the IDX path."""
 import gc
 import tracemalloc
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT, config_of, write_idx
+from orthohash_jax import config_base, run
+from orthohash_jax import data as data_lib
 from orthohash_jax.data import DataError, idx, streaming, transforms, write_listfiles
-from test_data import write_idx
 
 ONE_HOT = np.eye(3, dtype=int)
 
@@ -43,7 +51,7 @@ def _config(root, **kw):
           "eval_transform": "resize_center_crop", "eval_resize": 36, "jpeg_draft": False,
           "pixel_norm": "imagenet"}
   base.update(kw)
-  return ml_collections.ConfigDict(base)
+  return config_of(base)
 
 
 def _files(root, list_name):
@@ -188,23 +196,19 @@ def test_fashion_mnist_list_files_equal_idx_rows(tmp_path):
   assert write_listfiles.main(["--dataset=fashion_mnist", f"--output={out}",
                                f"--data_dir={idx_dir}", "--num_query_per_class=3",
                                "--num_train_per_class=4"]) == 0
-  want = idx.load(ml_collections.ConfigDict({
-      "data_dir": str(idx_dir), "num_query_per_class": 3, "num_train_per_class": 4,
-      "split_seed": 0}))
+  want = idx.load(config_of({"data_dir": str(idx_dir), "num_query_per_class": 3,
+                             "num_train_per_class": 4}))
   src = streaming.load(_config(out, num_classes=10, image_mode="L", train_transform="none",
                                eval_transform="none", pixel_norm="unit"))
   try:
     assert src.input_shape == (28, 28, 1)
-    table = streaming.normalization_table(src.mean_std)
-    normalize = jax.jit(lambda x, t: t[x.astype(jnp.int32), jnp.arange(t.shape[1])])
     for split in ("train", "query", "db"):
       n = src.size(split)
       if split == "train":  # as the loop asks: (steps, batch) of rows
         x = src.train_rows(np.arange(n).reshape(4, -1), np.arange(4), np.arange(n // 4))
       else:
         x = src.eval_rows(split, np.arange(n))
-      pixels = np.asarray(normalize(x, table)).reshape(n, -1)  # as on the device
-      np.testing.assert_array_equal(pixels, getattr(want, f"{split}_x"))
+      np.testing.assert_array_equal(x.reshape((n, 28, 28, 1)), getattr(want, f"{split}_x"))
       np.testing.assert_array_equal(src.labels(split), getattr(want, f"{split}_y"))
   finally:
     src.close()
@@ -220,7 +224,116 @@ def test_write_listfiles_bad_input_is_one_line(tmp_path, capsys):
 def test_normalization_table_equals_host_numpy_exactly():
   x = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
   mean_std = streaming.PIXEL_NORMS["imagenet"](3)
-  table = streaming.normalization_table(mean_std)
+  table = data_lib.normalization_table(mean_std)
   assert table.shape == (256, 3) and table.dtype == np.float32
   got = jax.jit(lambda x, t: t[x.astype(jnp.int32), jnp.arange(3)])(x, table)
   np.testing.assert_array_equal(np.asarray(got), (x.astype(np.float32) - mean_std[0]) / mean_std[1])
+
+
+def test_fashion_files_train_exactly_like_idx(tmp_path):
+  """configs/fashion_mnist.py and its :files variant on the files written from the same IDX
+  files: identical batches, so identical parameters and results.json mAP."""
+  rng = np.random.default_rng(1)
+  idx_dir, out = tmp_path / "idx", tmp_path / "files"
+  idx_dir.mkdir()
+  for split, n in (("train", 120), ("t10k", 40)):
+    write_idx(str(idx_dir / f"{split}-images-idx3-ubyte.gz"), rng.integers(0, 256, (n, 28, 28)))
+    write_idx(str(idx_dir / f"{split}-labels-idx1-ubyte.gz"), np.arange(n) % 10)
+  sizes = ["--num_query_per_class=2", "--num_train_per_class=8"]
+  assert write_listfiles.main(["--dataset=fashion_mnist", f"--output={out}",
+                               f"--data_dir={idx_dir}", *sizes]) == 0
+  results = []
+  for variant, data_dir in (("idx", idx_dir), ("files", out)):
+    config = config_base.load_config_file(os.path.join(ROOT, f"configs/fashion_mnist.py:{variant}"))
+    config.update(data_dir=str(data_dir), num_query_per_class=2, num_train_per_class=8,
+                  num_epochs=3, batch_size=16, hidden=(32,), num_bits=16)
+    workdir = tmp_path / variant
+    run.train_and_evaluate(config, str(workdir))
+    results.append(json.loads((workdir / "results.json").read_text()))
+  assert results[0]["mAP"] == results[1]["mAP"] and results[0]["steps"] == 15
+  a, b = (np.load(tmp_path / v / "codes.npz") for v in ("idx", "files"))
+  np.testing.assert_array_equal(a["db_codes"], b["db_codes"])
+
+
+def _run_config(root, **kw):
+  return _config(root, num_epochs=3, batch_size=4, num_bits=16, hidden=(16,), image_size=16,
+                 train_resize=18, eval_resize=18, eval_batch_size=8, steps_per_chunk=1,
+                 checkpoint_every_steps=100, **kw)
+
+
+def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch):
+  (tmp_path / "data").mkdir()
+  _write(tmp_path / "data", n_train=12)
+  run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "whole"))
+  original = streaming.ImageListSource.train_rows
+
+  def interrupting(self, indices, steps, positions):
+    if 4 in steps:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, indices, steps, positions)
+
+  monkeypatch.setattr(streaming.ImageListSource, "train_rows", interrupting)
+  with pytest.raises(run.Interrupted, match="interrupted at step 5"):
+    run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
+  monkeypatch.setattr(streaming.ImageListSource, "train_rows", original)
+  run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
+  a, b = (np.load(tmp_path / w / "codes.npz") for w in ("whole", "cut"))
+  np.testing.assert_array_equal(a["db_codes"], b["db_codes"])
+  np.testing.assert_array_equal(a["query_codes"], b["query_codes"])
+
+
+TWO_PROCESS_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from orthohash_jax import config_base, run
+from orthohash_jax.data import streaming
+reads = {"train": [], "eval": []}
+train_rows, eval_rows = streaming.ImageListSource.train_rows, streaming.ImageListSource.eval_rows
+def log_train(self, indices, steps, positions):
+  reads["train"].append([[int(s), int(p), int(i)] for s, row in zip(steps, indices)
+                         for p, i in zip(positions, row)])
+  return train_rows(self, indices, steps, positions)
+def log_eval(self, split, indices):
+  reads["eval"].append([split, [int(i) for i in indices]])
+  return eval_rows(self, split, indices)
+streaming.ImageListSource.train_rows, streaming.ImageListSource.eval_rows = log_train, log_eval
+config = config_base.base_config()
+config.update(json.loads(sys.argv[3]))
+summary = run.train_and_evaluate(config, sys.argv[4])
+json.dump({"reads": reads, "mAP": summary["mAP"]}, open(sys.argv[5], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_slices(tmp_path):
+  (tmp_path / "data").mkdir()
+  _write(tmp_path / "data", n_train=12)
+  config = _run_config(tmp_path / "data", data_workers=1)
+  config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
+  single = run.train_and_evaluate(config, str(tmp_path / "single"))
+  port = socket.socket()
+  port.bind(("127.0.0.1", 0))
+  address = f"127.0.0.1:{port.getsockname()[1]}"
+  port.close()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), json.dumps(config.to_dict()),
+       str(tmp_path / "multi"), str(tmp_path / f"reads{i}.json")],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  out = [json.loads((tmp_path / f"reads{i}.json").read_text()) for i in range(2)]
+  train = [{tuple(r) for chunk in o["reads"]["train"] for r in chunk} for o in out]
+  assert not train[0] & train[1]  # no (step, position) read by both processes
+  assert {p for _, p, _ in train[0]} == {0, 1} and {p for _, p, _ in train[1]} == {2, 3}
+  assert len(train[0] | train[1]) == 9 * 4  # every position of every step, once
+  for split in ("query", "db"):
+    rows = [sorted(i for s, chunk in o["reads"]["eval"] if s == split for i in chunk)
+            for o in out]
+    assert not set(rows[0]) & set(rows[1])
+    assert sorted(rows[0] + rows[1]) == list(range(3 if split == "query" else 8))
+  assert out[0]["mAP"] == pytest.approx(single["mAP"], abs=1e-6)

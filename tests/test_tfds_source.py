@@ -1,22 +1,22 @@
 """CIFAR-10 through ``tfds.data_source`` under ``tfds.testing.mock_data`` (no TensorFlow)."""
-import ml_collections
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import ROOT, config_of
+from orthohash_jax import config_base
 from orthohash_jax import data as data_lib
-from orthohash_jax.config_base import base_config
 
 
 def _config(**kw):
-  return ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": "/nonexistent", **kw})
+  return config_of({"dataset": "cifar10", "data_dir": "/nonexistent", **kw})
 
 
-def _base_config():
-  """The project's base config: its None placeholders must select the paper protocol."""
-  config = base_config()
-  config.dataset = "cifar10"
-  return config
+def _paper_config():
+  """configs/cifar10.py: the paper protocol (100 queries and 500 training images per class)."""
+  return config_base.load_config_file(os.path.join(ROOT, "configs", "cifar10.py"))
 
 
 def _fake_cifar(sizes, shape=(4, 4, 3)):
@@ -39,7 +39,7 @@ def _fake_cifar(sizes, shape=(4, 4, 3)):
 
 def test_paper_protocol_sizes_and_order():
   with tfds.testing.mock_data(as_data_source_fn=_fake_cifar({"train": 50000, "test": 10000})):
-    d = data_lib.load(_base_config())
+    d = data_lib.load(_paper_config())
   assert (len(d.query_x), len(d.train_x), len(d.db_x)) == (1000, 5000, 59000)
   for y in (d.query_y, d.train_y, d.db_y):
     assert y.dtype == np.int32

@@ -7,7 +7,8 @@ Input interface (what ``run`` and ``evaluation`` use; they never look at a sourc
   protocol ("category": labels decide relevance; "gldv2": ground-truth lists, see descriptors),
   size(split), labels(split) (whole split, host), train_rows(indices (S, b), steps (S,),
   positions (b,)) -> x (S, b, ...) with any host-side augmentation drawn from (seed, step,
-  position), eval_rows(split, indices (n,)) -> x (n, ...), close(). Splits: "train", "query", "db".
+  position), eval_rows(split, indices (n,)) -> x (n, ...), skipped (list of unreadable inputs
+  replaced), close(). Splits: "train", "query", "db".
 
 ``RetrievalData`` implements it over in-memory arrays: float32 inputs; labels int32 (N,) class
 ids (single-label) or uint8 (N, C) multi-hot rows (multi-label); ``multilabel`` is derived from
@@ -82,6 +83,11 @@ class RetrievalData:
 
   def eval_rows(self, split: str, indices) -> np.ndarray:
     return getattr(self, f"{split}_x")[indices]
+
+  @property
+  def skipped(self) -> list:
+    """Unreadable inputs replaced so far (streaming sources); arrays have none."""
+    return []
 
   def close(self):
     pass

@@ -18,6 +18,7 @@ import numpy as np
 from orthohash_jax.data import UNIT_MEAN_STD, DataError, RetrievalData, per_class_split
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+PROTOCOL = {"num_query_per_class": 100, "num_train_per_class": 500}  # config keys of the split
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 

@@ -93,6 +93,7 @@ class ImageListSource:
   """Streaming source over train.txt / test.txt / database.txt (see module docstring)."""
 
   input_dtype = np.dtype(np.uint8)
+  protocol = "category"
 
   def __init__(self, name, num_classes, root, parsed, multilabel, train_transform,
                eval_transform, seed: int, data_workers: int, skip_bad_images: bool,

@@ -41,6 +41,7 @@ from PIL import Image
 
 KINDS = ("random_resized_crop", "resize_random_crop", "resize_center_crop", "none")
 RANDOM_KINDS = ("random_resized_crop", "resize_random_crop")
+MODES = ("RGB", "L")
 
 
 def resized_shape(width: int, height: int, size: int):
@@ -114,8 +115,8 @@ class Transform:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"unknown transform {self.kind!r}; known: {list(KINDS)}")
-    if self.mode not in ("RGB", "L"):
-      raise ValueError(f"image mode must be 'RGB' or 'L', got {self.mode!r}")
+    if self.mode not in MODES:
+      raise ValueError(f"image mode must be one of {MODES}, got {self.mode!r}")
     if self.kind in ("resize_random_crop", "resize_center_crop") and self.resize < self.size:
       raise ValueError(f"{self.kind}: resize {self.resize} is smaller than the crop {self.size}")
 

@@ -16,11 +16,10 @@ uint8 (28, 28, 1) whose ``x / 255`` in float32 equals the IDX path's pixels (fla
 import os
 import sys
 
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from orthohash_jax import cli
+from orthohash_jax import cli, config_base
 from orthohash_jax.data import DataError, idx, listfile
 
 SPLIT_ORDER = ("train", "query", "db")
@@ -46,15 +45,18 @@ def write_fashion_mnist(config, output: str) -> str:
 def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--dataset", required=True, choices=["fashion_mnist"])
-  parser.add_argument("--output", required=True)
+  parser.add_argument("--output", required=True, help="directory to write")
   parser.add_argument("--data_dir", default=None, help=f"IDX directory ({idx.DEFAULT_DIR})")
-  parser.add_argument("--num_query_per_class", type=int, default=None, help="100")
-  parser.add_argument("--num_train_per_class", type=int, default=None, help="500")
-  parser.add_argument("--split_seed", type=int, default=0)
+  parser.add_argument("--num_query_per_class", type=int,
+                      default=idx.PROTOCOL["num_query_per_class"], help="queries per class")
+  parser.add_argument("--num_train_per_class", type=int,
+                      default=idx.PROTOCOL["num_train_per_class"],
+                      help="training images per class")
+  parser.add_argument("--split_seed", type=int, default=0, help="seed of the split")
   args = parser.parse_args(argv)
-  config = ml_collections.ConfigDict({
-      "data_dir": args.data_dir, "num_query_per_class": args.num_query_per_class,
-      "num_train_per_class": args.num_train_per_class, "split_seed": args.split_seed})
+  config = config_base.base_config()
+  config.update(data_dir=args.data_dir, num_query_per_class=args.num_query_per_class,
+                num_train_per_class=args.num_train_per_class, split_seed=args.split_seed)
   try:
     print(write_fashion_mnist(config, args.output))
   except (DataError, OSError) as e:
