@@ -202,8 +202,10 @@ def _level_sizes(num_items, k):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_items", "method"))
-def _topk_chunk(q_packed, db_padded, k, num_items, method):
-  """Exact top-k of one query chunk against db (N padded to a multiple of 32 with any codes)."""
+def topk_chunk(q_packed, db_padded, k, num_items, method):
+  """Exact top-k of one query chunk against db_padded, whose first num_items rows are the
+  database (rows padded to a multiple of 32 with any codes); one compiled call, traceable inside
+  ``shard_map``. Returns (dist int32 (q, k), idx int32 (q, k)) by (distance, index)."""
   max_value = WORD_BITS * q_packed.shape[1] + 1  # sentinel distance of padding items
   vdtype = _value_dtype(max_value)
   sizes = _level_sizes(num_items, k)
@@ -254,7 +256,7 @@ def default_method() -> str:
   return "popcount" if jax.default_backend() == "cpu" else "matmul"
 
 
-def _query_chunk(num_items, k, method):
+def queries_per_call(num_items, k, method):
   """Queries per call: a power of two <= 256 keeping the per-call arrays to ~2^23 entries
   (2^26 for "matmul", whose (chunk, N) f32 distances live in accelerator memory)."""
   if method == "matmul" or num_items <= LEVEL_FACTOR * BLOCK * k:
@@ -281,11 +283,11 @@ def hamming_topk(q_packed, db_packed, k: int, method=None, query_chunk=None):
   if method not in ("popcount", "matmul"):
     raise ValueError(f"method must be 'popcount' or 'matmul', got {method!r}")
   k = int(k)
-  chunk = int(query_chunk or _query_chunk(num_items, k, method))
+  chunk = int(query_chunk or queries_per_call(num_items, k, method))
   db = jnp.pad(db_packed, ((0, -num_items % BLOCK), (0, 0)))
   num_q = q_packed.shape[0]
   qs = jnp.pad(q_packed, ((0, -num_q % chunk), (0, 0)))
-  parts = [_topk_chunk(qs[s:s + chunk], db, k, num_items, method) for s in range(0, len(qs), chunk)]
+  parts = [topk_chunk(qs[s:s + chunk], db, k, num_items, method) for s in range(0, len(qs), chunk)]
   dist = jnp.concatenate([p[0] for p in parts])[:num_q]
   idx = jnp.concatenate([p[1] for p in parts])[:num_q]
   return dist, idx
