@@ -201,14 +201,19 @@ def _level_sizes(num_items, k):
   return sizes
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_items", "method"))
+@functools.partial(jax.jit, static_argnames=("k", "method"))
 def topk_chunk(q_packed, db_padded, k, num_items, method):
   """Exact top-k of one query chunk against db_padded, whose first num_items rows are the
   database (rows padded to a multiple of 32 with any codes); one compiled call, traceable inside
-  ``shard_map``. Returns (dist int32 (q, k), idx int32 (q, k)) by (distance, index)."""
+  ``shard_map``. Returns (dist int32 (q, k), idx int32 (q, k)) by (distance, index).
+
+  ``num_items`` is traced (k <= num_items is the caller's check): one compilation serves every
+  database size with the same padded shape (compiling takes seconds, far more than a call at
+  N = 1e5, and streamed chunks of a code file all share one shape).
+  """
   max_value = WORD_BITS * q_packed.shape[1] + 1  # sentinel distance of padding items
   vdtype = _value_dtype(max_value)
-  sizes = _level_sizes(num_items, k)
+  sizes = _level_sizes(db_padded.shape[0], k)
   distance = _matmul_distance if method == "matmul" else hamming_distance
   item_ok = jnp.arange(db_padded.shape[0]) < num_items
 
@@ -267,24 +272,27 @@ def queries_per_call(num_items, k, method):
   return int(min(256, 1 << max(0, (budget // width).bit_length() - 1)))
 
 
-def hamming_topk(q_packed, db_packed, k: int, method=None, query_chunk=None):
+def hamming_topk(q_packed, db_packed, k: int, method=None, query_chunk=None, num_items=None):
   """Exact k nearest neighbours: (dist int32 (Q, k), idx int32 (Q, k)), by (distance, index).
 
   ``method``: "popcount" or "matmul" (None: ``default_method()``); ``query_chunk``: queries per
-  compiled call (None: chosen so one call holds a few MiB). Never sorts or stores a (Q, N) matrix:
-  block minima over 32 items (and 32 blocks, ...) pick k blocks, then k items, by bit-packed counts.
+  compiled call (None: chosen so one call holds a few MiB); ``num_items``: only the first
+  num_items rows of db_packed are the database, the rest padding (None: all rows), so that
+  databases of different sizes padded to one shape share one compilation. Never sorts or stores a
+  (Q, N) matrix: block minima over 32 items (and 32 blocks, ...) pick k blocks, then k items, by
+  bit-packed counts.
   """
   q_packed, db_packed = jnp.asarray(q_packed), jnp.asarray(db_packed)
   check_packed(q_packed, db_packed)
-  num_items = db_packed.shape[0]
+  num_items = db_packed.shape[0] if num_items is None else int(num_items)
   if not 1 <= k <= num_items:
     raise ValueError(f"k must be in [1, database size {num_items}], got {k}")
   method = method or default_method()
   if method not in ("popcount", "matmul"):
     raise ValueError(f"method must be 'popcount' or 'matmul', got {method!r}")
   k = int(k)
-  chunk = int(query_chunk or queries_per_call(num_items, k, method))
-  db = jnp.pad(db_packed, ((0, -num_items % BLOCK), (0, 0)))
+  chunk = int(query_chunk or queries_per_call(db_packed.shape[0], k, method))
+  db = jnp.pad(db_packed, ((0, -db_packed.shape[0] % BLOCK), (0, 0)))
   num_q = q_packed.shape[0]
   qs = jnp.pad(q_packed, ((0, -num_q % chunk), (0, 0)))
   parts = [topk_chunk(qs[s:s + chunk], db, k, num_items, method) for s in range(0, len(qs), chunk)]

@@ -120,7 +120,11 @@ class CodeFile:
         rows = pending.result()
         if i + 1 < len(bounds):
           pending = pool.submit(self.read, *bounds[i + 1])
-        dist, idx = retrieval.hamming_topk(queries, rows, min(k, len(rows)), method)
+        # The last, shorter chunk is padded to the common shape: no second compilation.
+        fill = bounds[0][1] - bounds[0][0] - len(rows)
+        padded = np.pad(rows, ((0, fill), (0, 0))) if fill else rows
+        dist, idx = retrieval.hamming_topk(queries, padded, min(k, len(rows)), method,
+                                           num_items=len(rows))
         dist, idx = np.asarray(dist), np.asarray(idx) + np.int32(s)
         if best is not None:
           dist, idx = merge_topk(np.concatenate([best[0], dist], 1),
