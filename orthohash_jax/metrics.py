@@ -171,14 +171,18 @@ def _gathered_relevance(idx, q_rows, db_rows):
 def _topk_relevance(fn, q, db, q_labels, db_labels, multilabel, depth):
   """[fn(relevance (q, depth) of the ``retrieval.hamming_topk`` neighbours), ...] per query chunk.
 
-  Chunks of ``TOPK_QUERY_CHUNK`` queries bound memory to O(chunk x depth) on top of the database.
+  Chunks of ``TOPK_QUERY_CHUNK`` queries (the last padded to a power of two) bound memory to
+  O(chunk x depth) on top of the database.
   """
   q_rows, db_rows = label_rows(q_labels, db_labels, multilabel)
   db_j = jnp.asarray(db)
   out = []
   for s in range(0, len(q), TOPK_QUERY_CHUNK):
-    _, idx = retrieval.hamming_topk(q[s:s + TOPK_QUERY_CHUNK], db_j, depth)
-    out.append(fn(np.asarray(_gathered_relevance(idx, q_rows[s:s + TOPK_QUERY_CHUNK], db_rows))))
+    n = min(TOPK_QUERY_CHUNK, len(q) - s)
+    size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())  # few shapes: few compilations
+    pad = lambda a: jnp.pad(jnp.asarray(a[s:s + n]), [(0, size - n)] + [(0, 0)] * (a.ndim - 1))
+    _, idx = retrieval.hamming_topk(pad(q), db_j, depth)
+    out.append(fn(np.asarray(_gathered_relevance(idx, pad(q_rows), db_rows))[:n]))
   return out
 
 
