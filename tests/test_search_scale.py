@@ -76,25 +76,26 @@ def test_mesh_sharded_matches_in_memory(data, n, k):
   np.testing.assert_array_equal(idx, ref_i)
 
 
+def _cli(devices, *args):
+  """A search CLI process on ``devices`` CPU devices (stdout and stderr piped)."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  return subprocess.Popen([sys.executable, "-m", "orthohash_jax.search", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_mesh_sharded_four_devices_subprocess(data, tmp_path):
   """A real 4-device mesh (the test process may have 1 device): run the CLI with --mesh."""
   path, _, db_bits, q, q_bits = data
   queries, out = tmp_path / "q.npy", tmp_path / "nn.npz"
   np.save(queries, q)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-m", "orthohash_jax.search", f"--codes={path}",
-                         "--num_bits=40", f"--queries={queries}", "--k=45", "--mesh",
-                         f"--output={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300, check=False)
-  assert proc.returncode == 2 and "streamed on one device" in proc.stderr  # file: no mesh
+  proc = _cli(4, f"--codes={path}", "--num_bits=40", f"--queries={queries}", "--k=45", "--mesh")
+  assert proc.wait(300) == 2 and "streamed on one device" in proc.stderr.read()  # file: no mesh
   npz = tmp_path / "db.npz"
   np.savez(npz, db_codes=np.load(path), num_bits=40)
-  proc = subprocess.run([sys.executable, "-m", "orthohash_jax.search", f"--codes={npz}",
-                         f"--queries={queries}", "--k=45", "--mesh", f"--output={out}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                        check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  proc = _cli(4, f"--codes={npz}", f"--queries={queries}", "--k=45", "--mesh", f"--output={out}")
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
   ref_d, ref_i = _brute_force(q_bits, db_bits, 45)
   np.testing.assert_array_equal(np.load(out)["indices"], ref_i)
   np.testing.assert_array_equal(np.load(out)["distances"], ref_d)
@@ -104,15 +105,10 @@ def test_two_processes_merge_on_process_zero(data, tmp_path):
   path, _, db_bits, q, q_bits = data
   queries, out = tmp_path / "q.npy", tmp_path / "nn.npz"
   np.save(queries, q)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_PLATFORMS": "cpu"}
   port = free_port()
-  procs = [subprocess.Popen([sys.executable, "-m", "orthohash_jax.search", f"--codes={path}",
-                             "--num_bits=40", f"--queries={queries}", "--k=60", "--chunk_rows=512",
-                             f"--output={out}", f"--coordinator=127.0.0.1:{port}",
-                             "--num_processes=2", f"--process_id={i}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  procs = [_cli(2, f"--codes={path}", "--num_bits=40", f"--queries={queries}", "--k=60",
+                "--chunk_rows=512", f"--output={out}", f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2", f"--process_id={i}") for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
