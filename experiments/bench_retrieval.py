@@ -185,6 +185,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="small smoke version")
   parser.add_argument("--repeats", type=int, default=1, help="best of this many search timings")
   parser.add_argument("--sections", default="search,map_all,paper")
+  parser.add_argument("--bits", default="64,128", help="code lengths of search and mAP@all")
   args = parser.parse_args()
   sections = args.sections.split(",")
   rng = np.random.default_rng(0)
@@ -193,7 +194,8 @@ def main():
     sizes, ks, bits, num_q, map_n, map_q = (20_000,), (10, 100), (64,), 100, 5_000, 100
     paper = [(name, q // 50, n // 50, r // 50, c, m) for name, q, n, r, c, m in PAPER_SIZES]
   else:
-    sizes, ks, bits, num_q, map_n, map_q = (100_000, 1_000_000), (100, 1000), (64, 128), 1000, 69_000, 1000
+    sizes, ks, num_q, map_n, map_q = (100_000, 1_000_000), (100, 1000), 1000, 69_000, 1000
+    bits = tuple(int(b) for b in args.bits.split(","))
     paper = PAPER_SIZES
   search_rows, map_rows, paper_rows = [], [], []
   if "search" in sections:
