@@ -16,9 +16,10 @@ Conventions (recorded in every results file)
 * Precision/recall by Hamming radius r: items with distance <= r are retrieved.
 
 Computation (exact, same values as a full stable sort; memory O(chunk x N))
-* R with 32 R < N (e.g. mAP@1000 on 1e6 items), and P@k alike: neighbours from
-  ``retrieval.hamming_topk`` (no sort of the database), then relevance of those R items.
-* Otherwise (mAP@all): per chunk of queries one fused jnp pass builds unique uint32 keys
+* R < N (mAP@R, P@k): per chunk of queries, neighbours from ``retrieval.hamming_topk`` (exact,
+  no sort of the database), then their relevance in one gather: label equality of int32 class
+  ids, or a shared bit of multi-hot labels bit-packed to uint32 rows (``label_rows``).
+* R = N (mAP@all): per chunk of queries one fused jnp pass builds unique uint32 keys
   distance << 24 | index << 1 | relevant (uint64 by numpy when K > 254 or N >= 2^23); sorting
   them (numpy's SIMD sort; chunks on ``THREADS`` threads) ranks by (distance, index), which is
   exactly the index tie-break, and the low bit is the relevance in rank order (no label gather).
@@ -36,6 +37,7 @@ from orthohash_jax import retrieval
 
 QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
 THREADS = 2  # query chunks ranked concurrently (numpy's sorts release the GIL)
+TOPK_QUERY_CHUNK = 512  # queries per top-R call (memory O(chunk x R) plus the database)
 
 
 def _query_chunk(num_db):
@@ -127,8 +129,7 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
     if multilabel:
       q_ids, db_ids = q_labels.astype(np.float32), db_labels.astype(np.float32)
     else:
-      _, ids = np.unique(np.concatenate([q_labels, db_labels]), return_inverse=True)
-      q_ids, db_ids = ids[:len(q)].astype(np.int32), ids[len(q):].astype(np.int32)
+      q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, False))
     db_j, db_ids = jnp.asarray(db), jnp.asarray(db_ids)
   else:
     db_j, index = jnp.asarray(db), np.arange(len(db), dtype=np.uint64) << np.uint64(1)
@@ -149,17 +150,44 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
     return list(pool.map(run, range(0, len(q), chunk)))
 
 
-def _topk_relevance(q, db, q_labels, db_labels, multilabel, depth):
-  """Relevance (Q, depth) of ``retrieval.hamming_topk`` neighbours, for depth << N."""
-  _, idx = retrieval.hamming_topk(q, db, depth)
-  idx = np.asarray(idx)
-  if not multilabel:
-    return db_labels[idx] == q_labels[:, None]
-  return np.stack([relevance(ql[None], db_labels[row], True)[0] for row, ql in zip(idx, q_labels)])
+def label_rows(q_labels, db_labels, multilabel):
+  """Labels as compact device rows: class ids int32 (N,) (one id space for queries and database)
+  or multi-hot (N, C) bit-packed to uint32 (N, ceil(C / 32)) as in ``retrieval.pack_codes``."""
+  if multilabel:
+    return retrieval.pack_codes(q_labels > 0), retrieval.pack_codes(db_labels > 0)
+  _, ids = np.unique(np.concatenate([q_labels, db_labels]), return_inverse=True)
+  return jnp.asarray(ids[:len(q_labels)], jnp.int32), jnp.asarray(ids[len(q_labels):], jnp.int32)
+
+
+@jax.jit
+def _gathered_relevance(idx, q_rows, db_rows):
+  """bool (q, R): database rows idx (q, R) share a label (id or bit) with their query."""
+  got = jnp.take(db_rows, idx, axis=0)
+  if db_rows.ndim == 1:
+    return got == q_rows[:, None]
+  return jnp.any((got & q_rows[:, None, :]) != 0, axis=-1)
+
+
+def _topk_relevance(fn, q, db, q_labels, db_labels, multilabel, depth):
+  """[fn(relevance (q, depth) of the ``retrieval.hamming_topk`` neighbours), ...] per query chunk.
+
+  Chunks of ``TOPK_QUERY_CHUNK`` queries (the last padded to a power of two) bound memory to
+  O(chunk x depth) on top of the database.
+  """
+  q_rows, db_rows = label_rows(q_labels, db_labels, multilabel)
+  db_j = jnp.asarray(db)
+  out = []
+  for s in range(0, len(q), TOPK_QUERY_CHUNK):
+    n = min(TOPK_QUERY_CHUNK, len(q) - s)
+    size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())  # few shapes: few compilations
+    pad = lambda a: jnp.pad(jnp.asarray(a[s:s + n]), [(0, size - n)] + [(0, 0)] * (a.ndim - 1))
+    _, idx = retrieval.hamming_topk(pad(q), db_j, depth)
+    out.append(fn(np.asarray(_gathered_relevance(idx, pad(q_rows), db_rows))[:n]))
+  return out
 
 
 def _uses_topk(depth, num_db):
-  return retrieval.BLOCK * depth < num_db
+  return depth < num_db
 
 
 def _average_precisions(ranked):
@@ -182,9 +210,8 @@ def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
   """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
   depth = _check_depth(topk, len(db))
-  if _uses_topk(depth, len(db)):
-    return _average_precisions(_topk_relevance(q, db, q_labels, db_labels, multilabel, depth))
-  return np.concatenate(_map_ranked(_average_precisions, q, db, q_labels, db_labels, multilabel,
+  ranked = _topk_relevance if _uses_topk(depth, len(db)) else _map_ranked
+  return np.concatenate(ranked(_average_precisions, q, db, q_labels, db_labels, multilabel,
                                     depth))
 
 
@@ -238,11 +265,8 @@ def precision_at_k(q_codes, db_codes, q_labels, db_labels, k: int) -> float:
   """Mean over queries of (relevant items in the top k) / k, ranking by (distance, index)."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
   k = _check_depth(k, len(db), "k")
-  if _uses_topk(k, len(db)):
-    hits = _topk_relevance(q, db, q_labels, db_labels, multilabel, k).sum(1)
-  else:
-    hits = np.concatenate(_map_ranked(lambda ranked: ranked.sum(1), q, db, q_labels, db_labels,
-                                      multilabel, k))
+  ranked = _topk_relevance if _uses_topk(k, len(db)) else _map_ranked
+  hits = np.concatenate(ranked(lambda rel: rel.sum(1), q, db, q_labels, db_labels, multilabel, k))
   return float(hits.mean() / k)
 
 

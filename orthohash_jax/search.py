@@ -1,34 +1,202 @@
 """Exact Hamming-distance search over packed codes: ``HammingIndex`` and a command line tool.
 
-File format (``.npz``, shared with export): ``db_codes`` uint32 (N, W) packed as in ``retrieval``
-(bit j of word w = dimension 32 w + j, unused high bits 0), ``num_bits`` int scalar K with
-W = ceil(K / 32), optional ``db_labels`` (N,) or (N, C). Export files also hold ``query_codes``
-uint32 (Q, W), ``query_labels`` and ``config`` (JSON string); ``HammingIndex.load`` ignores those.
+File formats. Index / export ``.npz`` (shared with export): ``db_codes`` uint32 (N, W) packed as
+in ``retrieval`` (bit j of word w = dimension 32 w + j, unused high bits 0), ``num_bits`` int
+scalar K with W = ceil(K / 32), optional ``db_labels`` (N,) or (N, C); export files also hold
+``query_codes`` uint32 (Q, W), ``query_labels`` and ``config``, which ``HammingIndex.load``
+ignores. Code file ``.npy``: a bare little-endian uint32 (N, W) C-order array, never loaded whole
+(``CodeFile`` reads row chunks with ``os.pread``: unlike ``np.memmap``, the pages read do not
+stay mapped, so resident memory stays bounded by the chunk, whatever N).
 
 Results: (distances int32 (Q, k), indices int32 (Q, k)) ordered by (Hamming distance, database
-index), identical for every backend ("jax": ``retrieval.hamming_topk``; "faiss": faiss
-IndexBinaryFlat when installed, ties re-chosen in index order).
+index), identical for every path:
+* in memory, backend "jax" (``retrieval.hamming_topk``) or "faiss" (IndexBinaryFlat, ties
+  re-chosen in index order);
+* a code file (``HammingIndex.open``): top-k of each chunk of ``chunk_rows`` rows, merged;
+* a mesh (``search(..., mesh=)``): rows split over all mesh devices, local top-k per device in one
+  ``shard_map`` call, merged on the host;
+* several processes (``search_process_shard``): process p holds rows [offset_p, offset_p + n_p),
+  searches them, and process 0 merges all lists (``multihost_utils.process_allgather``).
+Every merge keeps the first k candidates by (distance, global index) (``merge_topk``); a shard's
+list holds its own first k, so the merged list is the global first k, ties included.
 
-  python -m orthohash_jax.search --codes=codes.npz --k=100 [--queries=q.npz] \
-      [--output=neighbours.npz] [--backend=jax|faiss]
+  python -m orthohash_jax.search --codes=codes.npz|codes.npy --k=100 [--queries=q.npz|q.npy] \
+      [--num_bits=K] [--output=neighbours.npz] [--backend=jax|faiss] [--chunk_rows=N] \
+      [--mesh] [--coordinator=host:port --num_processes=P --process_id=p]
 
-searches ``query_codes`` (of ``--queries`` if given, else of ``--codes``) against ``db_codes`` and
-prints one line per query ("query: index:distance ...") or saves ``indices``, ``distances`` and
-``k`` to ``--output``. Bad input: one line on stderr, exit status 2.
+searches ``query_codes`` (of ``--queries`` if given, else of ``--codes``; a ``.npy`` holds packed
+query codes) against the database and prints one line per query ("query: index:distance ...") or
+saves ``indices``, ``distances`` and ``k`` to ``--output``. A ``.npy`` database needs
+``--num_bits`` and is streamed; with ``--num_processes`` each process streams its own contiguous
+share of its rows and process 0 prints or saves the merged result. Bad input (unreadable file,
+wrong dtype or shape, file size not a whole number of rows, bits mismatch, k outside [1, N]): one
+``error:`` line on stderr, exit status 2.
 """
+import concurrent.futures
 import os
 import sys
 import zipfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from orthohash_jax import cli, retrieval
+from orthohash_jax import cli, parallel, retrieval
 
 BACKENDS = ("jax", "faiss")
+CHUNK_ROWS = 1 << 22  # rows per streamed chunk of a code file (16 MiB at 64 bits)
+
+
+def merge_topk(dist, idx, k: int):
+  """First k of candidate lists (Q, M) by (distance, index): int32 (Q, k) each."""
+  order = np.lexsort((idx, dist), axis=1)[:, :k]
+  return (np.take_along_axis(dist, order, 1).astype(np.int32),
+          np.take_along_axis(idx, order, 1).astype(np.int32))
+
+
+def check_k(k, num_items):
+  if not 1 <= int(k) <= num_items:
+    raise ValueError(f"k must be in [1, database size {num_items}], got {k}")
+  return int(k)
+
+
+class CodeFile:
+  """A ``.npy`` file of packed codes uint32 (N, W), read in row chunks, never loaded whole."""
+
+  def __init__(self, path, num_bits: int):
+    self.path, self.num_bits = str(path), int(num_bits)
+    try:
+      with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        self.offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+      raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+      raise ValueError(f"{path}: not a .npy file ({e})") from None
+    words = retrieval.num_words(num_bits)
+    if dtype != np.dtype("<u4") or len(shape) != 2 or fortran:
+      raise ValueError(f"{path}: codes must be a C-order uint32 (N, W) array, got {dtype} "
+                       f"{shape}{' Fortran-order' if fortran else ''}")
+    if shape[1] != words:
+      raise ValueError(f"{path}: {shape[1]} words per code, {num_bits} bits need {words}")
+    row_bytes, data_bytes = 4 * words, size - self.offset
+    if data_bytes % row_bytes:
+      raise ValueError(f"{path}: {data_bytes} data bytes is not a multiple of the row size "
+                       f"{row_bytes}")
+    if data_bytes // row_bytes != shape[0]:
+      raise ValueError(f"{path}: header says {shape[0]} rows, the file holds "
+                       f"{data_bytes // row_bytes}")
+    self.shape, self.row_bytes = (int(shape[0]), words), row_bytes
+
+  def __len__(self):
+    return self.shape[0]
+
+  def read(self, start: int, stop: int):
+    """Rows [start, stop) as uint32 (stop - start, W), checked (zero padding bits)."""
+    with open(self.path, "rb") as f:
+      buf = os.pread(f.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+    rows = np.frombuffer(buf, "<u4").reshape(-1, self.shape[1])
+    return retrieval.check_codes(rows, self.num_bits, f"{self.path}: rows {start}:{stop}")
+
+  def search(self, queries, k: int, start=0, stop=None, chunk_rows=CHUNK_ROWS, method=None):
+    """Exact top-k of rows [start, stop) streamed in chunks; indices are file row numbers.
+
+    The next chunk is read (pread releases the GIL) while the current one is searched; memory is
+    O(chunk_rows + Q k). Where the rows are fewer than k (a process's shard), the list is padded
+    with distance K + 1 and index -1.
+    """
+    stop = len(self) if stop is None else stop
+    bounds = [(s, min(s + chunk_rows, stop)) for s in range(start, stop, chunk_rows)]
+    best = None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      pending = pool.submit(self.read, *bounds[0]) if bounds else None
+      for i, (s, _) in enumerate(bounds):
+        rows = pending.result()
+        if i + 1 < len(bounds):
+          pending = pool.submit(self.read, *bounds[i + 1])
+        # The last, shorter chunk is padded to the common shape: no second compilation.
+        fill = bounds[0][1] - bounds[0][0] - len(rows)
+        padded = np.pad(rows, ((0, fill), (0, 0))) if fill else rows
+        dist, idx = retrieval.hamming_topk(queries, padded, min(k, len(rows)), method,
+                                           num_items=len(rows))
+        dist, idx = np.asarray(dist), np.asarray(idx) + np.int32(s)
+        if best is not None:
+          dist, idx = merge_topk(np.concatenate([best[0], dist], 1),
+                                 np.concatenate([best[1], idx], 1), k)
+        best = dist, idx
+    return pad_topk(best, len(queries), k, self.num_bits)
+
+
+def pad_topk(result, num_queries, k, num_bits):
+  """Pads a (dist, idx) list (or None) to k columns with distance K + 1 and index -1."""
+  dist, idx = result if result is not None else (np.zeros((num_queries, 0), np.int32),) * 2
+  fill = k - dist.shape[1]
+  return (np.pad(dist, ((0, 0), (0, fill)), constant_values=num_bits + 1),
+          np.pad(idx, ((0, 0), (0, fill)), constant_values=-1))
+
+
+def sharded_topk(queries, codes, k: int, mesh, method=None):
+  """Exact top-k with the database rows split over every device of ``mesh``.
+
+  Each device holds n_loc = ceil(N / devices) rows (rounded up to 32; the tail is padding) and
+  returns its first k_loc = min(k + padding, n_loc) by (distance, local index) in one
+  ``shard_map`` call per query chunk; padding rows get distance K + 1, so at least min(k, real
+  rows) real items of every shard survive. The host merges by (distance, global index).
+  """
+  queries, codes = np.asarray(queries), np.asarray(codes)
+  num_items, num_bits_max = len(codes), retrieval.WORD_BITS * codes.shape[1]
+  k = check_k(k, num_items)
+  method = method or retrieval.default_method()
+  axes = tuple(mesh.axis_names)
+  devices = mesh.devices.size
+  n_loc = -(-num_items // devices)
+  n_loc += -n_loc % retrieval.BLOCK
+  pad = devices * n_loc - num_items
+  k_loc = min(k + pad, n_loc)
+  db = jax.device_put(np.pad(codes, ((0, pad), (0, 0))), NamedSharding(mesh, P(axes)))
+
+  def local(q, rows):
+    dist, idx = retrieval.topk_chunk(q, rows, k_loc, n_loc, method)
+    idx = idx + jax.lax.axis_index(axes) * n_loc
+    return jnp.where(idx < num_items, dist, num_bits_max + 1), idx
+
+  fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axes)),
+                             out_specs=(P(None, axes), P(None, axes))))
+  chunk = retrieval.queries_per_call(n_loc, k_loc, method)
+  parts = []
+  for s in range(0, len(queries), chunk):
+    q = queries[s:s + chunk]
+    dist, idx = fn(jnp.asarray(np.pad(q, ((0, chunk - len(q)), (0, 0)))), db)
+    parts.append(merge_topk(np.asarray(dist)[:len(q)], np.asarray(idx)[:len(q)], k))
+  return tuple(np.concatenate([p[i] for p in parts]) for i in range(2))
+
+
+def search_process_shard(search_shard, k: int):
+  """Merges on process 0 the top-k lists of every process's shard (call on every process).
+
+  ``search_shard(k)`` returns this process's (dist, idx) (Q, k) with global indices (padded with
+  distance K + 1, index -1 where its shard is smaller than k). Returns the merged (dist, idx) on
+  process 0 and None elsewhere; with k <= the global size no padding survives the merge.
+  """
+  dist, idx = search_shard(k)
+  if jax.process_count() > 1:
+    dist, idx = (np.asarray(multihost_utils.process_allgather(a)) for a in (dist, idx))
+    dist, idx = (np.concatenate(list(a), 1) for a in (dist, idx))
+  idx = np.where(idx < 0, np.iinfo(np.int32).max, idx)  # padding sorts last among distance K + 1
+  return merge_topk(dist, idx, k) if jax.process_index() == 0 else None
 
 
 class HammingIndex:
-  """Packed binary codes (and optional labels) with exact top-k search."""
+  """Packed binary codes (and optional labels) with exact top-k search.
+
+  In memory (``add`` / ``load``), or backed by a ``.npy`` code file (``open``, streamed).
+  """
 
   def __init__(self, num_bits: int, backend: str = "jax", method=None):
     if int(num_bits) < 1:
@@ -39,9 +207,10 @@ class HammingIndex:
     self._codes = np.zeros((0, retrieval.num_words(num_bits)), np.uint32)
     self._labels = None
     self._faiss = None
+    self._file, self.chunk_rows = None, CHUNK_ROWS
 
   def __len__(self):
-    return len(self._codes)
+    return len(self._file) if self._file is not None else len(self._codes)
 
   @property
   def codes(self):
@@ -51,8 +220,19 @@ class HammingIndex:
   def labels(self):
     return self._labels
 
+  @classmethod
+  def open(cls, path, num_bits: int, chunk_rows: int = CHUNK_ROWS, method=None):
+    """An index over a ``.npy`` code file, searched in chunks of ``chunk_rows`` rows (jax only)."""
+    if int(chunk_rows) < 1:
+      raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    index = cls(num_bits, "jax", method)
+    index._file, index.chunk_rows = CodeFile(path, num_bits), int(chunk_rows)
+    return index
+
   def add(self, codes, labels=None):
     """Appends codes: packed uint32 (n, W) or real / ±1 / bool (n, K) (bit = value > 0)."""
+    if self._file is not None:
+      raise ValueError("cannot add codes to an index backed by a code file")
     codes = np.asarray(codes)
     if codes.dtype != np.uint32:
       if codes.ndim != 2 or codes.shape[1] != self.num_bits:
@@ -71,22 +251,49 @@ class HammingIndex:
     self._codes = np.concatenate([self._codes, codes])
     self._faiss = None
 
-  def search(self, queries, k: int):
-    """Exact k nearest: (distances int32 (Q, k), indices int32 (Q, k)), by (distance, index)."""
+  def check_queries(self, queries):
+    """Packed uint32 (Q, W) queries (real / ±1 / bool (Q, K) are packed), checked."""
     queries = np.asarray(queries)
     if queries.dtype != np.uint32:
+      if queries.ndim != 2 or queries.shape[1] != self.num_bits:
+        raise ValueError(f"query codes must be packed uint32 or (Q, {self.num_bits}), got "
+                         f"{queries.dtype} {queries.shape}")
       queries = np.asarray(retrieval.pack_codes(queries))
-    retrieval.check_codes(queries, self.num_bits, "query codes")
-    if not 1 <= int(k) <= len(self):
-      raise ValueError(f"k must be in [1, index size {len(self)}], got {k}")
+    return retrieval.check_codes(queries, self.num_bits, "query codes")
+
+  def search(self, queries, k: int, mesh=None):
+    """Exact k nearest: (distances int32 (Q, k), indices int32 (Q, k)), by (distance, index).
+
+    ``mesh``: split the (in-memory) database over its devices.
+    """
+    queries = self.check_queries(queries)
+    k = check_k(k, len(self))
+    if self._file is not None:
+      if mesh is not None:
+        raise ValueError("a file-backed index is streamed on one device; mesh is not supported")
+      return self._file.search(queries, k, chunk_rows=self.chunk_rows, method=self.method)
+    if mesh is not None:
+      return sharded_topk(queries, self._codes, k, mesh, self.method)
     if self.backend == "faiss":
       if self._faiss is None:
         import faiss  # pylint: disable=import-outside-toplevel
         self._faiss = faiss.IndexBinaryFlat(retrieval.WORD_BITS * self._codes.shape[1])
         self._faiss.add(self._codes.view(np.uint8))
-      return retrieval.faiss_topk(queries, self._codes, int(k), self._faiss)
-    dist, idx = retrieval.hamming_topk(queries, self._codes, int(k), self.method)
+      return retrieval.faiss_topk(queries, self._codes, k, self._faiss)
+    dist, idx = retrieval.hamming_topk(queries, self._codes, k, self.method)
     return np.asarray(dist), np.asarray(idx)
+
+  def shard_search(self, queries, k: int, start: int, stop: int):
+    """This process's share: top-k of rows [start, stop) (global indices), padded to k."""
+    queries = self.check_queries(queries)
+    if self._file is not None:
+      return self._file.search(queries, k, start, stop, self.chunk_rows, self.method)
+    rows = self._codes[start:stop]
+    if not len(rows):
+      return pad_topk(None, len(queries), k, self.num_bits)
+    dist, idx = retrieval.hamming_topk(queries, rows, min(k, len(rows)), self.method)
+    return pad_topk((np.asarray(dist), np.asarray(idx) + np.int32(start)), len(queries), k,
+                    self.num_bits)
 
   def save(self, path):
     """Writes ``db_codes``, ``num_bits`` and (if any) ``db_labels`` to an .npz file."""
@@ -102,14 +309,18 @@ class HammingIndex:
       for key in ("db_codes", "num_bits"):
         if key not in data.files:
           raise ValueError(f"{path}: missing key {key!r} (has {sorted(data.files)})")
-      num_bits = data["num_bits"]
-      if num_bits.shape != () or num_bits.dtype.kind not in "iu":
-        raise ValueError(f"{path}: num_bits must be an integer scalar, got {num_bits.dtype} "
-                         f"{num_bits.shape}")
-      index = cls(int(num_bits), backend, method)
+      index = cls(_num_bits(data, path), backend, method)
       codes = retrieval.check_codes(data["db_codes"], index.num_bits, f"{path}: db_codes")
       index.add(codes, data["db_labels"] if "db_labels" in data.files else None)
     return index
+
+
+def _num_bits(data, path):
+  num_bits = data["num_bits"]
+  if num_bits.shape != () or num_bits.dtype.kind not in "iu":
+    raise ValueError(f"{path}: num_bits must be an integer scalar, got {num_bits.dtype} "
+                     f"{num_bits.shape}")
+  return int(num_bits)
 
 
 def _open_npz(path):
@@ -123,26 +334,77 @@ def _open_npz(path):
 
 
 def load_queries(path, num_bits):
-  """uint32 (Q, W) ``query_codes`` of an .npz file, checked against ``num_bits``."""
+  """uint32 (Q, W) query codes: ``query_codes`` of an .npz file (whose ``num_bits``, if any, must
+  equal ``num_bits``) or a bare .npy array, checked against ``num_bits``."""
+  if str(path).endswith(".npy"):
+    try:
+      codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+    return retrieval.check_codes(codes, num_bits, f"{path}: query codes")
   with _open_npz(path) as data:
     if "query_codes" not in data.files:
       raise ValueError(f"{path}: missing key 'query_codes' (has {sorted(data.files)})")
+    if "num_bits" in data.files and _num_bits(data, path) != num_bits:
+      raise ValueError(f"{path}: queries have {_num_bits(data, path)} bits, the database "
+                       f"{num_bits}")
     return retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
+
+
+def _open_index(args):
+  if args.codes.endswith(".npy"):
+    if args.num_bits is None:
+      raise ValueError("a .npy code file needs --num_bits")
+    if args.backend != "jax":
+      raise ValueError("a .npy code file is streamed with --backend=jax")
+    return HammingIndex.open(args.codes, args.num_bits, args.chunk_rows)
+  index = HammingIndex.load(args.codes, args.backend)
+  if args.num_bits is not None and args.num_bits != index.num_bits:
+    raise ValueError(f"--num_bits={args.num_bits} but {args.codes} holds {index.num_bits}-bit codes")
+  return index
+
+
+def _search(args):
+  """(dist, idx) on the process that reports (None elsewhere)."""
+  index = _open_index(args)
+  if args.queries is None and args.codes.endswith(".npy"):
+    raise ValueError("a .npy code file needs --queries")
+  queries = load_queries(args.queries or args.codes, index.num_bits)
+  k = check_k(args.k, len(index))
+  if args.num_processes > 1:
+    n, p, count = len(index), args.process_id, args.num_processes
+    start, stop = n * p // count, n * (p + 1) // count
+    return search_process_shard(lambda kk: index.shard_search(queries, kk, start, stop), k)
+  return index.search(queries, k, parallel.make_mesh() if args.mesh else None)
 
 
 def main(argv=None):
   parser = cli.ArgumentParser(prog="python -m orthohash_jax.search",
                               description="Exact Hamming k-NN over packed codes.")
-  parser.add_argument("--codes", required=True, help=".npz with db_codes and num_bits")
+  parser.add_argument("--codes", required=True,
+                      help=".npz with db_codes and num_bits, or .npy uint32 (N, W) (streamed)")
   parser.add_argument("--k", type=int, default=100, help="neighbours per query")
-  parser.add_argument("--queries", help=".npz with query_codes (default: the --codes file)")
+  parser.add_argument("--queries", help=".npz with query_codes or .npy (default: --codes)")
+  parser.add_argument("--num_bits", type=int, help="code length K (required for a .npy database)")
   parser.add_argument("--output", help="save indices/distances to this .npz instead of printing")
   parser.add_argument("--backend", choices=BACKENDS, default="jax")
+  parser.add_argument("--chunk_rows", type=int, default=CHUNK_ROWS,
+                      help="rows per streamed chunk of a .npy database")
+  parser.add_argument("--mesh", action="store_true", help="split the database over all devices")
+  parser.add_argument("--coordinator", help="host:port of process 0 (multi-process search)")
+  parser.add_argument("--num_processes", type=int, default=1)
+  parser.add_argument("--process_id", type=int, default=0)
   args = parser.parse_args(argv)
   try:
-    index = HammingIndex.load(args.codes, args.backend)
-    queries = load_queries(args.queries or args.codes, index.num_bits)
-    dist, idx = index.search(queries, args.k)
+    if args.num_processes > 1:
+      if not args.coordinator or not 0 <= args.process_id < args.num_processes:
+        raise ValueError("multi-process search needs --coordinator and 0 <= --process_id < "
+                         "--num_processes")
+      parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    result = _search(args)
+    if result is None:
+      return 0
+    dist, idx = result
     if args.output:
       np.savez(args.output, indices=idx, distances=dist, k=np.int64(args.k))
   except (OSError, ValueError, ImportError) as e:

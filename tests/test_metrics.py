@@ -138,3 +138,21 @@ def test_bad_input():
     metrics.mean_average_precision(qb, db, ql[:2], dl)
   with pytest.raises(ValueError, match="words"):
     metrics.mean_average_precision(np.ones((2, 40)), np.ones((3, 16)), ql[:2], dl[:3])
+
+
+@pytest.mark.parametrize("topk", [5, 39, 120])
+def test_map_multilabel_many_classes_matches_brute_force(topk):
+  """40 classes: multi-hot rows bit-packed over two uint32 words; R below and above N / 32."""
+  rng = np.random.default_rng(topk)
+  qb, db, _, _ = make_data(topk, 24, nq=37, ndb=130)
+  ql = (rng.random((37, 40)) < 0.04).astype(np.int64)
+  dl = (rng.random((130, 40)) < 0.04).astype(np.int64)
+  ql[:, 35] |= rng.random(37) < 0.3  # a class in the second word
+  dl[:, 35] |= rng.random(130) < 0.3
+  _, orders = ranking(qb, db)
+  rel = relevant(ql, dl)
+  expected = [brute_ap(rel[i][o], topk) for i, o in enumerate(orders)]
+  np.testing.assert_allclose(metrics.average_precisions(qb, db, ql, dl, topk), expected,
+                             rtol=0, atol=1e-12)
+  hits = np.mean([rel[i][o[:topk]].mean() for i, o in enumerate(orders)])
+  assert metrics.precision_at_k(qb, db, ql, dl, topk) == pytest.approx(hits, abs=1e-12)
