@@ -41,6 +41,11 @@ def nhwc(x):
   return jnp.asarray(x.transpose(0, 2, 3, 1))
 
 
+# One compilation per module and shape (much cheaper than eager op-by-op on CPU).
+evaluate = nnx.jit(lambda module, x: module(x, train=False))
+train = nnx.jit(lambda module, x, key=None: module(x, train=True, dropout_key=key))
+
+
 @pytest.fixture(scope="module", params=[
     "alexnet", "resnet50", pytest.param("vgg16", marks=pytest.mark.slow)])
 def pair(request):
@@ -60,7 +65,7 @@ def test_matches_torchvision_small_sizes(pair):
   arch, ref, ours = pair
   x = images(2, SMALL[arch])
   expected = torch_features(ref, x)
-  out = ours(nhwc(x), train=False)
+  out = evaluate(ours, nhwc(x))
   assert out.dtype == jnp.float32 and out.shape == (2, ours.out_features) == expected.shape
   assert np.max(np.abs(expected)) > 0 and np.std(expected[:, :8]) > 0
   assert relative_error(out, expected) <= TOL
@@ -71,7 +76,7 @@ def test_matches_torchvision_small_sizes(pair):
 def test_matches_torchvision_full_sizes(pair, hw):
   _, ref, ours = pair
   x = images(1, hw, seed=2)
-  assert relative_error(ours(nhwc(x), train=False), torch_features(ref, x)) <= TOL
+  assert relative_error(evaluate(ours, nhwc(x)), torch_features(ref, x)) <= TOL
 
 
 @pytest.mark.parametrize("hw,out", [((6, 6), (6, 6)), ((1, 2), (6, 6)), ((5, 7), (6, 6)),
@@ -99,7 +104,7 @@ def test_resnet50_train_mode_matches_torch_batchnorm():
   x = images(3, (64, 48), seed=6)
   with torch.no_grad():
     expected = ref.features_out(torch.from_numpy(x)).numpy()
-  assert relative_error(ours(nhwc(x), train=True), expected) <= TOL
+  assert relative_error(train(ours, nhwc(x)), expected) <= TOL
   updated = weights.convert_state_dict("resnet50", ref.state_dict())
   ours_stats = {"/".join(map(str, p)): np.asarray(v[...])
                 for p, v in nnx.to_flat_state(nnx.state(ours, nnx.BatchStat))}
@@ -126,9 +131,9 @@ def test_dropout_places_and_keys_as_torchvision(pair):
   key = jax.random.key(11)
   with pytest.raises(ValueError, match="dropout_key"):
     ours(nhwc(x), train=True)
-  out = np.asarray(ours(nhwc(x), train=True, dropout_key=key))
-  np.testing.assert_array_equal(out, ours(nhwc(x), train=True, dropout_key=key))
-  assert not np.array_equal(out, ours(nhwc(x), train=True, dropout_key=jax.random.key(12)))
+  out = np.asarray(train(ours, nhwc(x), key))
+  np.testing.assert_array_equal(out, train(ours, nhwc(x), key))
+  assert not np.array_equal(out, train(ours, nhwc(x), jax.random.key(12)))
   k6, k7 = jax.random.split(key, 2)
   m6 = np.asarray(jax.random.bernoulli(k6, 0.5, (2, ours.fc6.in_features)), np.float32) * 2
   m7 = np.asarray(jax.random.bernoulli(k7, 0.5, (2, 4096)), np.float32) * 2
@@ -164,7 +169,7 @@ def test_bfloat16_compute_float32_params_and_bounded_drift(pair):
   assert _layer_dtypes(bf16) == (layers, {"bfloat16"})
   assert _layer_dtypes(ours) == (layers, {"float32"})
   x = nhwc(images(2, SMALL[arch], seed=9))
-  out, expected = bf16(x, train=False), ours(x, train=False)
+  out, expected = evaluate(bf16, x), evaluate(ours, x)
   assert out.dtype == jnp.float32
   drift = relative_error(out, np.asarray(expected))
   assert 0 < drift < BF16_BOUND, drift
@@ -182,11 +187,11 @@ def _torch_reference_weight(arch, kind, torch_shape):
   return w.numpy()
 
 
-@pytest.mark.parametrize("arch", [
-    "alexnet", "resnet50", pytest.param("vgg16", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(backbones.BACKBONES))
 def test_initialisation_like_torchvision(arch):
   torch.manual_seed(0)
-  module = backbones.BACKBONES[arch](rngs=nnx.Rngs(0))
+  module = nnx.jit(lambda: backbones.BACKBONES[arch](rngs=nnx.Rngs(0)))()  # one compilation
   params = {"/".join(map(str, p)): np.asarray(v[...])
             for p, v in nnx.to_flat_state(nnx.state(module))}
   checked = 0
