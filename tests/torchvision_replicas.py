@@ -5,7 +5,7 @@ pin, so the tests build these instead. Each has torchvision's module tree, hence
 ``state_dict`` keys and shapes (``features.0.weight``, ``layer1.0.downsample.1.running_var``,
 ``fc.weight``, ...) and the same forward computation; ``features_out(x)`` returns what
 orthohash_jax.backbones returns: NCHW float32 (B, 3, H, W) -> (B, 4096) = ``classifier[:6]``
-(AlexNet, VGG16) or (B, 2048) pooled (ResNet-50). Weights are torch's layer defaults;
+(AlexNet, VGG16) or (B, 2048) pooled (ResNet-50), ``forward`` the logits. Weights are torch's layer defaults;
 ``randomize`` draws every parameter and BN statistic at random.
 """
 import torch
@@ -32,6 +32,9 @@ class AlexNet(nn.Module):
   def features_out(self, x):
     return self.classifier[:6](torch.flatten(self.avgpool(self.features(x)), 1))
 
+  def forward(self, x):
+    return self.classifier[6](self.features_out(x))
+
 
 class VGG16(nn.Module):
   """torchvision.models.vgg16's layers and names (configuration D, no BN)."""
@@ -53,6 +56,9 @@ class VGG16(nn.Module):
 
   def features_out(self, x):
     return self.classifier[:6](torch.flatten(self.avgpool(self.features(x)), 1))
+
+  def forward(self, x):
+    return self.classifier[6](self.features_out(x))
 
 
 class Bottleneck(nn.Module):
@@ -103,6 +109,9 @@ class ResNet50(nn.Module):
     x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
     x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
     return torch.flatten(self.avgpool(x), 1)
+
+  def forward(self, x):
+    return self.fc(self.features_out(x))
 
 
 REPLICAS = {"alexnet": AlexNet, "vgg16": VGG16, "resnet50": ResNet50}
