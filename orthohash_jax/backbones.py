@@ -87,7 +87,10 @@ def linear(in_features, out_features, *, kernel_init=torch_default_kernel_init, 
 # ---- stateless layers ----
 
 def _pool_matrix(size: int, out: int) -> np.ndarray:
-  """(out, size) averaging matrix of torch's adaptive bins [floor(i*size/out), ceil((i+1)*size/out))."""
+  """(out, size) averaging matrix over torch's adaptive bins.
+
+  Bin i covers [floor(i * size / out), ceil((i + 1) * size / out)).
+  """
   m = np.zeros((out, size), np.float32)
   for i in range(out):
     start, end = (i * size) // out, -(-(i + 1) * size // out)
@@ -194,7 +197,8 @@ class AlexNet(nnx.Module):
 
 
 class VGG16(nnx.Module):
-  """torchvision VGG16 (configuration D, no BN) up to fc7 + ReLU + Dropout: (B, H, W, 3) -> (B, 4096)."""
+  """torchvision VGG16 (configuration D, no BN) up to fc7 + ReLU + Dropout: (B, H, W, 3) ->
+  (B, 4096)."""
 
   STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
   POOL_SIZE = (7, 7)
@@ -310,7 +314,8 @@ def flat_shapes(arch: str) -> dict:
           for path, v in nnx.to_flat_state(nnx.state(abstract_backbone(arch)))}
 
 
-def from_arrays(arch: str, arrays: dict, *, dtype=jnp.float32, source: str = "arrays") -> nnx.Module:
+def from_arrays(arch: str, arrays: dict, *, dtype=jnp.float32,
+                source: str = "arrays") -> nnx.Module:
   """The ``arch`` backbone holding ``arrays`` ({"path/of/variable": array}, as ``flat_shapes``).
 
   Raises ValueError naming the first missing, mis-shaped or unexpected key (``source`` prefixes
@@ -334,7 +339,7 @@ def from_arrays(arch: str, arrays: dict, *, dtype=jnp.float32, source: str = "ar
 
 
 def load_pretrained(arch: str, directory: str, *, dtype=jnp.float32) -> nnx.Module:
-  """The ``arch`` backbone holding the weights that ``orthohash_jax.weights`` wrote to ``directory``.
+  """The ``arch`` backbone with the weights ``orthohash_jax.weights`` wrote to ``directory``.
 
   Raises ValueError (one line) when the files are missing or unreadable, hold another
   architecture, or miss / add / mis-shape a variable.

@@ -139,7 +139,8 @@ def test_dropout_places_and_keys_as_torchvision(pair):
   m7 = np.asarray(jax.random.bernoulli(k7, 0.5, (2, 4096)), np.float32) * 2
   with torch.no_grad():
     pooled = torch.flatten(ref.avgpool(ref.features(torch.from_numpy(x))), 1)
-    fc6, fc7 = ref.classifier[1 if arch == "alexnet" else 0], ref.classifier[4 if arch == "alexnet" else 3]
+    fc6, fc7 = (ref.classifier[1], ref.classifier[4]) if arch == "alexnet" else (
+        ref.classifier[0], ref.classifier[3])
     if arch == "alexnet":  # our fc6 input is flattened (h, w, c): permute the mask to (c, h, w)
       m6 = m6.reshape(2, 6, 6, 256).transpose(0, 3, 1, 2).reshape(2, -1)
       h = torch.relu(fc6(pooled * torch.from_numpy(m6)))

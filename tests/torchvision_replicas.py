@@ -5,14 +5,24 @@ pin, so the tests build these instead. Each has torchvision's module tree, hence
 ``state_dict`` keys and shapes (``features.0.weight``, ``layer1.0.downsample.1.running_var``,
 ``fc.weight``, ...) and the same forward computation; ``features_out(x)`` returns what
 orthohash_jax.backbones returns: NCHW float32 (B, 3, H, W) -> (B, 4096) = ``classifier[:6]``
-(AlexNet, VGG16) or (B, 2048) pooled (ResNet-50), ``forward`` the logits. Weights are torch's layer defaults;
-``randomize`` draws every parameter and BN statistic at random.
+(AlexNet, VGG16) or (B, 2048) pooled (ResNet-50); ``forward`` returns the logits. Weights are
+torch's layer defaults; ``randomize`` draws every parameter and BN statistic at random.
 """
 import torch
 from torch import nn
 
 
-class AlexNet(nn.Module):
+class _FeaturesAvgpoolClassifier(nn.Module):
+  """torchvision's features -> avgpool -> flatten -> classifier layout (AlexNet, VGG)."""
+
+  def features_out(self, x):
+    return self.classifier[:6](torch.flatten(self.avgpool(self.features(x)), 1))
+
+  def forward(self, x):
+    return self.classifier[6](self.features_out(x))
+
+
+class AlexNet(_FeaturesAvgpoolClassifier):
   """torchvision.models.AlexNet's layers and names."""
 
   def __init__(self, num_classes=1000):
@@ -29,14 +39,8 @@ class AlexNet(nn.Module):
         nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
         nn.Linear(4096, num_classes))
 
-  def features_out(self, x):
-    return self.classifier[:6](torch.flatten(self.avgpool(self.features(x)), 1))
 
-  def forward(self, x):
-    return self.classifier[6](self.features_out(x))
-
-
-class VGG16(nn.Module):
+class VGG16(_FeaturesAvgpoolClassifier):
   """torchvision.models.vgg16's layers and names (configuration D, no BN)."""
 
   def __init__(self, num_classes=1000):
@@ -53,12 +57,6 @@ class VGG16(nn.Module):
         nn.Linear(512 * 49, 4096), nn.ReLU(True), nn.Dropout(0.5),
         nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5),
         nn.Linear(4096, num_classes))
-
-  def features_out(self, x):
-    return self.classifier[:6](torch.flatten(self.avgpool(self.features(x)), 1))
-
-  def forward(self, x):
-    return self.classifier[6](self.features_out(x))
 
 
 class Bottleneck(nn.Module):
