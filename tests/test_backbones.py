@@ -22,9 +22,9 @@ TOL = 1e-4
 # Small sizes that still exercise adaptive pooling: AlexNet 67x99 -> 1x2 feature map -> 6x6;
 # VGG16 32x48 -> 1x1 -> 7x7; ResNet-50 odd sizes through every stride.
 SMALL = {"alexnet": (67, 99), "vgg16": (32, 48), "resnet50": (61, 83)}
-# Measured bf16 drift (max abs error / max abs, random weights, small sizes): alexnet 3.5e-3,
-# vgg16 5.0e-3, resnet50 6.1e-3 (see experiments/bench_backbones.py for 224x224). The bound
-# leaves ~5x headroom for other seeds and XLA versions.
+# Measured bf16 drift in this test (max abs error / max abs, these random weights and sizes,
+# jax 0.10.2 CPU): alexnet 6.4e-3, resnet50 5.1e-3, vgg16 6.0e-3 (224x224 with the default
+# init: experiments/bench_backbones.py). The bound leaves ~5x headroom for other seeds / XLA.
 BF16_BOUND = 0.03
 
 
@@ -135,7 +135,8 @@ def test_dropout_places_and_keys_as_torchvision(pair):
   np.testing.assert_array_equal(out, train(ours, nhwc(x), key))
   assert not np.array_equal(out, train(ours, nhwc(x), jax.random.key(12)))
   k6, k7 = jax.random.split(key, 2)
-  m6 = np.asarray(jax.random.bernoulli(k6, 0.5, (2, ours.fc6.in_features)), np.float32) * 2
+  m6_width = ours.fc6.in_features if arch == "alexnet" else 4096  # fc6's input / output
+  m6 = np.asarray(jax.random.bernoulli(k6, 0.5, (2, m6_width)), np.float32) * 2
   m7 = np.asarray(jax.random.bernoulli(k7, 0.5, (2, 4096)), np.float32) * 2
   with torch.no_grad():
     pooled = torch.flatten(ref.avgpool(ref.features(torch.from_numpy(x))), 1)
