@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from orthohash_jax import backbones
 from orthohash_jax import codebook as codebook_lib
 
 
@@ -29,13 +30,15 @@ class Codebook(nnx.Variable):
 class MLP(nnx.Module):
   """ReLU multi-layer perceptron on flattened inputs; ``out_features`` = hidden[-1]."""
 
-  def __init__(self, in_features: int, hidden: Sequence[int] = (512, 512), *, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, hidden: Sequence[int] = (512, 512), *,
+               dtype=jnp.float32, rngs: nnx.Rngs):
     sizes = (in_features, *hidden)
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
     self.out_features = sizes[-1]
 
-  def __call__(self, x, *, train: bool):
-    del train
+  def __call__(self, x, *, train: bool, dropout_key=None):
+    del train, dropout_key
     x = x.reshape(x.shape[0], -1)
     for layer in self.layers:
       x = jax.nn.relu(layer(x))
@@ -48,20 +51,21 @@ class SmallCNN(nnx.Module):
   the parameters do not depend on the image size (224x224 smoke runs of the paper pipeline)."""
 
   def __init__(self, image_shape: Sequence[int], channels=(32, 64), features: int = 512, *,
-               global_pool: bool = False, rngs: nnx.Rngs):
+               global_pool: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     height, width, in_channels = image_shape
     chans = (in_channels, *channels)
-    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), rngs=rngs) for a, b in zip(chans[:-1], chans[1:])])
+    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), dtype=dtype, rngs=rngs)
+                           for a, b in zip(chans[:-1], chans[1:])])
     for _ in channels:
       height, width = height // 2, width // 2
     flat = chans[-1] if global_pool else height * width * chans[-1]
-    self.dense = nnx.Linear(flat, features, rngs=rngs)
+    self.dense = nnx.Linear(flat, features, dtype=dtype, rngs=rngs)
     self.image_shape = tuple(image_shape)
     self.global_pool = global_pool
     self.out_features = features
 
-  def __call__(self, x, *, train: bool):
-    del train
+  def __call__(self, x, *, train: bool, dropout_key=None):
+    del train, dropout_key
     x = x.reshape(x.shape[0], *self.image_shape)
     for conv in self.convs:
       x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
@@ -75,23 +79,24 @@ class Identity(nnx.Module):
   def __init__(self, in_features: int):
     self.out_features = in_features
 
-  def __call__(self, x, *, train: bool):
-    del train
+  def __call__(self, x, *, train: bool, dropout_key=None):
+    del train, dropout_key
     return x.reshape(x.shape[0], -1)
 
 
 class HashLayer(nnx.Module):
   """Latent layer H(f) = W f (no bias, W ~ N(0, 0.01^2)) followed by BatchNorm (unless use_bn=False)."""
 
-  def __init__(self, in_features: int, num_bits: int, *, use_bn: bool = True, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, num_bits: int, *, use_bn: bool = True,
+               dtype=jnp.float32, rngs: nnx.Rngs):
     if num_bits <= 0:
       raise ValueError(f"num_bits must be positive, got {num_bits}")
-    self.fc = nnx.Linear(in_features, num_bits, use_bias=False,
+    self.fc = nnx.Linear(in_features, num_bits, use_bias=False, dtype=dtype,
                          kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
     self.bn = nnx.BatchNorm(num_bits, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None
 
   def __call__(self, f, *, train: bool):
-    v = self.fc(f)
+    v = self.fc(f).astype(jnp.float32)  # BatchNorm, head and loss in float32
     if self.bn is not None:
       v = self.bn(v, use_running_average=not train)
     return v
@@ -139,15 +144,17 @@ class LinearHead(nnx.Module):
 
 
 class HashModel(nnx.Module):
-  """backbone -> HashLayer -> head; ``__call__(x, train=...)`` returns (codes (B, K), logits (B, C))."""
+  """backbone -> HashLayer -> head; ``__call__(x, train=..., dropout_key=None)`` returns
+  (codes (B, K), logits (B, C)); ``dropout_key`` feeds the backbone's dropout (AlexNet, VGG16)."""
 
   def __init__(self, backbone: nnx.Module, hash_layer: HashLayer, head: nnx.Module):
     self.backbone = backbone
     self.hash_layer = hash_layer
     self.head = head
 
-  def __call__(self, x, *, train: bool):
-    codes = self.hash_layer(self.backbone(x, train=train), train=train)
+  def __call__(self, x, *, train: bool, dropout_key=None):
+    features = self.backbone(x, train=train, dropout_key=dropout_key)
+    codes = self.hash_layer(features.astype(jnp.float32), train=train)
     return codes, self.head(codes)
 
 
@@ -158,14 +165,30 @@ def _square_image(shape):
   return (side, side, 1)
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _imagenet_backbone(arch):
+  """Builder of a torchvision backbone: ``config.pretrained`` weights, or a fresh init."""
+  def build(c, shape, rngs):
+    del shape  # any image size
+    dtype = COMPUTE_DTYPES[c.compute_dtype]
+    if c.pretrained:
+      return backbones.load_pretrained(arch, c.pretrained, dtype=dtype)
+    return backbones.BACKBONES[arch](dtype=dtype, rngs=rngs)
+  return build
+
+
 # config.backbone -> (config, per-example input shape, rngs) -> module with ``out_features``
 BACKBONES = {
-    "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden), rngs=rngs),
+    "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden),
+                                      dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "cnn": lambda c, shape, rngs: SmallCNN(shape if len(shape) == 3 else _square_image(shape),
-                                           rngs=rngs),
+                                           dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "cnn_gap": lambda c, shape, rngs: SmallCNN(shape, channels=(32, 64, 128), global_pool=True,
-                                               rngs=rngs),
+                                               dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "identity": lambda c, shape, rngs: Identity(int(np.prod(shape))),
+    **{arch: _imagenet_backbone(arch) for arch in backbones.BACKBONES},
 }
 
 
@@ -175,7 +198,8 @@ def build_model(config, input_shape, num_classes: int, codebook) -> HashModel:
   initialised from ``config.seed``."""
   rngs = nnx.Rngs(config.seed)
   backbone = BACKBONES[config.backbone](config, tuple(input_shape), rngs)
-  hash_layer = HashLayer(backbone.out_features, config.num_bits, use_bn=config.use_bn, rngs=rngs)
+  hash_layer = HashLayer(backbone.out_features, config.num_bits, use_bn=config.use_bn,
+                         dtype=COMPUTE_DTYPES[config.compute_dtype], rngs=rngs)
   if config.loss == "orthohash":
     head = CosSimHead(codebook, pad_classes_to=config.model_axis)
   else:

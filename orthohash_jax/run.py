@@ -33,7 +33,8 @@ import numpy as np
 
 from orthohash_jax import checkpoint as checkpoint_lib
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import cli, codes_file, config_base, evaluation, losses, models, parallel
+from orthohash_jax import backbones, cli, codes_file, config_base, evaluation, losses, models
+from orthohash_jax import parallel
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import streaming, transforms
@@ -76,6 +77,15 @@ def validate_config(config) -> None:
       (c.eval_transform not in transforms.RANDOM_KINDS,
        f"eval_transform must be deterministic, got {c.eval_transform!r}"),
       (c.image_size > 0, f"image_size must be positive, got {c.image_size}"),
+      _options("compute_dtype", c.compute_dtype, models.COMPUTE_DTYPES),
+      (not c.pretrained_required or c.pretrained,
+       f"the {c.backbone} backbone of this config starts from ImageNet weights: convert "
+       f"torchvision's file with python -m orthohash_jax.weights --arch={c.backbone} "
+       f"--torch=FILE.pth --output=DIR, then pass --config.pretrained=DIR"),
+      (not c.pretrained or c.backbone in backbones.BACKBONES,
+       f"pretrained weights are for {sorted(backbones.BACKBONES)}, not backbone {c.backbone!r}"),
+      (not c.pretrained or os.path.isdir(c.pretrained),
+       f"pretrained directory {c.pretrained} does not exist"),
       (c.data_workers >= 0, f"data_workers must be >= 0, got {c.data_workers}"),
       (c.num_bits > 0, f"num_bits must be positive, got {c.num_bits}"),
       (c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}"),

@@ -16,7 +16,10 @@ mesh axis), the optimiser and two compiled functions:
 Inputs: float arrays are used as they are; uint8 images travel as uint8 and are normalised on
 the device with ``mean_std`` ((mean, std) per channel, pixel units) through
 ``data.normalization_table``, bit-equal to normalising on the host with numpy.
-In-memory images are augmented on the device (``augment_crop_pad``) with a key from (seed, step).
+In-memory images are augmented on the device (``augment_crop_pad``) with a key from (seed, step);
+the backbone's dropout (AlexNet, VGG16) gets another key of (seed, step). With
+``compute_dtype`` bfloat16, convolutions and matmuls run in bfloat16 while parameters, optimiser
+state, BatchNorm, the cosine head and the loss stay float32.
 
 The state is a ``TrainState`` pytree of plain dicts (params, batch_stats, opt_state, step).
 ``with_bn_statistics(state, mean, var)`` returns the state with the hash layer's BatchNorm
@@ -120,9 +123,9 @@ class Trainer:
     table = jnp.asarray(self.norm_table)
     return table[x.astype(jnp.int32), jnp.arange(table.shape[1])]
 
-  def _loss(self, params, batch_stats, constants, x, y):
+  def _loss(self, params, batch_stats, constants, x, y, dropout_key):
     model = nnx.merge(self.graphdef, params, batch_stats, constants)
-    codes, logits = model(x, train=True)
+    codes, logits = model(x, train=True, dropout_key=dropout_key)
     c = self.config
     multilabel = y.ndim == 2
     if c.loss == "orthohash":  # classes stay split over the model axis
@@ -140,12 +143,13 @@ class Trainer:
   def _step(self, constants, state: TrainState, batch):
     x, y = batch
     x = self._inputs(x)
+    # random draws depend on (seed, step) only, so resumed runs match
+    key = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
     pad = self.config.augment_crop_pad
-    if pad and x.ndim == 4:  # the key depends on (seed, step) only, so resumed runs match
-      key = jax.random.fold_in(jax.random.key(self.config.seed), state.step)
+    if pad and x.ndim == 4:
       x = augment.random_crop_flip(key, x, pad)
     (loss, batch_stats), grads = jax.value_and_grad(self._loss, has_aux=True)(
-        state.params, state.batch_stats, constants, x, y)
+        state.params, state.batch_stats, constants, x, y, jax.random.fold_in(key, 1))
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), loss
