@@ -61,23 +61,19 @@ def validate_config(config) -> None:
   """Raises ValueError with a one-line message for any key or value that cannot work."""
   config_base.check_known_keys(config)
   c = config
-  checks = [
-      _options("dataset", c.dataset, data_lib.SOURCES),
-      _options("backbone", c.backbone, models.BACKBONES),
-      _options("loss", c.loss, losses.LOSSES),
-      _options("codebook", c.codebook, codebook_lib.METHODS),
-      _options("margin_type", c.margin_type, losses.MARGIN_TYPES),
-      _options("multilabel_loss", c.multilabel_loss, losses.MULTILABEL_LOSSES),
-      _options("quantization_kind", c.quantization_kind, losses.QUANTIZATION_KINDS),
-      _options("lr_schedule", c.lr_schedule, trainer_lib.LR_SCHEDULES),
-      _options("train_transform", c.train_transform, transforms.KINDS),
-      _options("eval_transform", c.eval_transform, transforms.KINDS),
-      _options("image_mode", c.image_mode, transforms.MODES),
-      _options("pixel_norm", c.pixel_norm, streaming.PIXEL_NORMS),
+  options = {  # key -> the names its implementing module knows
+      "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "loss": losses.LOSSES,
+      "codebook": codebook_lib.METHODS, "margin_type": losses.MARGIN_TYPES,
+      "multilabel_loss": losses.MULTILABEL_LOSSES,
+      "quantization_kind": losses.QUANTIZATION_KINDS, "lr_schedule": trainer_lib.LR_SCHEDULES,
+      "train_transform": transforms.KINDS, "eval_transform": transforms.KINDS,
+      "image_mode": transforms.MODES, "pixel_norm": streaming.PIXEL_NORMS,
+      "compute_dtype": models.COMPUTE_DTYPES,
+  }
+  checks = [_options(key, c[key], allowed) for key, allowed in options.items()] + [
       (c.eval_transform not in transforms.RANDOM_KINDS,
        f"eval_transform must be deterministic, got {c.eval_transform!r}"),
       (c.image_size > 0, f"image_size must be positive, got {c.image_size}"),
-      _options("compute_dtype", c.compute_dtype, models.COMPUTE_DTYPES),
       (not c.pretrained_required or c.pretrained,
        f"the {c.backbone} backbone of this config starts from ImageNet weights: convert "
        f"torchvision's file with python -m orthohash_jax.weights --arch={c.backbone} "
