@@ -30,7 +30,7 @@ def test_fashion_protocol_on_generated_files(tmp_path):
   config.update(dataset="fashion_mnist", data_dir=str(tmp_path), num_query_per_class=3,
                 num_train_per_class=4)
   d = data.load(config)
-  all_x = np.concatenate([images["train"], images["t10k"]]).reshape(100, -1) / 255.0
+  all_x = np.concatenate([images["train"], images["t10k"]]).reshape(100, 28, 28, 1)
   all_y = np.concatenate([labels["train"], labels["t10k"]])
   query, train, db = [], [], []
   for c in range(10):  # independent statement of the protocol
@@ -40,7 +40,7 @@ def test_fashion_protocol_on_generated_files(tmp_path):
     db += list(perm[3:])
   for split, rows in (("query", query), ("train", train), ("db", db)):
     rows = np.sort(rows)
-    np.testing.assert_allclose(getattr(d, f"{split}_x"), all_x[rows], rtol=1e-6)
+    np.testing.assert_array_equal(getattr(d, f"{split}_x"), all_x[rows])  # uint8, / 255 on device
     np.testing.assert_array_equal(getattr(d, f"{split}_y"), all_y[rows])
   assert len(d.query_x) == 30 and len(d.train_x) == 40 and len(d.db_x) == 70
 
