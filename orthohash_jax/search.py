@@ -305,13 +305,13 @@ class HammingIndex:
   @classmethod
   def load(cls, path, backend: str = "jax", method=None):
     """Reads an index or export .npz file (other keys are ignored)."""
-    with _open_npz(path) as data:
-      for key in ("db_codes", "num_bits"):
-        if key not in data.files:
-          raise ValueError(f"{path}: missing key {key!r} (has {sorted(data.files)})")
-      index = cls(_num_bits(data, path), backend, method)
-      codes = retrieval.check_codes(data["db_codes"], index.num_bits, f"{path}: db_codes")
-      index.add(codes, data["db_labels"] if "db_labels" in data.files else None)
+    data = _read_npz(path)
+    for key in ("db_codes", "num_bits"):
+      if key not in data:
+        raise ValueError(f"{path}: missing key {key!r} (has {sorted(data)})")
+    index = cls(_num_bits(data, path), backend, method)
+    codes = retrieval.check_codes(data["db_codes"], index.num_bits, f"{path}: db_codes")
+    index.add(codes, data.get("db_labels"))
     return index
 
 
@@ -323,14 +323,18 @@ def _num_bits(data, path):
   return int(num_bits)
 
 
-def _open_npz(path):
+def _read_npz(path) -> dict:
+  """Every array of an .npz file, read now, so a damaged member (bad CRC) or a file that is no
+  archive is one ValueError naming the file."""
   try:
     data = np.load(path, allow_pickle=False)
-  except (zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"{path}: not a readable .npz file ({e})") from e
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise ValueError(f"{path}: expected an .npz archive, got a single array")
-  return data
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise ValueError("a single array, not an .npz archive")
+    with data:
+      return {k: data[k] for k in data.files}
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def load_queries(path, num_bits):
@@ -342,13 +346,13 @@ def load_queries(path, num_bits):
     except (OSError, ValueError) as e:
       raise ValueError(f"{path}: not a readable .npy file ({e})") from None
     return retrieval.check_codes(codes, num_bits, f"{path}: query codes")
-  with _open_npz(path) as data:
-    if "query_codes" not in data.files:
-      raise ValueError(f"{path}: missing key 'query_codes' (has {sorted(data.files)})")
-    if "num_bits" in data.files and _num_bits(data, path) != num_bits:
-      raise ValueError(f"{path}: queries have {_num_bits(data, path)} bits, the database "
-                       f"{num_bits}")
-    return retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
+  data = _read_npz(path)
+  if "query_codes" not in data:
+    raise ValueError(f"{path}: missing key 'query_codes' (has {sorted(data)})")
+  if "num_bits" in data and _num_bits(data, path) != num_bits:
+    raise ValueError(f"{path}: queries have {_num_bits(data, path)} bits, the database "
+                     f"{num_bits}")
+  return retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
 
 
 def _open_index(args):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, blobs, small_config
-from orthohash_jax import checkpoint, cli, codes_file, config_base, instance, run
+from orthohash_jax import checkpoint, cli, codes_file, config_base, instance, run, search
 from orthohash_jax import data as data_lib
 
 sys.path.insert(0, ROOT)
@@ -209,3 +209,18 @@ def test_say_survives_a_closed_stdout(monkeypatch):
   cli.say("step 1")  # no exception: progress output is switched off
   cli.say("step 2")
   assert sys.stdout.name == os.devnull
+
+
+def test_search_cli_reads_damaged_code_files_in_one_line(tmp_path, capsys):
+  result = {"query_codes": np.zeros((2, 1), np.uint32), "db_codes": np.zeros((3, 1), np.uint32),
+            "query_labels": np.zeros(2, np.int32), "db_labels": np.zeros(3, np.int32)}
+  path = str(tmp_path / "codes.npz")
+  codes_file.save_codes(path, result, 8, {})
+  raw = bytearray(open(path, "rb").read())
+  raw[150:154] = b"\xff\xff\xff\xff"  # a CRC mismatch inside the first member
+  open(path, "wb").write(bytes(raw))
+  (tmp_path / "text.npz").write_text("not a zip")
+  for bad in (path, str(tmp_path / "text.npz")):
+    assert search.main([f"--codes={bad}", "--k=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: not a readable .npz file"), err
