@@ -12,7 +12,8 @@
   the global batch), so a batch does not depend on the number of workers or processes.
 - ``eval_rows(split, indices)`` -> uint8 (n, H, W, C) through the deterministic eval transform.
 - ``train_rows_async`` / ``eval_rows_async``: the same, returning at once a ``Pending`` whose
-  ``result()`` waits; the loop keeps a few in flight to prefetch batches.
+  ``result()`` waits. ``run``'s loop calls the blocking forms: it overlaps decoding the next
+  chunk with the device's work on the previous one, and keeps no further batches in flight.
 - ``close()`` stops the workers.
 
 Device normalisation: by ``data.normalization_table`` (bit-equal to host numpy).
