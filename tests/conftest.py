@@ -5,6 +5,7 @@ configs; the CLI subprocess helpers; file writers for the data formats.
 """
 import gzip
 import os
+import socket
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
+from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-import-position
 from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
@@ -69,6 +71,13 @@ def main_cmd(workdir, *args, config="configs/digits.py"):
           f"--workdir={workdir}", *args]
 
 
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that was free a moment ago (for jax.distributed coordinators)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def run_cmd(cmd, env=None):
   return subprocess.run(cmd, cwd=ROOT, env=env or CLI_ENV, capture_output=True, text=True,
                         timeout=600)
@@ -105,3 +114,24 @@ def write_idx(path, array, corrupt=False):
   payload = header + np.asarray(array).astype(np.uint8).tobytes()
   with gzip.open(path, "wb") as f:
     f.write(payload[:-10] if corrupt else payload)
+
+
+def write_image_lists(root, n_train=10, n_test=3, n_db=8, seed=0, classes=3):
+  """Random JPEG and PNG files of varied sizes (40-89 px) under ``root/img`` and the three list
+  files (one-hot labels, class i % classes); returns {list file name: (N, classes) labels}."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(os.path.join(root, "img"), exist_ok=True)
+  rows = {}
+  for filename, n in (("train.txt", n_train), ("test.txt", n_test), ("database.txt", n_db)):
+    lines, labels = [], []
+    for i in range(n):
+      w, h = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+      name = f"img/{filename[:-4]}_{i}.{'jpg' if i % 2 else 'png'}"
+      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(root, name))
+      label = np.eye(classes, dtype=int)[i % classes]
+      lines.append(name + " " + " ".join(map(str, label)))
+      labels.append(label)
+    with open(os.path.join(root, filename), "w") as f:
+      f.write("\n".join(lines) + "\n")
+    rows[filename] = np.array(labels)
+  return rows

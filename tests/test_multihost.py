@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, final_params, main_cmd
+from conftest import ROOT, final_params, free_port, main_cmd
 
 # Adam divides by sqrt(v) + eps: with torch's eps 1e-8, parameters whose gradient is ~0 move by
 # +-lr with the sign of float32 rounding noise, and sums split over devices round differently,
@@ -22,12 +21,6 @@ EPOCHS = ["--config.num_epochs=10", "--config.checkpoint_every_steps=46", "--con
 def env(devices):
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
           "JAX_PLATFORMS": "cpu"}
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def results(workdir):

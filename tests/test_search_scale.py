@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import free_port
 from orthohash_jax import parallel, retrieval, search
-from test_multihost import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,6 @@ import tracemalloc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -16,33 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, config_of, write_idx
+from conftest import ROOT, config_of, free_port, write_idx
+from conftest import write_image_lists as _write
 from orthohash_jax import config_base, run
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import DataError, idx, streaming, transforms, write_listfiles
-
-ONE_HOT = np.eye(3, dtype=int)
-
-
-def _write(root, n_train=10, n_test=3, n_db=8, seed=0):
-  """JPEG and PNG files of varied sizes plus the three list files; returns {file: rows}."""
-  rng = np.random.default_rng(seed)
-  (root / "img").mkdir(exist_ok=True)
-  rows = {}
-  for filename, n in (("train.txt", n_train), ("test.txt", n_test), ("database.txt", n_db)):
-    lines, labels = [], []
-    for i in range(n):
-      w, h = int(rng.integers(40, 90)), int(rng.integers(40, 90))
-      ext = "jpg" if i % 2 else "png"
-      name = f"img/{filename[:-4]}_{i}.{ext}"
-      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
-      label = ONE_HOT[i % 3]
-      lines.append(name + " " + " ".join(map(str, label)))
-      labels.append(label)
-    (root / filename).write_text("\n".join(lines) + "\n")
-    rows[filename] = np.array(labels)
-  return rows
-
 
 def _config(root, **kw):
   base = {"dataset": "listfile", "data_dir": str(root), "num_classes": 3, "seed": 7,
@@ -313,10 +290,7 @@ def test_two_processes_read_disjoint_slices(tmp_path):
   config = _run_config(tmp_path / "data", data_workers=1)
   config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
   single = run.train_and_evaluate(config, str(tmp_path / "single"))
-  port = socket.socket()
-  port.bind(("127.0.0.1", 0))
-  address = f"127.0.0.1:{port.getsockname()[1]}"
-  port.close()
+  address = f"127.0.0.1:{free_port()}"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
          "JAX_PLATFORMS": "cpu"}
   procs = [subprocess.Popen(
