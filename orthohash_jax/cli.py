@@ -2,6 +2,8 @@
 
 * ``ArgumentParser``: usage errors are one ``error:`` line on stderr and exit status 2.
 * ``int_list(minimum)``: an argparse type for comma-separated integers (e.g. ``--bits=16,32``).
+* ``label_text(label)``: a label as people read it: a class id, or the classes of a multi-hot
+  row joined by commas ("-" for none).
 * ``say(line, err=False)``: prints a line; a closed stdout (``main | head -1``) turns further
   output there off instead of killing the run.
 * ``progress(line, log=True, keep=False)``: a status line. On a terminal it redraws in place
@@ -12,6 +14,8 @@
 import argparse
 import os
 import sys
+
+import numpy as np
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -34,6 +38,14 @@ def int_list(minimum: int):
       raise argparse.ArgumentTypeError(f"expected integers >= {minimum}, got {text!r}")
     return values
   return parse
+
+
+def label_text(label) -> str:
+  """A class id (int), or the set classes of a multi-hot row (C,) joined by commas."""
+  label = np.asarray(label)
+  if label.ndim:
+    return ",".join(str(c) for c in np.flatnonzero(label)) or "-"
+  return str(int(label))
 
 
 class _Terminal:

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orthohash_jax import metrics, retrieval
+from orthohash_jax import cli, metrics, retrieval
 
 QUERY_BLOCK = 256  # queries per block of distances
 RELEVANT, IRRELEVANT, QUERY = "#2ca02c", "#d62728", "#1f4e99"  # frame colours
@@ -79,12 +79,6 @@ def histogram_figure(intra, inter, num_bits: int) -> Figure:
   return fig
 
 
-def label_text(label) -> str:
-  """A class id, or the set classes of a multi-hot row joined by commas."""
-  label = np.asarray(label)
-  return ",".join(str(c) for c in np.flatnonzero(label)) if label.ndim else str(int(label))
-
-
 def _show(ax, picture, colour, width):
   ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255,
             interpolation="nearest")
@@ -101,23 +95,22 @@ def retrieval_figure(query_pictures, neighbour_pictures, distances, relevant, qu
   W[, 3]) with ``distances`` int (Q, k), ``relevant`` bool (Q, k), ``query_ids`` (Q,) (row
   numbers in the query set) and labels (Q[, C]) / (Q, k[, C])."""
   num_queries, k = np.shape(distances)
-  fig = Figure(figsize=(1.15 * (k + 1) + 0.3, 1.45 * num_queries + 0.8))
+  fig = Figure(figsize=(1.15 * (k + 1) + 0.3, 1.6 * num_queries + 0.8), layout="constrained")
   axes = np.asarray(fig.subplots(num_queries, k + 1, squeeze=False))
   for row in range(num_queries):
     ax = axes[row, 0]
     _show(ax, query_pictures[row], QUERY, 4)
     ax.set_title(f"query {query_ids[row]}", fontsize=9, color=QUERY, fontweight="bold")
-    ax.set_xlabel(f"label {label_text(query_labels[row])}\nP@{k} {np.mean(relevant[row]):.2f}",
-                  fontsize=8)
+    ax.set_xlabel(f"label {cli.label_text(query_labels[row])}\n"
+                  f"P@{k} {np.mean(relevant[row]):.2f}", fontsize=8)
     for col in range(k):
       ax = axes[row, col + 1]
       colour = RELEVANT if relevant[row, col] else IRRELEVANT
       _show(ax, neighbour_pictures[row, col], colour, 4)
       ax.set_title(f"d={distances[row, col]}", fontsize=9)
-      ax.set_xlabel(label_text(neighbour_labels[row, col]), fontsize=8, color=colour)
+      ax.set_xlabel(cli.label_text(neighbour_labels[row, col]), fontsize=8, color=colour)
   fig.suptitle(f"{title}\nframes: blue = query, green = relevant, red = not relevant; "
                "d = Hamming distance, ranks left to right", fontsize=10)
-  fig.tight_layout()
   return fig
 
 

@@ -119,22 +119,3 @@ def test_log_lines_skip_terminal_only_updates(capsys):
 def test_format_seconds():
   assert [run.format_seconds(s) for s in (0, 59.6, 61, 3600 * 27 + 62)] == [
       "0:00:00", "0:01:00", "0:01:01", "27:01:02"]
-
-
-def test_distance_histograms_against_numpy():
-  rng = np.random.default_rng(0)
-  q, db = rng.normal(size=(300, 40)), rng.normal(size=(9, 40))  # two query blocks
-  q_y, db_y = rng.integers(0, 3, 300), rng.integers(0, 3, 9)
-  intra, inter = plots.distance_histograms(q, db, q_y, db_y)
-  dist = ((q[:, None] > 0) != (db[None] > 0)).sum(-1)
-  same = q_y[:, None] == db_y[None]
-  np.testing.assert_array_equal(intra[:41], np.bincount(dist[same], minlength=41))
-  np.testing.assert_array_equal(inter[:41], np.bincount(dist[~same], minlength=41))
-  assert not intra[41:].any() and not inter[41:].any()
-  assert plots.separability(intra, inter) == pytest.approx(dist[~same].mean()
-                                                           - dist[same].mean())
-  multi_q = np.eye(3, dtype=np.uint8)[q_y] | np.eye(3, dtype=np.uint8)[(q_y + 1) % 3]
-  multi_db = np.eye(3, dtype=np.uint8)[db_y]
-  intra, _ = plots.distance_histograms(q, db, multi_q, multi_db)
-  shared = (multi_q @ multi_db.T) > 0
-  np.testing.assert_array_equal(intra[:41], np.bincount(dist[shared], minlength=41))
