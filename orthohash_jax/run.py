@@ -24,9 +24,9 @@
    ``results.json`` and, for category-level data, the Figure-3 histogram as a TensorBoard image
    (process 0 writes every file).
 
-The ETA is (steps left) / (steps per second over every timed chunk of the run so far); it
-leaves out evaluations and the first, compiling chunk of an invocation (no ETA before a
-chunk was timed).
+The ETA is (steps left) x (wall time per step since the end of this invocation's first,
+compiling chunk), so checkpoint saves and evaluations during training count; it is "?" until a
+chunk after the first has finished. It leaves out the final evaluation.
 
 ``restore_run(workdir)`` rebuilds (trainer, data, state, step) of the latest checkpoint for the
 export and instance tools.
@@ -355,7 +355,8 @@ class _Loop:
     progress = _read_progress(workdir)
     self.train_seconds, self.steps_timed = progress["train_seconds"], progress["steps_timed"]
     self.first = True
-    self.started = self.clock = time.perf_counter()
+    self.clock = time.perf_counter()
+    self.eta_origin = None  # (time, step) at the end of this invocation's first chunk
 
   def finish(self, start: int, stop: int, losses, state=None) -> None:
     """Reads the losses of steps [start, stop) (a host sync), stops on a non-finite one, logs a
@@ -372,6 +373,8 @@ class _Loop:
     if not self.first:  # the first chunk of an invocation includes compilation
       self.train_seconds += elapsed
       self.steps_timed += stop - start
+    else:
+      self.eta_origin = (now, stop)
     self.first = False
     record = {"step": stop, "epoch": stop / self.steps_per_epoch, "loss": float(losses.mean()),
               "lr": float(self.trainer.schedule(stop - 1)),
@@ -390,8 +393,10 @@ class _Loop:
     """The progress line of a chunk (kept on a terminal at the end and before an evaluation)."""
     if not parallel.is_main_process():
       return
-    rate = self.steps_timed / self.train_seconds if self.train_seconds else None
-    eta = format_seconds((self.total_steps - step) / rate) if rate else "?"
+    origin_time, origin_step = self.eta_origin
+    seconds = time.perf_counter() - origin_time
+    eta = (format_seconds((self.total_steps - step) * seconds / (step - origin_step))
+           if step > origin_step and seconds > 0 else "?")
     cli.progress(f"step {step}/{self.total_steps} ({100 * step // self.total_steps}%) "
                  f"loss {record['loss']:.4f} lr {record['lr']:.2g} "
                  f"{record['steps_per_second']:.1f} steps/s ETA {eta}",

@@ -160,6 +160,8 @@ def test_upload_of_a_query_picture_finds_its_neighbours(server):
 @pytest.mark.slow
 def test_page_in_headless_chromium(server, tmp_path):
   missing = browser_lib.available()
+  if missing and os.environ.get("CI"):
+    pytest.fail(f"CI must run the browser test, but {missing} (see .ci/run)")
   if missing:
     pytest.skip(f"no headless browser here: {missing} (CI installs them)")
   httpd, workdir = server
