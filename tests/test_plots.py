@@ -1,13 +1,19 @@
 """Figures and pictures (``plots``, ``images``): distance histograms against numpy, pictures of
 model inputs and model inputs of pictures, the retrieval grid."""
 import io
+import sys
 
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from orthohash_jax import cli, images, plots
+from conftest import ROOT, config_of
+from orthohash_jax import cli, images, plots, retrieval
+from orthohash_jax import data as data_lib
+
+sys.path.insert(0, ROOT)
+from experiments import plot_analysis  # pylint: disable=wrong-import-position
 
 def test_distance_histograms_against_numpy():
   rng = np.random.default_rng(0)
@@ -86,3 +92,34 @@ def test_label_text():
   assert cli.label_text(np.int32(3)) == "3"
   assert cli.label_text(np.array([0, 1, 0, 1], np.uint8)) == "1,3"
   assert cli.label_text(np.zeros(4, np.uint8)) == "-"
+
+
+def test_retrieval_grid_of_list_file_images(tmp_path):
+  """List-file images are read through the input interface (eval transform) for the grid."""
+  rng = np.random.default_rng(1)
+  (tmp_path / "img").mkdir()
+  for name, n in (("train.txt", 4), ("test.txt", 3), ("database.txt", 12)):
+    lines = []
+    for i in range(n):
+      path = f"img/{name[:-4]}_{i}.png"
+      Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / path)
+      labels = {i % 3, (i + 1) % 3} if i % 2 else {i % 3}  # multi-hot
+      lines.append(f"{path} " + " ".join(str(int(c in labels)) for c in range(3)))
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+  config = config_of({"dataset": "listfile", "data_dir": str(tmp_path), "num_classes": 3,
+                      "image_size": 32, "eval_resize": 36, "train_transform": "resize_center_crop",
+                      "train_resize": 36})
+  data = data_lib.load(config)
+  try:
+    codes = {"query_codes": retrieval.pack_codes(rng.normal(size=(3, 16))),
+             "db_codes": retrieval.pack_codes(rng.normal(size=(12, 16))),
+             "query_labels": data.labels("query"), "db_labels": data.labels("db"), "num_bits": 16}
+    shown = plot_analysis.plot_retrieval(codes, data, str(tmp_path / "grid.png"), 8, 5)
+    assert data.multilabel and list(shown["queries"]) == [0, 1, 2]  # evenly spaced rows
+    relevant = (data.labels("query")[:, None] & data.labels("db")[shown["indices"]]).any(-1)
+    assert relevant.any() and not relevant.all()
+    np.testing.assert_array_equal(shown["relevant"], relevant)
+  finally:
+    data.close()
+  with Image.open(tmp_path / "grid.png") as img:
+    assert img.format == "PNG" and img.size[0] > 500
