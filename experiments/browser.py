@@ -160,7 +160,7 @@ def main(argv=None) -> int:
   service = serve.SearchService(args.workdir)
   server = serve.Server(service, port=0)
   threading.Thread(target=server.serve_forever, daemon=True).start()
-  browser = Browser(width=1000, height=620)
+  browser = Browser(width=1200, height=560)
   try:
     search_in_page(browser, server.url, args.query, args.k)
     with open(args.out, "wb") as f:

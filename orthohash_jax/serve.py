@@ -96,7 +96,7 @@ class SearchService:
     self.data.close()
 
   def info(self) -> dict:
-    return {"workdir": os.path.abspath(self.workdir), "dataset": self.data.name,
+    return {"workdir": self.workdir, "dataset": self.data.name,
             "num_bits": self.codes["num_bits"], "num_queries": len(self.codes["query_codes"]),
             "num_database": len(self.index), "mAP": self.map,
             "eval_topk": self.trainer.config.eval_topk, "labels": self.labelled,
