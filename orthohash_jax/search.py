@@ -422,8 +422,9 @@ def _search(args):
     result = index.search(queries, k, parallel.make_mesh() if args.mesh else None)
   if result is None:
     return None
+  dist, idx = result
   db_labels = index.labels
-  return result + (db_labels, query_labels if db_labels is not None else None)
+  return dist, idx, db_labels, query_labels if db_labels is not None else None
 
 
 def main(argv=None):
