@@ -94,6 +94,7 @@ def test_label_text():
   assert cli.label_text(np.zeros(4, np.uint8)) == "-"
 
 
+@pytest.mark.slow  # compiles the top-k kernel (~15 s at load 15 on 2 cores)
 def test_retrieval_grid_of_list_file_images(tmp_path):
   """List-file images are read through the input interface (eval transform) for the grid."""
   rng = np.random.default_rng(1)
