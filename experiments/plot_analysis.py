@@ -1,10 +1,11 @@
 r"""Analysis plots of a run (paper Figures 3 and 4, and the PR curve), written as PNGs.
 
-  # from a finished run: hamming_histogram.png and pr_curve.png from <workdir>/codes.npz
+  # from a finished run: hamming_histogram.png, pr_curve.png and retrieval.png from
+  # <workdir>/codes.npz (pictures through the run's data, read with its config.json)
   python experiments/plot_analysis.py --workdir=runs/digits --out=runs/digits/plots
 
   # train a config, recording mAP and the Figure-4 metrics every N epochs (analysis.json,
-  # figure4.png), then the two plots above from the final codes
+  # figure4.png), then the three plots above from the final codes
   python experiments/plot_analysis.py --config=configs/digits.py --every_epochs=5 \
       --out=runs/digits_analysis --set num_epochs=50
 
@@ -14,63 +15,79 @@ r"""Analysis plots of a run (paper Figures 3 and 4, and the PR curve), written a
 * PR curve: ``metrics.precision_recall_curve`` (retrieved = within Hamming radius r = 0..K).
 * Figure 4 (single-label data): over training, mAP (blue, solid, left axis) against the
   quantization angle, the separability and the orthogonality ``metrics.*`` of the database codes
-  (orange, dotted, right axis); separability on at most ``--max_items`` database items.
+  (orange, dotted, right axis); the separability is that of the query-database pairs, as in
+  the histogram (``plots.separability``).
+* Retrieval grid (``retrieval.png``, image inputs: digits, Fashion-MNIST, list files read
+  through ``data.eval_rows``): one query per class (at most ``--num_queries``), its top
+  ``--k`` by (Hamming distance, index) framed green (relevant) or red (not), with distances.
 """
 import json
 import os
 import sys
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from orthohash_jax import data as data_lib
-from orthohash_jax import cli, codes_file, config_base, evaluation, metrics, parallel, retrieval, run
-
-
-def pair_distances(q_codes, db_codes, q_labels, db_labels):
-  """Hamming distances of all (query, database) pairs: (intra int (n,), inter int (m,))."""
-  q_labels, db_labels, multilabel = metrics.check_labels(q_labels, db_labels, len(q_codes),
-                                                         len(db_codes))
-  dist = np.asarray(retrieval.hamming_distance(q_codes, db_codes))
-  rel = metrics.relevance(q_labels, db_labels, multilabel)
-  return dist[rel], dist[~rel]
+from orthohash_jax import (cli, codes_file, config_base, evaluation, images, metrics, parallel,
+                           plots, retrieval, run, search)
 
 
 def plot_histogram(codes: dict, path: str) -> dict:
-  """Figure 3 from packed codes (``codes_file.load_codes`` keys); returns the two means."""
-  intra, inter = pair_distances(codes["query_codes"], codes["db_codes"], codes["query_labels"],
-                                codes["db_labels"])
-  k = codes["num_bits"]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  means = {}
-  for name, d, colour in (("intra-class", intra, "tab:blue"), ("inter-class", inter, "tab:orange")):
-    ax.bar(np.arange(k + 1), np.bincount(d, minlength=k + 1) / len(d), width=1.0, alpha=0.5,
-           color=colour, label=f"{name} ({len(d)} pairs)")
-    means[name] = float(d.mean())
-    ax.axvline(means[name], color=colour, linestyle="--")
-  top = ax.get_ylim()[1]
-  ax.annotate("", xy=(means["inter-class"], 0.9 * top), xytext=(means["intra-class"], 0.9 * top),
-              arrowprops={"arrowstyle": "<->", "color": "black"})
-  ax.text((means["intra-class"] + means["inter-class"]) / 2, 0.92 * top,
-          f"separability {means['inter-class'] - means['intra-class']:.2f}", ha="center")
-  ax.set(xlabel="Hamming distance", ylabel="fraction of pairs", xlim=(-0.5, k + 0.5),
-         title=f"Query-database Hamming distances ({k} bits)")
-  ax.legend(loc="center right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return means
+  """Figure 3 from packed codes (``codes_file.load_codes`` keys) to ``path``; returns the two
+  means and the separability."""
+  intra, inter = plots.distance_histograms(codes["query_codes"], codes["db_codes"],
+                                           codes["query_labels"], codes["db_labels"])
+  save(plots.histogram_figure(intra, inter, codes["num_bits"]), path)
+  values = np.arange(len(intra))
+  return {"intra-class": float(values @ intra / intra.sum()),
+          "inter-class": float(values @ inter / inter.sum()),
+          "separability": plots.separability(intra, inter)}
+
+
+def save(fig, path: str) -> None:
+  with open(path, "wb") as f:
+    f.write(plots.png(fig))
+
+
+def pick_queries(labels, n: int) -> np.ndarray:
+  """Row numbers of up to n queries: single-label, the first query of each class (classes in
+  ascending order); multi-label, n rows evenly spaced over the query set."""
+  labels = np.asarray(labels)
+  if labels.ndim == 1:
+    classes, first = np.unique(labels, return_index=True)
+    return first[np.argsort(classes)][:n]
+  return np.unique(np.linspace(0, len(labels) - 1, n).round().astype(int))
+
+
+def plot_retrieval(codes: dict, data, path: str, num_queries: int = 8, k: int = 10) -> dict:
+  """The retrieval grid: ``pick_queries`` and their top k (by (Hamming distance, index), as
+  ``python -m orthohash_jax.search``), pictures from ``data.eval_rows``; returns the rows shown
+  ({"queries", "indices", "distances", "relevant"})."""
+  images.check_pictures(data.input_shape, data.input_dtype)
+  queries = pick_queries(codes["query_labels"], num_queries)
+  dist, idx = (np.asarray(a) for a in retrieval.hamming_topk(
+      codes["query_codes"][queries], codes["db_codes"], k))
+  q_labels, db_labels = codes["query_labels"][queries], codes["db_labels"][idx]
+  relevant = search.neighbour_relevance(q_labels, codes["db_labels"], idx)
+  pictures = images.to_pictures(data.eval_rows("db", idx.reshape(-1)))
+  fig = plots.retrieval_figure(
+      images.to_pictures(data.eval_rows("query", queries)),
+      pictures.reshape(idx.shape + pictures.shape[1:]), dist, relevant, queries, q_labels,
+      db_labels, f"{data.name}, {codes['num_bits']} bits: top {k} of the database")
+  save(fig, path)
+  return {"queries": queries, "indices": idx, "distances": dist, "relevant": relevant}
 
 
 def plot_pr(codes: dict, path: str) -> dict:
   """Precision-recall curve over Hamming radii; returns ``metrics.precision_recall_curve``."""
   pr = metrics.precision_recall_curve(codes["query_codes"], codes["db_codes"],
                                       codes["query_labels"], codes["db_labels"])
-  fig, ax = plt.subplots(figsize=(5, 4))
+  fig = Figure(figsize=(5, 4))
+  ax = fig.subplots()
   ax.plot(pr["recall"], pr["precision"], marker=".")
   for n, r in enumerate((0, 2, codes["num_bits"] // 4)):
     if np.isfinite(pr["precision"][r]):
@@ -80,22 +97,25 @@ def plot_pr(codes: dict, path: str) -> dict:
          title=f"PR by Hamming radius ({codes['num_bits']} bits)")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save(fig, path)
   return pr
 
 
-def analysis_record(trainer, data, state, epoch: int, max_items: int) -> dict:
-  """mAP and the Figure-4 metrics of the database codes at one point of training."""
+def analysis_record(trainer, data, state, epoch: int) -> dict:
+  """mAP and the Figure-4 metrics at one point of training: quantization angle and
+  orthogonality of the database codes, separability of the query-database pairs (the
+  histogram's)."""
   db_codes = evaluation.encode_split(trainer, data, state, "db")
-  sub = np.random.default_rng(0).permutation(len(db_codes))[:max_items]
-  return {"epoch": epoch, "mAP": evaluation.evaluate(trainer, data, state)["mAP"],
+  result = evaluation.evaluate(trainer, data, state)
+  intra, inter = plots.distance_histograms(result["query_codes"], result["db_codes"],
+                                           result["query_labels"], result["db_labels"])
+  return {"epoch": epoch, "mAP": result["mAP"],
           "quantization_angle": metrics.quantization_angle(db_codes),
-          "separability": metrics.separability(db_codes[sub], data.db_y[sub]),
+          "separability": plots.separability(intra, inter),
           "orthogonality": metrics.orthogonality(db_codes, data.db_y)}
 
 
-def train_with_analysis(config, every_epochs: int, max_items: int = 2000):
+def train_with_analysis(config, every_epochs: int):
   """Trains ``config`` from scratch, one compiled epoch at a time; returns (records, trainer,
   data, final state), a record at epoch 0 and every ``every_epochs`` (and the last) epoch."""
   data = data_lib.load(config)
@@ -104,25 +124,26 @@ def train_with_analysis(config, every_epochs: int, max_items: int = 2000):
   trainer = run.make_trainer(config, data, parallel.make_mesh(config.num_devices))
   steps_per_epoch = run.training_steps(config, data)[0]
   state = trainer.initial_state()
-  records = [analysis_record(trainer, data, state, 0, max_items)]
+  records = [analysis_record(trainer, data, state, 0)]
   for epoch in range(1, config.num_epochs + 1):
     state, _ = run.train_steps(trainer, data, state, (epoch - 1) * steps_per_epoch,
                                epoch * steps_per_epoch)
     if epoch % every_epochs == 0 or epoch == config.num_epochs:
-      records.append(analysis_record(trainer, data, state, epoch, max_items))
+      records.append(analysis_record(trainer, data, state, epoch))
       print(json.dumps(records[-1]), flush=True)
   return records, trainer, data, state
 
 
 FIGURE4 = (("quantization_angle", "quantization angle (deg)"),
-           ("separability", "E[D_inter] - E[D_intra]"),
+           ("separability", "separability E[D_inter] - E[D_intra]\n(query-database pairs)"),
            ("orthogonality", "||H H^T / K - I||_F"))
 
 
 def plot_figure4(records, path: str) -> None:
   """Three panels: mAP (solid, left) and one analysis metric (dotted, right) against epochs."""
   epochs = [r["epoch"] for r in records]
-  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  fig = Figure(figsize=(14, 3.8))
+  axes = fig.subplots(1, 3)
   for ax, (key, label) in zip(axes, FIGURE4):
     ax.plot(epochs, [r["mAP"] for r in records], color="tab:blue", marker="o", label="mAP")
     ax.set(xlabel="epoch", ylabel="mAP", title=label)
@@ -133,8 +154,16 @@ def plot_figure4(records, path: str) -> None:
     lines = ax.get_lines() + right.get_lines()
     ax.legend(lines, [l.get_label() for l in lines], loc="center right")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save(fig, path)
+
+
+def load_run_data(workdir: str):
+  """The input interface of a finished run's data (its ``config.json``)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"{workdir} is not a training run (no config.json)")
+  with open(path) as f:
+    return data_lib.load(ml_collections.ConfigDict(json.load(f)))
 
 
 def main(argv=None) -> int:
@@ -143,20 +172,25 @@ def main(argv=None) -> int:
   source.add_argument("--workdir", help="a finished run (reads codes.npz)")
   source.add_argument("--config", help="train this config recording the Figure-4 metrics")
   parser.add_argument("--every_epochs", type=int, default=5)
-  parser.add_argument("--max_items", type=int, default=2000)
+  parser.add_argument("--num_queries", type=int, default=8, help="rows of the retrieval grid")
+  parser.add_argument("--k", type=int, default=10, help="neighbours per row of the grid")
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
+  data = None
   try:
+    if args.num_queries < 1 or args.k < 1:
+      raise ValueError(f"--num_queries and --k must be positive, got {args.num_queries}, {args.k}")
     os.makedirs(args.out, exist_ok=True)
     if args.workdir:
       codes = codes_file.load_codes(os.path.join(args.workdir, "codes.npz"))
+      data = load_run_data(args.workdir)
     else:
       if args.every_epochs < 1:
         raise ValueError(f"--every_epochs must be positive, got {args.every_epochs}")
       config = config_base.load_config_file(args.config)
       config_base.apply_overrides(config, args.set)
-      records, trainer, data, state = train_with_analysis(config, args.every_epochs, args.max_items)
+      records, trainer, data, state = train_with_analysis(config, args.every_epochs)
       with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(records, f, indent=2)
       plot_figure4(records, os.path.join(args.out, "figure4.png"))
@@ -164,9 +198,19 @@ def main(argv=None) -> int:
       codes = {**result, "num_bits": config.num_bits}
     plot_histogram(codes, os.path.join(args.out, "hamming_histogram.png"))
     plot_pr(codes, os.path.join(args.out, "pr_curve.png"))
+    try:
+      images.check_pictures(data.input_shape, data.input_dtype)
+    except ValueError as e:
+      print(f"no retrieval grid: {e}")
+    else:
+      plot_retrieval(codes, data, os.path.join(args.out, "retrieval.png"), args.num_queries,
+                     min(args.k, len(codes["db_codes"])))
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  finally:
+    if data is not None:
+      data.close()
   print(f"wrote plots to {args.out}")
   return 0
 

@@ -2,12 +2,20 @@
 
 * ``ArgumentParser``: usage errors are one ``error:`` line on stderr and exit status 2.
 * ``int_list(minimum)``: an argparse type for comma-separated integers (e.g. ``--bits=16,32``).
-* ``say(line, err=False)``: prints a progress line; a closed stdout (``main | head -1``) turns
-  further progress output off instead of killing the run.
+* ``label_text(label)``: a label as people read it: a class id, or the classes of a multi-hot
+  row joined by commas ("-" for none).
+* ``say(line, err=False)``: prints a line; a closed stdout (``main | head -1``) turns further
+  output there off instead of killing the run.
+* ``progress(line, log=True, keep=False)``: a status line. On a terminal it redraws in place
+  (carriage return, clear to the end of the line) and ``keep`` ends it with a newline so the
+  next one starts below; elsewhere (a log file, a pipe) it is a plain line, printed only when
+  ``log``. A ``say`` after an open (redrawn) line starts on a new line.
 """
 import argparse
 import os
 import sys
+
+import numpy as np
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -32,14 +40,50 @@ def int_list(minimum: int):
   return parse
 
 
-def say(line: str, err: bool = False) -> None:
-  """Prints one line (flushed) to stdout, or stderr with ``err``; survives a closed pipe."""
+def label_text(label) -> str:
+  """A class id (int), or the set classes of a multi-hot row (C,) joined by commas."""
+  label = np.asarray(label)
+  if label.ndim:
+    return ",".join(str(c) for c in np.flatnonzero(label)) or "-"
+  return str(int(label))
+
+
+class _Terminal:
+  open_line = False  # a progress line was drawn on the terminal without its newline
+
+
+def _write(text: str, err: bool) -> None:
+  """Writes ``text`` (flushed) to stdout or stderr; a closed reader switches that stream off."""
   stream = sys.stderr if err else sys.stdout
   try:
-    print(line, file=stream, flush=True)
+    stream.write(text)
+    stream.flush()
   except (BrokenPipeError, ValueError):  # reader gone (or stream closed): stop printing there
     devnull = open(os.devnull, "w")  # pylint: disable=consider-using-with
     if err:
       sys.stderr = devnull
     else:
       sys.stdout = devnull
+
+
+def say(line: str, err: bool = False) -> None:
+  """Prints one line (flushed) to stdout, or stderr with ``err``; survives a closed pipe."""
+  if _Terminal.open_line:
+    _Terminal.open_line = False
+    _write("\n", err=False)
+  _write(line + "\n", err)
+
+
+def progress(line: str, log: bool = True, keep: bool = False) -> None:
+  """A status line on stdout: redrawn in place on a terminal, a plain line (when ``log``)
+  elsewhere; see the module docstring."""
+  try:
+    terminal = sys.stdout.isatty()
+  except (AttributeError, ValueError):  # a stream without isatty, or a closed one
+    terminal = False
+  if not terminal:
+    if log:
+      say(line)
+    return
+  _write("\r" + line + "\x1b[K" + ("\n" if keep else ""), err=False)
+  _Terminal.open_line = not keep

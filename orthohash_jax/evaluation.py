@@ -1,12 +1,14 @@
 r"""Evaluation of a trained state: encoding in batches, category- and instance-level scores.
 
-* ``encode_rows(trainer, state, read, n, pre_bn=False)``: continuous codes float32 (n, K) of n
-  inputs, read in global batches of ``trainer.eval_batch``; each process reads (``read(indices)``
-  -> x) only its rows of every batch, and only codes are gathered.
-* ``evaluate(trainer, data, state)`` scores with the protocol the data declares
+* ``encode_rows(trainer, state, read, n, pre_bn=False, progress=None)``: continuous codes
+  float32 (n, K) of n inputs, read in global batches of ``trainer.eval_batch``; each process
+  reads (``read(indices)`` -> x) only its rows of every batch, and only codes are gathered.
+  ``progress(done, n)`` is called before the first batch (done = 0) and after each one.
+* ``evaluate(trainer, data, state, progress=None)`` scores with the protocol the data declares
   (``data.protocol``, see ``EVALUATORS``); every result holds packed ``query_codes`` /
   ``db_codes`` (uint32, as ``retrieval.pack_codes``), the labels, ``mAP`` and
-  ``quantization_angle`` (database):
+  ``quantization_angle`` (database); ``progress(split, done, n)`` follows the encoding of each
+  split ("query", "db"):
   - "category": mAP@R (R = ``config.eval_topk``, None = all) with relevance from the labels
     (single-label: same class; multi-label: a shared label); ties by database index.
   - "gldv2": GLDv2 mAP@100 against the ground-truth lists (labels are unknown); with
@@ -24,11 +26,14 @@ from orthohash_jax import metrics, parallel, retrieval, revisited
 from orthohash_jax.data.descriptors import GLDV2_R, load_revisited
 
 
-def encode_rows(trainer, state, read, n: int, pre_bn: bool = False) -> np.ndarray:
-  """Codes float32 (n, K) of inputs 0..n-1; ``read(indices int64 (m,))`` returns their inputs."""
+def encode_rows(trainer, state, read, n: int, pre_bn: bool = False, progress=None) -> np.ndarray:
+  """Codes float32 (n, K) of inputs 0..n-1; ``read(indices int64 (m,))`` returns their inputs;
+  ``progress(done, n)`` (optional) reports the rows encoded so far."""
   batch = trainer.eval_batch
   rows = np.arange(batch)[parallel.process_batch_slice(batch)]
   out = []
+  if progress:
+    progress(0, n)
   for start in range(0, n, batch):
     idx = start + rows
     x = read(idx[idx < n])
@@ -36,12 +41,17 @@ def encode_rows(trainer, state, read, n: int, pre_bn: bool = False) -> np.ndarra
       x = np.concatenate([x, np.zeros((len(idx) - len(x),) + x.shape[1:], x.dtype)])
     codes = trainer.encode(state, x, pre_bn=pre_bn)
     out.append(np.asarray(codes)[:min(batch, n - start)])
+    if progress:
+      progress(min(start + batch, n), n)
   return np.concatenate(out)
 
 
-def encode_split(trainer, data, state, split: str, pre_bn: bool = False) -> np.ndarray:
+def encode_split(trainer, data, state, split: str, pre_bn: bool = False,
+                 progress=None) -> np.ndarray:
+  """Codes of a split; ``progress(split, done, n)`` (optional) as in ``evaluate``."""
+  report = (lambda done, n: progress(split, done, n)) if progress else None
   return encode_rows(trainer, state, lambda idx: data.eval_rows(split, idx), data.size(split),
-                     pre_bn)
+                     pre_bn, report)
 
 
 def encode_array(trainer, state, x: np.ndarray, pre_bn: bool = False) -> np.ndarray:
@@ -63,9 +73,9 @@ def _codes_result(data, q_codes, db_codes) -> dict:
           "quantization_angle": metrics.quantization_angle(db_codes)}
 
 
-def evaluate_category(trainer, data, state) -> dict:
-  q_codes = encode_split(trainer, data, state, "query")
-  db_codes = encode_split(trainer, data, state, "db")
+def evaluate_category(trainer, data, state, progress=None) -> dict:
+  q_codes = encode_split(trainer, data, state, "query", progress=progress)
+  db_codes = encode_split(trainer, data, state, "db", progress=progress)
   result = _codes_result(data, q_codes, db_codes)
   result["mAP"] = metrics.mean_average_precision(
       result["query_codes"], result["db_codes"], result["query_labels"], result["db_labels"],
@@ -85,13 +95,13 @@ def gldv2_map(q_codes, db_codes, ground_truth) -> float:
                                   ground_truth, GLDV2_R)
 
 
-def evaluate_gldv2(trainer, data, state, recompute=None) -> dict:
+def evaluate_gldv2(trainer, data, state, progress=None, recompute=None) -> dict:
   """GLDv2 mAP@100 ("mAP") and, with ``recompute`` (default ``config.recompute_bn``),
   "mAP_recompute_bn" with the database's BN statistics."""
   if recompute is None:
     recompute = trainer.config.recompute_bn
-  q_codes = encode_split(trainer, data, state, "query")
-  db_codes = encode_split(trainer, data, state, "db")
+  q_codes = encode_split(trainer, data, state, "query", progress=progress)
+  db_codes = encode_split(trainer, data, state, "db", progress=progress)
   result = _codes_result(data, q_codes, db_codes)
   result["mAP"] = gldv2_map(q_codes, db_codes, data.ground_truth)
   if recompute:
@@ -105,9 +115,9 @@ def evaluate_gldv2(trainer, data, state, recompute=None) -> dict:
 EVALUATORS = {"category": evaluate_category, "gldv2": evaluate_gldv2}
 
 
-def evaluate(trainer, data, state) -> dict:
+def evaluate(trainer, data, state, progress=None) -> dict:
   """Scores ``state`` with the evaluator of ``data.protocol`` (see the module docstring)."""
-  return EVALUATORS[data.protocol](trainer, data, state)
+  return EVALUATORS[data.protocol](trainer, data, state, progress=progress)
 
 
 def parse_revisited(spec: str):

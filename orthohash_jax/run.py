@@ -11,13 +11,22 @@
    is dispatched before the losses of the previous one are read (host batching and logging
    overlap the device), so a non-finite loss is seen one chunk late; a checkpoint is only saved
    after the losses of every step before it were read and found finite, so the last good
-   checkpoint rule holds. ``metrics.jsonl`` gets a line per chunk;
+   checkpoint rule holds. ``metrics.jsonl`` gets a line per chunk, and so does stdout (step /
+   total, loss, lr, steps/s, ETA; ``cli.progress``: redrawn in place on a terminal, plain lines
+   in a log) and the TensorBoard event file in the workdir (``summary``: loss, lr, steps/s,
+   and mAP / quantization angle of every evaluation);
 4. SIGTERM, SIGINT (Ctrl-C) or orbax's preemption notice: the chunk finishes, a checkpoint is
    saved and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError`` without
    saving. On resume, ``metrics.jsonl`` lines after the restored step are dropped, and
    ``check_extension`` says what a changed ``num_epochs`` may do;
-5. evaluation (``evaluation.evaluate``, plus revisited Oxford/Paris when ``config.revisited``),
-   ``codes.npz`` (``codes_file``) and ``results.json`` (process 0 writes every file).
+5. evaluation (``evaluation.evaluate``, its encoding reported by ``cli.progress``, plus
+   revisited Oxford/Paris when ``config.revisited``), ``codes.npz`` (``codes_file``),
+   ``results.json`` and, for category-level data, the Figure-3 histogram as a TensorBoard image
+   (process 0 writes every file).
+
+The ETA is (steps left) x (wall time per step since the end of this invocation's first,
+compiling chunk), so checkpoint saves and evaluations during training count; it is "?" until a
+chunk after the first has finished. It leaves out the final evaluation.
 
 ``restore_run(workdir)`` rebuilds (trainer, data, state, step) of the latest checkpoint for the
 export and instance tools.
@@ -34,7 +43,7 @@ import numpy as np
 from orthohash_jax import checkpoint as checkpoint_lib
 from orthohash_jax import codebook as codebook_lib
 from orthohash_jax import backbones, cli, codes_file, config_base, evaluation, losses, models
-from orthohash_jax import parallel
+from orthohash_jax import parallel, plots, summary
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import streaming, transforms
@@ -302,23 +311,52 @@ def _truncate_log(path: str, step: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+def format_seconds(seconds: float) -> str:
+  """H:MM:SS of a duration (rounded to whole seconds)."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+SPLIT_NAMES = {"query": "query", "db": "database"}
+
+
+def _report_encoding(split: str, done: int, n: int) -> None:
+  """Evaluation progress on process 0: each batch on a terminal, the start of a split in a log."""
+  if parallel.is_main_process():
+    cli.progress(f"evaluation: encoding {n} {SPLIT_NAMES[split]} rows" if done == 0 else
+                 f"evaluation: encoded {done}/{n} {SPLIT_NAMES[split]} rows",
+                 log=done == 0, keep=done == n)
+
+
+def evaluate(trainer, data, state, events, step: int) -> dict:
+  """``evaluation.evaluate`` with its progress on stdout, then mAP and quantization angle to
+  TensorBoard and a line with the mAP."""
+  result = evaluation.evaluate(trainer, data, state, _report_encoding)
+  events.scalars(step, {"eval/mAP": result["mAP"],
+                        "eval/quantization_angle": result["quantization_angle"]})
+  if parallel.is_main_process():
+    cli.progress(f"evaluation at step {step}: mAP {result['mAP']:.4f}", keep=True)
+  return result
+
+
 class _Loop:
   """The training loop's host side: batches, logging and the one-chunk-late loss check.
   ``train_seconds`` / ``steps_timed`` are totals over every invocation of the run (kept in
   ``progress.json`` with each checkpoint), each invocation's first (compiling) chunk excluded."""
 
-  def __init__(self, config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps):
+  def __init__(self, config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps, events):
     self.config, self.data, self.trainer, self.ckpt = config, data, trainer, ckpt
+    self.events = events
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
     self.workdir = workdir
     self.log_path = os.path.join(workdir, "metrics.jsonl")
     self.train_labels = data.labels("train")
     self.chunk = config.steps_per_chunk or steps_per_epoch
-    self.print_every = max(1, total_steps // self.chunk // 10)
     progress = _read_progress(workdir)
     self.train_seconds, self.steps_timed = progress["train_seconds"], progress["steps_timed"]
     self.first = True
-    self.started = self.clock = time.perf_counter()
+    self.clock = time.perf_counter()
+    self.eta_origin = None  # (time, step) at the end of this invocation's first chunk
 
   def finish(self, start: int, stop: int, losses, state=None) -> None:
     """Reads the losses of steps [start, stop) (a host sync), stops on a non-finite one, logs a
@@ -335,20 +373,34 @@ class _Loop:
     if not self.first:  # the first chunk of an invocation includes compilation
       self.train_seconds += elapsed
       self.steps_timed += stop - start
+    else:
+      self.eta_origin = (now, stop)
     self.first = False
     record = {"step": stop, "epoch": stop / self.steps_per_epoch, "loss": float(losses.mean()),
               "lr": float(self.trainer.schedule(stop - 1)),
               "steps_per_second": len(losses) / elapsed}
+    self.events.scalars(stop, {"train/loss": record["loss"], "train/lr": record["lr"],
+                               "train/steps_per_second": record["steps_per_second"]})
+    self.report(stop, record)
     if state is not None and self.evaluation_due(stop):
-      record["mAP"] = evaluation.evaluate(self.trainer, self.data, state)["mAP"]
+      record["mAP"] = evaluate(self.trainer, self.data, state, self.events, stop)["mAP"]
       self.clock = time.perf_counter()
     if parallel.is_main_process():
       with open(self.log_path, "a") as f:
         f.write(json.dumps(record) + "\n")
-      if (stop // self.chunk) % self.print_every == 0 or stop == self.total_steps:
-        cli.say(f"step {stop}/{self.total_steps} loss {record['loss']:.4f} "
-                f"lr {record['lr']:.2g} {record['steps_per_second']:.1f} steps/s"
-                + (f" mAP {record['mAP']:.4f}" if "mAP" in record else ""))
+
+  def report(self, step: int, record: dict) -> None:
+    """The progress line of a chunk (kept on a terminal at the end and before an evaluation)."""
+    if not parallel.is_main_process():
+      return
+    origin_time, origin_step = self.eta_origin
+    seconds = time.perf_counter() - origin_time
+    eta = (format_seconds((self.total_steps - step) * seconds / (step - origin_step))
+           if step > origin_step and seconds > 0 else "?")
+    cli.progress(f"step {step}/{self.total_steps} ({100 * step // self.total_steps}%) "
+                 f"loss {record['loss']:.4f} lr {record['lr']:.2g} "
+                 f"{record['steps_per_second']:.1f} steps/s ETA {eta}",
+                 keep=step == self.total_steps or self.evaluation_due(step))
 
   def evaluation_due(self, step: int) -> bool:
     every = self.config.eval_every_epochs * self.steps_per_epoch
@@ -403,6 +455,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train_evaluate_write(config, workdir, data, trainer, saved) -> dict:
+  events = summary.EventWriter(workdir)
+  try:
+    return _train_evaluate_events(config, workdir, data, trainer, saved, events)
+  finally:
+    events.close()
+
+
+def write_histogram(events, result: dict, num_bits: int, step: int) -> None:
+  """Figure 3 of the final codes as the TensorBoard image ``analysis/hamming_histogram``."""
+  if parallel.is_main_process():
+    intra, inter = plots.distance_histograms(result["query_codes"], result["db_codes"],
+                                             result["query_labels"], result["db_labels"])
+    events.image("analysis/hamming_histogram", step,
+                 plots.png(plots.histogram_figure(intra, inter, num_bits)))
+
+
+def _train_evaluate_events(config, workdir, data, trainer, saved, events) -> dict:
   steps_per_epoch, total_steps = training_steps(config, data)
   ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
   stop_flag = _StopFlag()
@@ -416,17 +485,20 @@ def _train_evaluate_write(config, workdir, data, trainer, saved) -> dict:
     else:
       cli.say(f"resumed from checkpoint at step {start}")
     _truncate_log(os.path.join(workdir, "metrics.jsonl"), start)
-    loop = _Loop(config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps)
+    loop = _Loop(config, workdir, data, trainer, ckpt, steps_per_epoch, total_steps, events)
     state = loop.train(state, start, stop_flag)
   finally:
     stop_flag.restore()
     ckpt.close()
-  result = evaluation.evaluate(trainer, data, state)
+  step = int(jax.device_get(state.step))
+  result = evaluate(trainer, data, state, events, step)
+  if data.protocol == "category":
+    write_histogram(events, result, config.num_bits, step)
   if parallel.is_main_process():
     codes_file.save_codes(os.path.join(workdir, "codes.npz"), result, config.num_bits,
                           config.to_dict(), faiss_index=config.export_faiss)
   summary = {
-      "mAP": result["mAP"], "num_bits": config.num_bits, "steps": int(jax.device_get(state.step)),
+      "mAP": result["mAP"], "num_bits": config.num_bits, "steps": step,
       "train_seconds": loop.train_seconds,
       "steps_per_second": loop.steps_timed / loop.train_seconds if loop.train_seconds else None,
       "quantization_angle": result["quantization_angle"],

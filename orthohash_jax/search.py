@@ -25,8 +25,14 @@ list holds its own first k, so the merged list is the global first k, ties inclu
       [--mesh] [--coordinator=host:port --num_processes=P --process_id=p]
 
 searches ``query_codes`` (of ``--queries`` if given, else of ``--codes``; a ``.npy`` holds packed
-query codes) against the database and prints one line per query ("query: index:distance ...") or
-saves ``indices``, ``distances`` and ``k`` to ``--output``. A ``.npy`` database needs
+query codes) against the database and prints one line per query, or saves ``indices``,
+``distances`` and ``k`` to ``--output``. Printed lines (Q = query row, I = database row, D =
+Hamming distance, L = label: a class id, or the classes of a multi-hot row joined by commas):
+  no labels:                          ``Q: I:D I:D ...``
+  database labels (``db_labels``):    ``Q: I:D:L I:D:L ...``
+  and query labels (``query_labels``): ``Q label=L P@k=0.9000: I:D:L ...`` (P@k: the share of the
+  k neighbours relevant to the query, i.e. of its class / sharing a label with it), then a last
+  line ``mean P@k=0.9123 over Q queries``. A ``.npy`` database needs
 ``--num_bits`` and is streamed; with ``--num_processes`` each process streams its own contiguous
 share of its rows and process 0 prints or saves the merged result. Bad input (unreadable file,
 wrong dtype or shape, file size not a whole number of rows, bits mismatch, k outside [1, N]): one
@@ -338,21 +344,54 @@ def _read_npz(path) -> dict:
 
 
 def load_queries(path, num_bits):
-  """uint32 (Q, W) query codes: ``query_codes`` of an .npz file (whose ``num_bits``, if any, must
-  equal ``num_bits``) or a bare .npy array, checked against ``num_bits``."""
+  """(uint32 (Q, W) query codes, their labels or None): ``query_codes`` (and ``query_labels``, if
+  any) of an .npz file (whose ``num_bits``, if any, must equal ``num_bits``) or a bare .npy array
+  (no labels), checked against ``num_bits``."""
   if str(path).endswith(".npy"):
     try:
       codes = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
       raise ValueError(f"{path}: not a readable .npy file ({e})") from None
-    return retrieval.check_codes(codes, num_bits, f"{path}: query codes")
+    return retrieval.check_codes(codes, num_bits, f"{path}: query codes"), None
   data = _read_npz(path)
   if "query_codes" not in data:
     raise ValueError(f"{path}: missing key 'query_codes' (has {sorted(data)})")
   if "num_bits" in data and _num_bits(data, path) != num_bits:
     raise ValueError(f"{path}: queries have {_num_bits(data, path)} bits, the database "
                      f"{num_bits}")
-  return retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
+  codes = retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
+  labels = data.get("query_labels")
+  if labels is not None and len(labels) != len(codes):
+    raise ValueError(f"{path}: {len(labels)} query_labels for {len(codes)} query_codes")
+  return codes, labels
+
+
+def neighbour_relevance(query_labels, db_labels, indices) -> np.ndarray:
+  """bool (Q, k): database row ``indices[q, j]`` is relevant to query q (same class id, or a
+  shared label of multi-hot rows)."""
+  query_labels, found = np.asarray(query_labels), np.asarray(db_labels)[indices]
+  if query_labels.ndim != found.ndim - 1 or query_labels.shape[1:] != found.shape[2:]:
+    raise ValueError(f"query labels {query_labels.shape[1:]} and database labels "
+                     f"{found.shape[2:]} per item differ in kind")
+  if query_labels.ndim == 2:
+    return np.any((query_labels[:, None, :] > 0) & (found > 0), axis=-1)
+  return query_labels[:, None] == found
+
+
+def format_results(dist, idx, db_labels=None, query_labels=None):
+  """The printed lines of a search (see the module docstring)."""
+  if db_labels is None:
+    return [f"{qi}: " + " ".join(f"{i}:{d}" for i, d in zip(row_i, row_d))
+            for qi, (row_i, row_d) in enumerate(zip(idx, dist))]
+  rows = [" ".join(f"{i}:{d}:{cli.label_text(db_labels[i])}" for i, d in zip(row_i, row_d))
+          for row_i, row_d in zip(idx, dist)]
+  if query_labels is None:
+    return [f"{qi}: {row}" for qi, row in enumerate(rows)]
+  precision = neighbour_relevance(query_labels, db_labels, idx).mean(1)
+  k = idx.shape[1]
+  return [f"{qi} label={cli.label_text(label)} P@{k}={p:.4f}: {row}"
+          for qi, (label, p, row) in enumerate(zip(query_labels, precision, rows))] + [
+              f"mean P@{k}={precision.mean():.4f} over {len(rows)} queries"]
 
 
 def _open_index(args):
@@ -369,17 +408,23 @@ def _open_index(args):
 
 
 def _search(args):
-  """(dist, idx) on the process that reports (None elsewhere)."""
+  """(dist, idx, db labels, query labels) on the process that reports (None elsewhere)."""
   index = _open_index(args)
   if args.queries is None and args.codes.endswith(".npy"):
     raise ValueError("a .npy code file needs --queries")
-  queries = load_queries(args.queries or args.codes, index.num_bits)
+  queries, query_labels = load_queries(args.queries or args.codes, index.num_bits)
   k = check_k(args.k, len(index))
   if args.num_processes > 1:
     n, p, count = len(index), args.process_id, args.num_processes
     start, stop = n * p // count, n * (p + 1) // count
-    return search_process_shard(lambda kk: index.shard_search(queries, kk, start, stop), k)
-  return index.search(queries, k, parallel.make_mesh() if args.mesh else None)
+    result = search_process_shard(lambda kk: index.shard_search(queries, kk, start, stop), k)
+  else:
+    result = index.search(queries, k, parallel.make_mesh() if args.mesh else None)
+  if result is None:
+    return None
+  dist, idx = result
+  db_labels = index.labels
+  return dist, idx, db_labels, query_labels if db_labels is not None else None
 
 
 def main(argv=None):
@@ -408,9 +453,11 @@ def main(argv=None):
     result = _search(args)
     if result is None:
       return 0
-    dist, idx = result
+    dist, idx, db_labels, query_labels = result
     if args.output:
       np.savez(args.output, indices=idx, distances=dist, k=np.int64(args.k))
+    else:
+      lines = format_results(dist, idx, db_labels, query_labels)
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -418,8 +465,8 @@ def main(argv=None):
     print(f"saved {idx.shape[0]} x {idx.shape[1]} neighbours to {args.output}")
     return 0
   try:
-    for qi, (row_i, row_d) in enumerate(zip(idx, dist)):
-      print(f"{qi}: " + " ".join(f"{i}:{d}" for i, d in zip(row_i, row_d)))
+    for line in lines:
+      print(line)
     sys.stdout.flush()
   except BrokenPipeError:  # e.g. piped into head: stop quietly
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

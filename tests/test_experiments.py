@@ -44,22 +44,10 @@ def test_run_grid_table_and_csv(grid):
     assert f"| {row['method']} | {results['mAP']:.4f} |" in table
 
 
-def test_pair_distances_against_numpy():
-  rng = np.random.default_rng(0)
-  q, db = rng.normal(size=(5, 40)), rng.normal(size=(9, 40))
-  q_y, db_y = rng.integers(0, 3, 5), rng.integers(0, 3, 9)
-  intra, inter = plot_analysis.pair_distances(retrieval.pack_codes(q), retrieval.pack_codes(db),
-                                              q_y, db_y)
-  dist = ((q[:, None] > 0) != (db[None] > 0)).sum(-1)
-  same = q_y[:, None] == db_y[None]
-  np.testing.assert_array_equal(np.sort(intra), np.sort(dist[same]))
-  np.testing.assert_array_equal(np.sort(inter), np.sort(dist[~same]))
-
-
 def test_plots_from_workdir(grid, tmp_path):
   workdir = grid / "runs" / "OrthoCos+BN_16b_s0"
   assert plot_analysis.main([f"--workdir={workdir}", f"--out={tmp_path}"]) == 0
-  for name in ("hamming_histogram.png", "pr_curve.png"):
+  for name in ("hamming_histogram.png", "pr_curve.png", "retrieval.png"):
     with Image.open(tmp_path / name) as img:
       assert img.format == "PNG" and img.size[0] > 300
   with np.load(workdir / "codes.npz") as f:
@@ -67,10 +55,21 @@ def test_plots_from_workdir(grid, tmp_path):
     db = np.asarray(retrieval.unpack_codes(f["db_codes"], 16))
     same = f["query_labels"][:, None] == f["db_labels"][None]
   dist = (q[:, None] != db[None]).sum(-1)
-  means = plot_analysis.plot_histogram(
-      plot_analysis.codes_file.load_codes(str(workdir / "codes.npz")), str(tmp_path / "h.png"))
+  codes = plot_analysis.codes_file.load_codes(str(workdir / "codes.npz"))
+  means = plot_analysis.plot_histogram(codes, str(tmp_path / "h.png"))
   assert means["intra-class"] == pytest.approx(dist[same].mean())
   assert means["inter-class"] == pytest.approx(dist[~same].mean())
+  assert means["separability"] == pytest.approx(dist[~same].mean() - dist[same].mean())
+  # the grid: one query per class, its top 10 by (distance, index), relevance by label
+  data = plot_analysis.load_run_data(str(workdir))
+  shown = plot_analysis.plot_retrieval(codes, data, str(tmp_path / "r.png"), 4, 10)
+  labels = codes["query_labels"]
+  assert list(shown["queries"]) == [int(np.flatnonzero(labels == c)[0]) for c in range(4)]
+  for row, qi in enumerate(shown["queries"]):
+    order = np.lexsort((np.arange(len(db)), dist[qi]))[:10]
+    np.testing.assert_array_equal(shown["indices"][row], order)
+    np.testing.assert_array_equal(shown["distances"][row], dist[qi, order])
+    np.testing.assert_array_equal(shown["relevant"][row], same[qi, order])
 
 
 def test_training_with_analysis(tmp_path):

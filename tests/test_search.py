@@ -132,7 +132,7 @@ def test_cli_prints(tmp_path, capsys):
   assert search.main([f"--codes={codes}", "--k=3", f"--queries={codes}"]) == 0
   lines = capsys.readouterr().out.splitlines()
   _, ref_i = _brute_force(q, db, 3)
-  assert len(lines) == len(q)
+  assert len(lines) == len(q) + 1  # with labels: a last line with the mean precision
   assert lines[0].split(": ")[1].split()[0].split(":")[0] == str(ref_i[0, 0])
 
 
@@ -181,3 +181,38 @@ def test_metrics_match_numpy(multilabel, depth, num_bits):
       ref_ap.mean(), abs=1e-12)
   assert metrics.precision_at_k(q, db, q_lab, db_lab, depth or len(db)) == pytest.approx(
       ref_pk.mean(), abs=1e-12)
+
+
+def test_cli_prints_labels_and_precision(tmp_path, capsys):
+  codes = tmp_path / "codes.npz"
+  db, q = _export_file(codes, np.random.default_rng(9))
+  assert search.main([f"--codes={codes}", "--k=4"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  with np.load(codes) as f:
+    q_labels, db_labels = f["query_labels"], f["db_labels"]
+  ref_d, ref_i = _brute_force(q, db, 4)
+  precisions = (db_labels[ref_i] == q_labels[:, None]).mean(1)
+  assert len(lines) == len(q) + 1
+  for qi, line in enumerate(lines[:-1]):
+    head, items = line.split(": ")
+    assert head == f"{qi} label={q_labels[qi]} P@4={precisions[qi]:.4f}"
+    assert items.split() == [f"{i}:{d}:{db_labels[i]}" for i, d in zip(ref_i[qi], ref_d[qi])]
+  assert lines[-1] == f"mean P@4={precisions.mean():.4f} over {len(q)} queries"
+  # a queries file without labels: database labels only
+  np.savez(tmp_path / "q.npz", query_codes=np.asarray(retrieval.pack_codes(q)))
+  assert search.main([f"--codes={codes}", "--k=2", f"--queries={tmp_path / 'q.npz'}"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "0: " + " ".join(f"{i}:{d}:{db_labels[i]}"
+                                      for i, d in zip(ref_i[0, :2], ref_d[0, :2]))
+
+
+def test_neighbour_relevance_multilabel():
+  db_labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.uint8)
+  q_labels = np.array([[0, 1, 0], [1, 0, 1]], np.uint8)
+  rel = search.neighbour_relevance(q_labels, db_labels, np.array([[0, 1, 2], [2, 1, 0]]))
+  np.testing.assert_array_equal(rel, [[False, True, False], [False, True, True]])
+  with pytest.raises(ValueError, match="differ in kind"):
+    search.neighbour_relevance(np.array([1, 2]), db_labels, np.array([[0], [1]]))
+  lines = search.format_results(np.array([[0, 2]]), np.array([[1, 2]]), db_labels,
+                                q_labels[:1])
+  assert lines == ["0 label=1 P@2=0.5000: 1:0:1,2 2:2:-", "mean P@2=0.5000 over 1 queries"]

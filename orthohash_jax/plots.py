@@ -1,0 +1,121 @@
+"""Figures of a run's codes, drawn with matplotlib's object API (no pyplot: no global state, safe
+in threads and without a display).
+
+* ``distance_histograms(q_codes, db_codes, q_labels, db_labels)``: counts int64 (K + 1,) of the
+  Hamming distances of all query-database pairs, (intra, inter): intra = relevant pairs (same
+  class, or a shared label for multi-hot labels), inter = the others. Codes are packed uint32
+  (as ``retrieval``) or real (n, K); computed in blocks of ``QUERY_BLOCK`` queries, so memory is
+  O(block x N), never (Q, N).
+* ``separability(intra, inter)``: E[D_inter] - E[D_intra] of those counts. This is the one
+  separability of the project's plots: the histogram's arrow, ``analysis.json`` and Figure 4
+  of ``experiments/plot_analysis.py`` all use query-database pairs.
+* ``histogram_figure(intra, inter, num_bits)``: paper Figure 3, each histogram normalised to
+  sum 1, dashed lines at the means, an arrow between them labelled with the separability.
+* ``retrieval_figure(query_pictures, neighbour_pictures, ...)``: a grid, one row per query:
+  the query, then its neighbours in rank order, each framed green (relevant) or red (not), its
+  Hamming distance above and its label below; the row's precision under the query.
+* ``png(fig)``: PNG bytes of a figure.
+"""
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from orthohash_jax import cli, metrics, retrieval
+
+QUERY_BLOCK = 256  # queries per block of distances
+RELEVANT, IRRELEVANT, QUERY = "#2ca02c", "#d62728", "#1f4e99"  # frame colours
+
+
+def distance_histograms(q_codes, db_codes, q_labels, db_labels):
+  """(intra, inter) counts int64 (K_max + 1,) over all query-database pairs; K_max = 32 W."""
+  q_codes, db_codes = metrics.as_packed(q_codes), metrics.as_packed(db_codes)
+  q_labels, db_labels, multilabel = metrics.check_labels(q_labels, db_labels, len(q_codes),
+                                                         len(db_codes))
+  bins = retrieval.WORD_BITS * db_codes.shape[1] + 1
+  intra, inter = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+  for start in range(0, len(q_codes), QUERY_BLOCK):
+    block = slice(start, start + QUERY_BLOCK)
+    dist = np.asarray(retrieval.hamming_distance(q_codes[block], db_codes))
+    rel = metrics.relevance(q_labels[block], db_labels, multilabel)
+    intra += np.bincount(dist[rel], minlength=bins)
+    inter += np.bincount(dist[~rel], minlength=bins)
+  return intra, inter
+
+
+def _mean(counts) -> float:
+  return float(np.arange(len(counts)) @ counts / counts.sum())
+
+
+def separability(intra, inter) -> float:
+  """E[D_inter] - E[D_intra] of two distance histograms (counts)."""
+  if not intra.sum() or not inter.sum():
+    raise ValueError("separability needs both relevant and irrelevant query-database pairs")
+  return _mean(inter) - _mean(intra)
+
+
+def histogram_figure(intra, inter, num_bits: int) -> Figure:
+  """Figure 3 of distance counts (see the module docstring)."""
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  means = {}
+  for name, counts, colour in (("intra-class", intra, "tab:blue"),
+                               ("inter-class", inter, "tab:orange")):
+    counts = counts[:num_bits + 1]
+    ax.bar(np.arange(num_bits + 1), counts / counts.sum(), width=1.0, alpha=0.5, color=colour,
+           label=f"{name} ({counts.sum()} pairs)")
+    means[name] = _mean(counts)
+    ax.axvline(means[name], color=colour, linestyle="--")
+  top = ax.get_ylim()[1]
+  ax.annotate("", xy=(means["inter-class"], 0.9 * top), xytext=(means["intra-class"], 0.9 * top),
+              arrowprops={"arrowstyle": "<->", "color": "black"})
+  ax.text((means["intra-class"] + means["inter-class"]) / 2, 0.92 * top,
+          f"separability {separability(intra, inter):.2f}", ha="center")
+  ax.set(xlabel="Hamming distance", ylabel="fraction of pairs", xlim=(-0.5, num_bits + 0.5),
+         title=f"Query-database Hamming distances ({num_bits} bits)")
+  ax.legend(loc="center right")
+  fig.tight_layout()
+  return fig
+
+
+def _show(ax, picture, colour, width):
+  ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255,
+            interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for spine in ax.spines.values():
+    spine.set_edgecolor(colour)
+    spine.set_linewidth(width)
+
+
+def retrieval_figure(query_pictures, neighbour_pictures, distances, relevant, query_ids,
+                     query_labels, neighbour_labels, title: str) -> Figure:
+  """The grid of ``query_pictures`` uint8 (Q, H, W[, 3]) and ``neighbour_pictures`` (Q, k, H,
+  W[, 3]) with ``distances`` int (Q, k), ``relevant`` bool (Q, k), ``query_ids`` (Q,) (row
+  numbers in the query set) and labels (Q[, C]) / (Q, k[, C])."""
+  num_queries, k = np.shape(distances)
+  fig = Figure(figsize=(1.15 * (k + 1) + 0.3, 1.6 * num_queries + 0.8), layout="constrained")
+  axes = np.asarray(fig.subplots(num_queries, k + 1, squeeze=False))
+  for row in range(num_queries):
+    ax = axes[row, 0]
+    _show(ax, query_pictures[row], QUERY, 4)
+    ax.set_title(f"query {query_ids[row]}", fontsize=9, color=QUERY, fontweight="bold")
+    ax.set_xlabel(f"label {cli.label_text(query_labels[row])}\n"
+                  f"P@{k} {np.mean(relevant[row]):.2f}", fontsize=8)
+    for col in range(k):
+      ax = axes[row, col + 1]
+      colour = RELEVANT if relevant[row, col] else IRRELEVANT
+      _show(ax, neighbour_pictures[row, col], colour, 4)
+      ax.set_title(f"d={distances[row, col]}", fontsize=9)
+      ax.set_xlabel(cli.label_text(neighbour_labels[row, col]), fontsize=8, color=colour)
+  fig.suptitle(f"{title}\nframes: blue = query, green = relevant, red = not relevant; "
+               "d = Hamming distance, ranks left to right", fontsize=10)
+  return fig
+
+
+def png(fig: Figure, dpi: int = 100) -> bytes:
+  buf = io.BytesIO()
+  FigureCanvasAgg(fig)
+  fig.savefig(buf, format="png", dpi=dpi)
+  return buf.getvalue()
