@@ -4,6 +4,8 @@
 * ``int_list(minimum)``: an argparse type for comma-separated integers (e.g. ``--bits=16,32``).
 * ``label_text(label)``: a label as people read it: a class id, or the classes of a multi-hot
   row joined by commas ("-" for none).
+* ``report(action, errors)``: a tool's body: prints the line ``action()`` returns (exit status
+  0), or an expected error as one ``error:`` line on stderr (exit status 2).
 * ``say(line, err=False)``: prints a line; a closed stdout (``main | head -1``) turns further
   output there off instead of killing the run.
 * ``progress(line, log=True, keep=False)``: a status line. On a terminal it redraws in place
@@ -72,6 +74,18 @@ def say(line: str, err: bool = False) -> None:
     _Terminal.open_line = False
     _write("\n", err=False)
   _write(line + "\n", err)
+
+
+def report(action, errors=(ValueError, OSError)) -> int:
+  """Runs ``action()`` and says the line it returns (0); an ``errors`` exception is one
+  ``error:`` line on stderr (2)."""
+  try:
+    line = action()
+  except errors as e:
+    say(f"error: {e}", err=True)
+    return 2
+  say(line)
+  return 0
 
 
 def progress(line: str, log: bool = True, keep: bool = False) -> None:

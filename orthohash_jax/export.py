@@ -21,13 +21,11 @@ def main(argv=None) -> int:
   parser.add_argument("--output", required=True)
   parser.add_argument("--faiss", action="store_true", help="also write <output>.faissbin")
   args = parser.parse_args(argv)
-  try:
+
+  def export():
     info = export_run(args.workdir, args.output, args.faiss)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.output} (checkpoint step {info['step']}, mAP {info['mAP']:.4f})")
-  return 0
+    return f"wrote {args.output} (checkpoint step {info['step']}, mAP {info['mAP']:.4f})"
+  return cli.report(export)
 
 
 if __name__ == "__main__":

@@ -219,12 +219,7 @@ def main(argv=None) -> int:
   parser.add_argument("--torch", required=True, help="torchvision state dict (.pth)")
   parser.add_argument("--output", required=True, help="new directory for the checkpoint")
   args = parser.parse_args(argv)
-  try:
-    print(convert(args.arch, args.torch, args.output))
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.report(lambda: convert(args.arch, args.torch, args.output), ValueError)
 
 
 if __name__ == "__main__":

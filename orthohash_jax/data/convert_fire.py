@@ -131,12 +131,7 @@ def main(argv=None):
   parser.add_argument("--output", required=True)
   parser.add_argument("--drop_labels", action="store_true")
   args = parser.parse_args(argv)
-  try:
-    print(convert(args.input, args.output, args.drop_labels))
-  except DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.report(lambda: convert(args.input, args.output, args.drop_labels), DataError)
 
 
 if __name__ == "__main__":

@@ -57,12 +57,7 @@ def main(argv=None):
   config = config_base.base_config()
   config.update(data_dir=args.data_dir, num_query_per_class=args.num_query_per_class,
                 num_train_per_class=args.num_train_per_class, split_seed=args.split_seed)
-  try:
-    print(write_fashion_mnist(config, args.output))
-  except (DataError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.report(lambda: write_fashion_mnist(config, args.output), (DataError, OSError))
 
 
 if __name__ == "__main__":
