@@ -47,7 +47,8 @@ train = nnx.jit(lambda module, x, key=None: module(x, train=True, dropout_key=ke
 
 
 @pytest.fixture(scope="module", params=[
-    "alexnet", "resnet50", pytest.param("vgg16", marks=pytest.mark.slow)])
+    "alexnet", pytest.param("resnet50", marks=pytest.mark.slow),
+    pytest.param("vgg16", marks=pytest.mark.slow)])
 def pair(request):
   """(arch, torch replica with random weights in eval mode, our module with the same weights)."""
   arch = request.param
@@ -96,6 +97,7 @@ def test_adaptive_avg_pool_matches_torch(hw, out):
                              rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resnet50_train_mode_matches_torch_batchnorm():
   """Batch statistics in the forward pass and torch's running-statistic update (momentum 0.1,
   unbiased variance), for every BN layer."""

@@ -40,6 +40,7 @@ def finished_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_results_json_and_export_roundtrip(finished_run, tmp_path):
   with open(os.path.join(finished_run, "results.json")) as f:
     results = json.load(f)
@@ -65,6 +66,7 @@ def test_results_json_and_export_roundtrip(finished_run, tmp_path):
   np.testing.assert_array_equal(dist, ref)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
   workdir = str(tmp_path / "killed")
   proc = subprocess.Popen(main_cmd(workdir, *SHORT), cwd=ROOT, env=CLI_ENV,
@@ -90,6 +92,7 @@ def test_kill_9_then_resume_matches_uninterrupted(finished_run, tmp_path):
     assert json.load(f)["mAP"] == json.load(g)["mAP"]
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path, capsys):
   workdir = str(tmp_path / "copy")
   shutil.copytree(finished_run, workdir)
@@ -105,6 +108,7 @@ def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path, capsys):
   assert summary["steps"] == 690
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_checkpoints_intact(finished_run):
   before = {s: os.path.getmtime(os.path.join(finished_run, "checkpoints", str(s)))
             for s in checkpoint_steps(finished_run)}
@@ -117,6 +121,7 @@ def test_bad_input_exits_2_with_one_line_and_checkpoints_intact(finished_run):
   assert before == after
 
 
+@pytest.mark.slow
 def test_same_workdir_other_config_is_refused(finished_run):
   with pytest.raises(ValueError, match=r"num_bits: 64 -> 32\); use a new --workdir"):
     run.train_and_evaluate(short_config(num_bits=32), finished_run)

@@ -27,6 +27,7 @@ def grid(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_run_grid_table_and_csv(grid):
   with open(grid / "runs.csv") as f:
     rows = list(csv.DictReader(f))
@@ -44,6 +45,7 @@ def test_run_grid_table_and_csv(grid):
     assert f"| {row['method']} | {results['mAP']:.4f} |" in table
 
 
+@pytest.mark.slow
 def test_plots_from_workdir(grid, tmp_path):
   workdir = grid / "runs" / "OrthoCos+BN_16b_s0"
   assert plot_analysis.main([f"--workdir={workdir}", f"--out={tmp_path}"]) == 0
@@ -72,6 +74,7 @@ def test_plots_from_workdir(grid, tmp_path):
     np.testing.assert_array_equal(shown["relevant"][row], same[qi, order])
 
 
+@pytest.mark.slow
 def test_training_with_analysis(tmp_path):
   assert plot_analysis.main(["--config=configs/digits.py", "--every_epochs=2", f"--out={tmp_path}",
                              "--set", "num_epochs=3", "num_bits=16"]) == 0

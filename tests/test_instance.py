@@ -9,6 +9,8 @@ from conftest import make_trainer, train_steps
 from orthohash_jax import config_base, evaluation, instance, revisited, run as run_lib
 from orthohash_jax import data as data_lib
 
+pytestmark = pytest.mark.slow  # the module fixture trains a GLDv2-like run (~20 s)
+
 CLASSES, DIM, BITS = 4, 8, 16
 
 

@@ -38,7 +38,7 @@ def make_data(seed, k, nq=6, ndb=40, multilabel=False, distinct=5):
   return qb, db, ql, dl
 
 
-@pytest.mark.parametrize("k", [16, 48, 64, 2048])
+@pytest.mark.parametrize("k", [16, 48, 64, pytest.param(2048, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("multilabel", [False, True])
 @pytest.mark.parametrize("topk", [None, 1, 7])
 def test_map_matches_brute_force(k, multilabel, topk):

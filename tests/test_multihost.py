@@ -37,6 +37,7 @@ def single_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_two_processes_two_devices_equal_one_device(single_run, tmp_path):
   workdir, port = str(tmp_path / "multi"), free_port()
   procs = [subprocess.Popen(main_cmd(workdir, *EPOCHS, f"--coordinator=127.0.0.1:{port}",
@@ -54,6 +55,7 @@ def test_two_processes_two_devices_equal_one_device(single_run, tmp_path):
   assert results(workdir)["mAP"] == pytest.approx(results(single_run)["mAP"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_restart_matches(single_run, tmp_path):
   workdir = str(tmp_path / "preempted")
   proc = subprocess.Popen(main_cmd(workdir, *EPOCHS), cwd=ROOT, env=env(1),

@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "notebooks", "quickstart.ipynb")
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("QUICKSTART_EPOCHS", "2")
   monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "run"))

@@ -53,6 +53,7 @@ def write_split(root, filename, rows, rng):
   (root / filename).write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["imagenet100", "nuswide", "coco"])
 def test_list_file_config_trains_one_epoch(name, tmp_path):
   multilabel = PAPER[name][1]

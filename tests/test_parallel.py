@@ -47,6 +47,7 @@ def test_class_sharded_loss_equals_unsharded(multilabel, margin_type):
                        hlo)
 
 
+@pytest.mark.slow
 def test_model_axis_training_equals_single_device():
   def run(num_devices, model_axis):
     config = small_config(model_axis=model_axis)

@@ -102,6 +102,7 @@ def test_quarantine_twice_and_quiet_one_line_per_checkpoint(tmp_path, capfd):
   assert not out and not err  # the libraries' error dumps stay out of the terminal
 
 
+@pytest.mark.slow
 def test_resume_truncates_the_log_and_keeps_time_totals(tmp_path, use_data):
   use_data(blobs())
   config = small_config(num_epochs=4, checkpoint_every_steps=16)
