@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
+
 NOTEBOOK = os.path.join(ROOT, "experiments", "notebooks", "quickstart.ipynb")
 
 
