@@ -122,6 +122,7 @@ def test_resume_truncates_the_log_and_keeps_time_totals(tmp_path, use_data):
   assert repeated["steps_per_second"] == again["steps_per_second"]
 
 
+@pytest.mark.slow
 def test_num_epochs_on_resume(tmp_path, use_data):
   use_data(blobs())
   run.train_and_evaluate(small_config(num_epochs=2), str(tmp_path / "a"))
@@ -151,6 +152,7 @@ class _InterruptAt(data_lib.RetrievalData):
     return super().train_rows(indices, steps, positions)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_and_resumes_identically(tmp_path, use_data, signum, capsys):
   d = blobs()

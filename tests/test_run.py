@@ -22,6 +22,7 @@ def fake_load(monkeypatch):
   return use
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_one_chunk_late_and_keeps_last_checkpoint(tmp_path, fake_load):
   fake_load(blobs())
   config = small_config(num_epochs=2, checkpoint_every_steps=1)
