@@ -71,8 +71,8 @@ def validate_config(config) -> None:
   config_base.check_known_keys(config)
   c = config
   options = {  # key -> the names its implementing module knows
-      "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "loss": losses.LOSSES,
-      "codebook": codebook_lib.METHODS, "margin_type": losses.MARGIN_TYPES,
+      "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "init": models.INITS,
+      "loss": losses.LOSSES, "codebook": codebook_lib.METHODS, "margin_type": losses.MARGIN_TYPES,
       "multilabel_loss": losses.MULTILABEL_LOSSES,
       "quantization_kind": losses.QUANTIZATION_KINDS, "lr_schedule": trainer_lib.LR_SCHEDULES,
       "train_transform": transforms.KINDS, "eval_transform": transforms.KINDS,
