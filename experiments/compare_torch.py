@@ -75,10 +75,7 @@ def main() -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   args = parser.parse_args()
-  methods = args.methods.split(",")
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown:
-    parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
+  methods = run_grid.parse_methods(parser, args.methods, METHODS)
   if importlib.util.find_spec("torch") is None:
     print("error: the PyTorch side needs torch (pip install orthohash-jax[bench])", file=sys.stderr)
     return 2
