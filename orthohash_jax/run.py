@@ -91,6 +91,9 @@ def validate_config(config) -> None:
        f"pretrained weights are for {sorted(backbones.BACKBONES)}, not backbone {c.backbone!r}"),
       (not c.pretrained or os.path.isdir(c.pretrained),
        f"pretrained directory {c.pretrained} does not exist"),
+      (c.init == "torch" or c.backbone not in backbones.BACKBONES,
+       f"init {c.init!r} is for mlp / cnn / cnn_gap: backbone {c.backbone} is initialised as "
+       "torchvision's (init 'torch')"),
       (c.data_workers >= 0, f"data_workers must be >= 0, got {c.data_workers}"),
       (c.num_bits > 0, f"num_bits must be positive, got {c.num_bits}"),
       (c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}"),

@@ -53,7 +53,19 @@ def test_config_key_selects_the_init_and_is_validated():
   config.loss, config.num_bits = "ce", 16
   for init in models.INITS:
     config.init = init
+    for backbone, shape in [("mlp", (64,)), ("cnn_gap", (8, 8, 3))]:
+      config.backbone = backbone
+      run.validate_config(config)
+      model = models.build_model(config, shape, 10, None)
+      first = model.backbone.layers[0] if backbone == "mlp" else model.backbone.convs[0]
+      for bias in (first.bias[...], model.head.fc.bias[...]):
+        assert np.any(np.asarray(bias) != 0) == (init == "torch")
+
+
+def test_flax_init_is_rejected_for_torchvision_backbones():
+  config = config_base.base_config()
+  config.backbone, config.init = "alexnet", "flax"
+  with pytest.raises(ValueError, match="initialised as torchvision's"):
     run.validate_config(config)
-    model = models.build_model(config, (64,), 10, None)
-    bias = np.asarray(model.head.fc.bias[...])
-    assert np.any(bias != 0) == (init == "torch")
+  config.init = "torch"
+  run.validate_config(config)
