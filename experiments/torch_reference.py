@@ -120,7 +120,7 @@ def main() -> int:
   parser.add_argument("--config", required=True)
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   parser.add_argument("--output", required=True)
-  parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--threads", type=int, default=1)
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   config = config_base.load_config_file(args.config)
