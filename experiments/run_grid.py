@@ -31,6 +31,15 @@ METHODS = {
 }
 
 
+def parse_methods(parser, text: str, known=tuple(METHODS)) -> list:
+  """The methods of a comma-separated ``--methods`` value; an unknown one is a usage error."""
+  methods = text.split(",")
+  unknown = [m for m in methods if m not in known]
+  if unknown:
+    parser.error(f"unknown methods {unknown}; known: {list(known)}")
+  return methods
+
+
 def run_one(config_path, sets, overrides, workdir):
   done = os.path.join(workdir, "results.json")
   if os.path.exists(done):
@@ -53,10 +62,7 @@ def main() -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   args = parser.parse_args()
-  methods = args.methods.split(",")
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown:
-    parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
+  methods = parse_methods(parser, args.methods)
   bits, seeds = args.bits, args.seeds
   rows = []
   for method in methods:

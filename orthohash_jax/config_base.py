@@ -75,6 +75,8 @@ KEYS = (
         "BatchNorm, head and loss stay float32)"),
     Key("num_bits", 64, "code length K"),
     Key("use_bn", True, "BatchNorm after the hash layer"),
+    Key("init", "torch", "layer initialisation, one of models.INITS (torch: as the PyTorch "
+        "modules; flax: Flax's defaults, mlp / cnn / cnn_gap only)"),
     # loss
     Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / CE+BN)"),
     Key("codebook", "bernoulli", "class targets, one of codebook.METHODS"),

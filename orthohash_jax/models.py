@@ -7,6 +7,14 @@
 * logits: float32 (B, C): cosine similarities to the class targets (``CosSimHead``, OrthoHash) or
   unconstrained scores (``LinearHead``, the CE / CE+BN baselines).
 
+Initialisation (``init``, ``INITS``): "torch" (default) draws the MLP / SmallCNN / LinearHead
+kernels and biases as torch's ``nn.Linear`` / ``nn.Conv2d`` do, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+(kaiming-uniform with a = sqrt(5) for kernels), fan_in = inputs x kernel area; "flax" keeps Flax's
+defaults (LeCun-normal kernels, zero biases). The hash layer is W ~ N(0, 0.01^2) without bias under
+both, as the authors'. The torchvision backbones (alexnet, vgg16, resnet50) are pretrained or
+initialised as torchvision's modules (see ``backbones``), which is what "torch" means for them;
+``run.validate_config`` rejects "flax" with them.
+
 BatchNorm running statistics are ``nnx.BatchStat`` state: ``train=True`` normalises with the batch
 statistics of the whole (global) batch and updates the running averages (momentum 0.9 in Flax
 terms, i.e. torch's 0.1); ``train=False`` uses the running averages. The fixed codebook is a
@@ -23,17 +31,31 @@ from orthohash_jax import backbones
 from orthohash_jax import codebook as codebook_lib
 
 
+INITS = ("torch", "flax")  # config.init: of the mlp / cnn / cnn_gap backbones and the LinearHead
+
+
 class Codebook(nnx.Variable):
   """Fixed, non-trainable class targets."""
+
+
+def layer_init(init: str, fan_in: int) -> dict:
+  """Keyword arguments (kernel_init, bias_init) of an ``nnx.Linear`` / ``nnx.Conv`` with
+  ``fan_in`` inputs per output (in_features x kernel area) under ``init`` (one of ``INITS``)."""
+  if init == "flax":
+    return {}
+  if init != "torch":
+    raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
+  return {"kernel_init": backbones.torch_default_kernel_init,
+          "bias_init": backbones.torch_default_bias_init(fan_in)}
 
 
 class MLP(nnx.Module):
   """ReLU multi-layer perceptron on flattened inputs; ``out_features`` = hidden[-1]."""
 
   def __init__(self, in_features: int, hidden: Sequence[int] = (512, 512), *,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               init: str = "torch", dtype=jnp.float32, rngs: nnx.Rngs):
     sizes = (in_features, *hidden)
-    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+    self.layers = nnx.List([nnx.Linear(a, b, **layer_init(init, a), dtype=dtype, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:])])
     self.out_features = sizes[-1]
 
@@ -51,15 +73,17 @@ class SmallCNN(nnx.Module):
   the parameters do not depend on the image size (224x224 smoke runs of the paper pipeline)."""
 
   def __init__(self, image_shape: Sequence[int], channels=(32, 64), features: int = 512, *,
-               global_pool: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+               global_pool: bool = False, init: str = "torch", dtype=jnp.float32,
+               rngs: nnx.Rngs):
     height, width, in_channels = image_shape
     chans = (in_channels, *channels)
-    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), dtype=dtype, rngs=rngs)
+    self.convs = nnx.List([nnx.Conv(a, b, (3, 3), **layer_init(init, 9 * a), dtype=dtype,
+                                    rngs=rngs)
                            for a, b in zip(chans[:-1], chans[1:])])
     for _ in channels:
       height, width = height // 2, width // 2
     flat = chans[-1] if global_pool else height * width * chans[-1]
-    self.dense = nnx.Linear(flat, features, dtype=dtype, rngs=rngs)
+    self.dense = nnx.Linear(flat, features, **layer_init(init, flat), dtype=dtype, rngs=rngs)
     self.image_shape = tuple(image_shape)
     self.global_pool = global_pool
     self.out_features = features
@@ -136,8 +160,8 @@ class CosSimHead(nnx.Module):
 class LinearHead(nnx.Module):
   """Unconstrained linear classifier (with bias) for the CE / CE+BN baselines."""
 
-  def __init__(self, num_bits: int, num_classes: int, *, rngs: nnx.Rngs):
-    self.fc = nnx.Linear(num_bits, num_classes, rngs=rngs)
+  def __init__(self, num_bits: int, num_classes: int, *, init: str = "torch", rngs: nnx.Rngs):
+    self.fc = nnx.Linear(num_bits, num_classes, **layer_init(init, num_bits), rngs=rngs)
 
   def __call__(self, codes):
     return self.fc(codes)
@@ -181,11 +205,13 @@ def _imagenet_backbone(arch):
 
 # config.backbone -> (config, per-example input shape, rngs) -> module with ``out_features``
 BACKBONES = {
-    "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden),
+    "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden), init=c.init,
                                       dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "cnn": lambda c, shape, rngs: SmallCNN(shape if len(shape) == 3 else _square_image(shape),
-                                           dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
+                                           init=c.init, dtype=COMPUTE_DTYPES[c.compute_dtype],
+                                           rngs=rngs),
     "cnn_gap": lambda c, shape, rngs: SmallCNN(shape, channels=(32, 64, 128), global_pool=True,
+                                               init=c.init,
                                                dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "identity": lambda c, shape, rngs: Identity(int(np.prod(shape))),
     **{arch: _imagenet_backbone(arch) for arch in backbones.BACKBONES},
@@ -195,7 +221,7 @@ BACKBONES = {
 def build_model(config, input_shape, num_classes: int, codebook) -> HashModel:
   """backbone -> HashLayer -> CosSimHead on ``codebook`` (C, K) +-1 (``config.loss`` orthohash;
   classes padded to a multiple of ``config.model_axis``) or LinearHead (ce). Parameters are
-  initialised from ``config.seed``."""
+  initialised from ``config.seed`` as ``config.init`` says."""
   rngs = nnx.Rngs(config.seed)
   backbone = BACKBONES[config.backbone](config, tuple(input_shape), rngs)
   hash_layer = HashLayer(backbone.out_features, config.num_bits, use_bn=config.use_bn,
@@ -203,5 +229,5 @@ def build_model(config, input_shape, num_classes: int, codebook) -> HashModel:
   if config.loss == "orthohash":
     head = CosSimHead(codebook, pad_classes_to=config.model_axis)
   else:
-    head = LinearHead(config.num_bits, num_classes, rngs=rngs)
+    head = LinearHead(config.num_bits, num_classes, init=config.init, rngs=rngs)
   return HashModel(backbone, hash_layer, head)

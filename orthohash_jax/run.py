@@ -71,8 +71,8 @@ def validate_config(config) -> None:
   config_base.check_known_keys(config)
   c = config
   options = {  # key -> the names its implementing module knows
-      "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "loss": losses.LOSSES,
-      "codebook": codebook_lib.METHODS, "margin_type": losses.MARGIN_TYPES,
+      "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "init": models.INITS,
+      "loss": losses.LOSSES, "codebook": codebook_lib.METHODS, "margin_type": losses.MARGIN_TYPES,
       "multilabel_loss": losses.MULTILABEL_LOSSES,
       "quantization_kind": losses.QUANTIZATION_KINDS, "lr_schedule": trainer_lib.LR_SCHEDULES,
       "train_transform": transforms.KINDS, "eval_transform": transforms.KINDS,
@@ -91,6 +91,9 @@ def validate_config(config) -> None:
        f"pretrained weights are for {sorted(backbones.BACKBONES)}, not backbone {c.backbone!r}"),
       (not c.pretrained or os.path.isdir(c.pretrained),
        f"pretrained directory {c.pretrained} does not exist"),
+      (c.init == "torch" or c.backbone not in backbones.BACKBONES,
+       f"init {c.init!r} is for mlp / cnn / cnn_gap: backbone {c.backbone} is initialised as "
+       "torchvision's (init 'torch')"),
       (c.data_workers >= 0, f"data_workers must be >= 0, got {c.data_workers}"),
       (c.num_bits > 0, f"num_bits must be positive, got {c.num_bits}"),
       (c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}"),
