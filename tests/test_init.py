@@ -22,6 +22,7 @@ def layers(init):
   return out
 
 
+@pytest.mark.slow  # eager initialisation compiles every op (~25 s of CPU)
 def test_torch_init_is_uniform_over_one_over_sqrt_fan_in():
   for w, fan_in in layers("torch"):
     bound = 1.0 / np.sqrt(fan_in)
@@ -35,6 +36,7 @@ def test_torch_init_is_uniform_over_one_over_sqrt_fan_in():
       assert np.abs(u).max() > 0.99
 
 
+@pytest.mark.slow  # eager initialisation compiles every op (~25 s of CPU)
 def test_flax_init_keeps_lecun_normal_and_zero_bias():
   for i, (w, fan_in) in enumerate(layers("flax")):
     if i % 2:
@@ -44,6 +46,7 @@ def test_flax_init_keeps_lecun_normal_and_zero_bias():
       assert np.abs(w).max() > 1.0 / np.sqrt(fan_in)
 
 
+@pytest.mark.slow  # eager initialisation compiles every op (~25 s of CPU)
 def test_config_key_selects_the_init_and_is_validated():
   config = config_base.base_config()
   assert config.init == "torch"
