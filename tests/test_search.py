@@ -44,7 +44,7 @@ CASES = [  # (num_bits, N, Q, k, ties)
 
 
 @pytest.mark.parametrize("num_bits,n,nq,k,ties", CASES)
-@pytest.mark.parametrize("method", ["popcount", "matmul"])
+@pytest.mark.parametrize("method", ["popcount", pytest.param("matmul", marks=pytest.mark.slow)])
 def test_topk_matches_brute_force(num_bits, n, nq, k, ties, method):
   rng = np.random.default_rng(num_bits * n + k)
   db = _codes(rng, n, num_bits, ties)
