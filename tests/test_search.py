@@ -58,6 +58,7 @@ def test_topk_matches_brute_force(num_bits, n, nq, k, ties, method):
   np.testing.assert_array_equal(np.asarray(idx), ref_i)
 
 
+@pytest.mark.slow
 def test_topk_query_chunks_and_rank():
   rng = np.random.default_rng(3)
   db, q = _codes(rng, 2500, 64, True), _codes(rng, 11, 64, True)
@@ -90,6 +91,7 @@ def test_faiss_backend_matches_brute_force(num_bits, n, nq, k, ties):
   np.testing.assert_array_equal(idx, ref_i)
 
 
+@pytest.mark.slow
 def test_index_add_save_load(tmp_path):
   rng = np.random.default_rng(5)
   db, q = _codes(rng, 900, 40, True), _codes(rng, 6, 40, True)
@@ -118,6 +120,7 @@ def _export_file(path, rng, n=600, nq=5, num_bits=48):
   return db, q
 
 
+@pytest.mark.slow
 def test_cli_saves_exact_neighbours(tmp_path):
   codes, out = tmp_path / "codes.npz", tmp_path / "nn.npz"
   db, q = _export_file(codes, np.random.default_rng(6))
@@ -185,6 +188,7 @@ def test_metrics_match_numpy(multilabel, depth, num_bits):
       ref_pk.mean(), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_cli_prints_labels_and_precision(tmp_path, capsys):
   codes = tmp_path / "codes.npz"
   db, q = _export_file(codes, np.random.default_rng(9))

@@ -11,6 +11,9 @@ import pytest
 from conftest import free_port
 from orthohash_jax import parallel, retrieval, search
 
+# every case compiles its own shard / merge shapes or starts processes (6 to 24 s of CPU each)
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
