@@ -207,6 +207,7 @@ def test_normalization_table_equals_host_numpy_exactly():
   np.testing.assert_array_equal(np.asarray(got), (x.astype(np.float32) - mean_std[0]) / mean_std[1])
 
 
+@pytest.mark.slow
 def test_fashion_files_train_exactly_like_idx(tmp_path):
   """configs/fashion_mnist.py and its :files variant on the files written from the same IDX
   files: identical batches, so identical parameters and results.json mAP."""
@@ -238,6 +239,7 @@ def _run_config(root, **kw):
                  checkpoint_every_steps=100, **kw)
 
 
+@pytest.mark.slow
 def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch):
   (tmp_path / "data").mkdir()
   _write(tmp_path / "data", n_train=12)

@@ -37,6 +37,7 @@ def final_params(num_devices, **overrides):
   return jax.tree.map(np.asarray, (state.params, state.batch_stats))
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device():
   assert len(jax.devices()) == 4
   one, four = final_params(1), final_params(4)
@@ -58,6 +59,7 @@ def test_step_schedule_and_backbone_lr_scale():
                          state.params["hash_layer"]["fc"]["kernel"])
 
 
+@pytest.mark.slow
 def test_ce_baseline_and_multilabel_train():
   d = blobs()
   eye = np.eye(4, dtype=np.uint8)
@@ -74,6 +76,7 @@ def test_batch_not_divisible_by_devices():
     make_trainer(small_config(batch_size=6), blobs(), num_devices=4)
 
 
+@pytest.mark.slow
 def test_crop_flip_augmentation_is_applied_and_deterministic():
   d = blobs(dim=16)
   images = data_lib.RetrievalData("img", 4, d.train_x.reshape(-1, 4, 4, 1), d.train_y,
@@ -89,6 +92,7 @@ def test_crop_flip_augmentation_is_applied_and_deterministic():
   np.testing.assert_array_equal(augmented, losses_with(1))
 
 
+@pytest.mark.slow
 def test_uint8_inputs_are_normalised_on_the_device():
   """uint8 rows with mean_std (0, 255) train exactly like the float32 rows x / 255 normalised by
   numpy on the host (the device looks the values up in a table built with numpy)."""
