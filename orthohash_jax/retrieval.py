@@ -11,20 +11,31 @@ Ranking convention: neighbours are ordered by (Hamming distance, database index)
 ties, which are frequent at small K, are broken by database index, stably and deterministically.
 
 ``hamming_topk(q (Q, W) uint32, db (N, W) uint32, k)`` -> (dist int32 (Q, k), idx int32 (Q, k))
-is exact and never sorts or stores a (Q, N) matrix. Per chunk of queries (one compiled call):
-1. L1 = minimum distance over each block of 32 database items, uint8 (Qc, N / 32), in one fused
-   XOR + popcount + min pass; L2 = minima over 32 L1 entries, ... until a level has <= 64 k (``LEVEL_FACTOR``).
+is exact and never sorts or stores a (Q, N) matrix of more than one query chunk.
+
+Blocked arrays. ``topk_chunk`` takes the database as blocked word planes (W, 32, N / 32)
+(``block_planes``: [w, j, m] = word w of code 32 m + j), and every array it selects from is
+blocked alike: (Q, 32, M) holds logical entry 32 m + j at [:, j, m]. Loops over m then read
+contiguous memory and vectorize on CPU, and bit-packing a mask (bit j of word m = entry
+32 m + j) is a sum over axis 1. Per chunk of queries (one compiled call):
+1. uint8 distances (Q, 32, M), or for N > 64 k (``LEVEL_FACTOR``) L1 = minimum over each block of
+   32 codes (one fused loop over the 32 plane slices), L2 = minima over 32 L1 entries, ...
 2. The first k items by (distance, index) lie in the first k blocks by (block minimum, block
    index); so from the top level down, keep k entries, expand each to its 32 children.
 3. "Keep the first k by (value, position)" (``_select_first``) uses that values are small ints:
-   threshold u = smallest t with #(v <= t) >= k by binary search, each count a bit-pack of
-   (v <= t) + popcount; keep v < u and the first k - #(v < u) entries with v == u in position
-   order (prefix popcounts over uint32 mask words, searchsorted, n-th set bit in a word).
-4. The k survivors (in index order) are sorted by the key distance * k + slot.
-``method="matmul"`` computes the level-1 distances as (K - q.d) / 2 of ±1 bf16 codes with f32
+   threshold u = smallest t with #(v <= t) >= k, found by counting 4 values of t per pass (bytes
+   of one uint32 per block) starting around the same quantile of a 1-in-16 sample (usually one
+   pass); keep v < u and the first k - #(v < u) entries with v == u in position order (prefix
+   sums of word popcounts by float32 matmuls, n-th set bit in a word), compacted by a
+   scatter-add of word ends and a prefix sum.
+4. The k survivors come out in index order; ``rank_order`` (numpy's stable radix sort of the
+   distances, on the host) ranks them by (distance, index).
+``method="matmul"`` computes the distances as (K - q.d) / 2 of ±1 bf16 codes with f32
 accumulation (the fast route on GPU/TPU; ``default_method()`` picks it off CPU); ``faiss_topk``
 uses faiss IndexBinaryFlat (optional) and re-chooses the items tied at the k-th distance in
 index order, so every path returns identical results. ``hamming_rank`` = top-N (full ranking).
+XLA's CPU fusion recomputes cheap producers in every consumer and drops optimization barriers,
+so arrays read by several passes are computed inside a ``cond`` branch (``_materialized``).
 """
 import functools
 
