@@ -63,7 +63,7 @@ def bench_search(rng, kind, n, num_q, k, num_bits, repeats):
   centres = np.where(rng.random((64, num_bits)) < 0.5, 1.0, -1.0)
   db = make_packed(rng, n, num_bits, kind, centres, rng.integers(0, 64, n))
   q = make_packed(rng, num_q, num_bits, kind, centres, rng.integers(0, 64, num_q))
-  retrieval.hamming_topk(q[:1], db, k)  # compile
+  retrieval.hamming_topk(q, db, k)  # compile every shape
   ours_s, (dist, _) = timed(lambda: retrieval.hamming_topk(q, db, k), repeats)
   row = {"data": kind, "N": n, "Q": num_q, "k": k, "bits": num_bits,
          "ours_s": ours_s, "ours_pairs_per_s": num_q * n / ours_s}
@@ -186,6 +186,10 @@ def main():
   parser.add_argument("--repeats", type=int, default=1, help="best of this many search timings")
   parser.add_argument("--sections", default="search,map_all,paper")
   parser.add_argument("--bits", default="64,128", help="code lengths of search and mAP@all")
+  parser.add_argument("--sizes", default="100000,1000000", help="database sizes of search")
+  parser.add_argument("--paper_sizes", default=",".join(p[0] for p in PAPER_SIZES),
+                      help="paper sizes to run (names)")
+  parser.add_argument("--map_large", type=int, default=1, help="also mAP@all of ours at N = 1e6")
   args = parser.parse_args()
   sections = args.sections.split(",")
   rng = np.random.default_rng(0)
@@ -194,9 +198,10 @@ def main():
     sizes, ks, bits, num_q, map_n, map_q = (20_000,), (10, 100), (64,), 100, 5_000, 100
     paper = [(name, q // 50, n // 50, r // 50, c, m) for name, q, n, r, c, m in PAPER_SIZES]
   else:
-    sizes, ks, num_q, map_n, map_q = (100_000, 1_000_000), (100, 1000), 1000, 69_000, 1000
+    sizes, ks, num_q, map_n, map_q = (tuple(int(n) for n in args.sizes.split(",")), (100, 1000),
+                                      1000, 69_000, 1000)
     bits = tuple(int(b) for b in args.bits.split(","))
-    paper = PAPER_SIZES
+    paper = [p for p in PAPER_SIZES if p[0] in args.paper_sizes.split(",")]
   search_rows, map_rows, paper_rows = [], [], []
   if "search" in sections:
     print(f"{'data':7} {'N':>8} {'k':>5} {'K':>4} {'ours pairs/s':>13} {'faiss pairs/s':>14} "
@@ -220,7 +225,7 @@ def main():
         map_rows.append(r)
         print(f"{kind:7} {num_bits:4d} {r['ours_s']:8.3f} {r['numpy_s']:8.3f} {r['speedup']:8.1f} "
               f"{r['map']:8.4f} {str(r['equal']):>6}", flush=True)
-    if not args.quick:
+    if not args.quick and args.map_large:
       large = bench_map_large(rng, 1_000_000, 200)
       map_rows.append(large)
       print(f"mAP@all ours, Q = 200, N = 1e6, 64 bits, 100 classes: {large['ours_s']:.1f} s "

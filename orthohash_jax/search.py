@@ -165,14 +165,17 @@ def sharded_topk(queries, codes, k: int, mesh, method=None):
   n_loc += -n_loc % retrieval.BLOCK
   pad = devices * n_loc - num_items
   k_loc = min(k + pad, n_loc)
-  db = jax.device_put(np.pad(codes, ((0, pad), (0, 0))), NamedSharding(mesh, P(axes)))
+  # Blocked word planes (W, 32, N / 32): device d holds blocks [d n_loc / 32, (d + 1) n_loc / 32).
+  planes = np.pad(codes, ((0, pad), (0, 0))).reshape(-1, retrieval.BLOCK, codes.shape[1])
+  db = jax.device_put(np.ascontiguousarray(planes.transpose(2, 1, 0)),
+                      NamedSharding(mesh, P(None, None, axes)))
 
   def local(q, rows):
     dist, idx = retrieval.topk_chunk(q, rows, k_loc, n_loc, method)
     idx = idx + jax.lax.axis_index(axes) * n_loc
     return jnp.where(idx < num_items, dist, num_bits_max + 1), idx
 
-  fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axes)),
+  fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, None, axes)),
                              out_specs=(P(None, axes), P(None, axes))))
   chunk = retrieval.queries_per_call(n_loc, k_loc, method)
   parts = []
