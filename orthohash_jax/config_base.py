@@ -68,6 +68,8 @@ KEYS = (
     # model
     Key("backbone", "mlp", "feature extractor, one of models.BACKBONES"),
     Key("hidden", (512, 512), "MLP widths"),
+    Key("init", "torch", "layer initialisation, one of models.INITS (torch: as the PyTorch "
+        "modules; flax: Flax's defaults, mlp / cnn / cnn_gap only)"),
     Key("pretrained", None, "alexnet / vgg16 / resnet50: directory of weights converted by "
         "python -m orthohash_jax.weights (None: random init)", type=str),
     Key("pretrained_required", False, "fail up front when pretrained is unset (paper configs)"),
@@ -75,8 +77,6 @@ KEYS = (
         "BatchNorm, head and loss stay float32)"),
     Key("num_bits", 64, "code length K"),
     Key("use_bn", True, "BatchNorm after the hash layer"),
-    Key("init", "torch", "layer initialisation, one of models.INITS (torch: as the PyTorch "
-        "modules; flax: Flax's defaults, mlp / cnn / cnn_gap only)"),
     # loss
     Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / CE+BN)"),
     Key("codebook", "bernoulli", "class targets, one of codebook.METHODS"),
