@@ -123,6 +123,7 @@ def test_dropout_scales_kept_entries():
   np.testing.assert_array_equal(y[kept], 2 * np.asarray(x)[kept])
 
 
+@pytest.mark.slow
 def test_dropout_places_and_keys_as_torchvision(pair):
   """Train mode == torchvision's classifier[:6] with our masks put on its Dropout layers
   (AlexNet: before fc6 and fc7; VGG16: after their ReLUs); masks depend only on the key."""

@@ -52,6 +52,7 @@ def test_summary_row_two_standard_errors():
           == "| CE | 16 | 1 / 0 | 0.5000 | not run | n/a | n/a |")
 
 
+@pytest.mark.slow
 def test_table_only_reads_finished_runs(tmp_path):
   jax_dir = tmp_path / "jax" / "CE+BN_64b_s0"
   jax_dir.mkdir(parents=True)

@@ -93,6 +93,7 @@ def test_tie_aware_equals_plain_without_ties():
   assert plain == pytest.approx(tie, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_precision_at_k_radius_and_pr_curve():
   qb, db, ql, dl = make_data(3, 24, nq=5, ndb=30)
   dist, orders = ranking(qb, db)

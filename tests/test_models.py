@@ -58,6 +58,7 @@ def test_hash_init_std():
   assert np.std(layer.fc.kernel[...]) == pytest.approx(0.01, rel=0.05)
 
 
+@pytest.mark.slow
 def test_cnn_and_identity():
   rngs = nnx.Rngs(0)
   cnn = models.SmallCNN((28, 28, 1), rngs=rngs)

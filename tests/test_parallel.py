@@ -69,6 +69,7 @@ def test_mesh_errors():
     parallel.make_mesh(8)
 
 
+@pytest.mark.slow
 def test_gldv2_synthetic_config_class_sharded():
   config = config_base.load_config_file("configs/gldv2.py:synthetic")
   config.update(num_classes=301, descriptor_dim=32, synthetic_eval_classes=40, model_axis=4,

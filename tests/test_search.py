@@ -131,6 +131,7 @@ def test_cli_saves_exact_neighbours(tmp_path):
   np.testing.assert_array_equal(result["distances"], ref_d)
 
 
+@pytest.mark.slow
 def test_cli_prints(tmp_path, capsys):
   codes = tmp_path / "codes.npz"
   db, q = _export_file(codes, np.random.default_rng(7))

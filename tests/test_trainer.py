@@ -113,6 +113,7 @@ def test_uint8_inputs_are_normalised_on_the_device():
   np.testing.assert_array_equal(out[0][1], out[1][1])
 
 
+@pytest.mark.slow
 def test_bn_recompute_sets_database_statistics():
   d = blobs()
   trainer = make_trainer(small_config(), d)

@@ -65,6 +65,7 @@ def test_cli_round_trip_resnet50(tmp_path):
   assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
 
 
+@pytest.mark.slow
 def test_headless_and_half_precision_state_dicts_convert():
   ref = replicas.randomize(replicas.ResNet50(), seed=4)
   full = weights.convert_state_dict("resnet50", ref.state_dict())
@@ -167,6 +168,7 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
   assert proc.stderr == f"error: {tmp_path}/absent.pth: file not found\n"
 
 
+@pytest.mark.slow
 def test_load_pretrained_errors(tmp_path):
   shapes = backbones.flat_shapes("resnet50")
   arrays = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
