@@ -5,6 +5,7 @@ configs; the CLI subprocess helpers; file writers for the data formats.
 """
 import gzip
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +70,20 @@ CLI_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"
 def main_cmd(workdir, *args, config="configs/digits.py"):
   return [sys.executable, "-m", "orthohash_jax.main", f"--config={config}",
           f"--workdir={workdir}", *args]
+
+
+def sigterm_during_step(monkeypatch, source_class, step):
+  """Makes ``source_class.train_rows`` send this process SIGTERM when it reads ``step``'s rows
+  (the run then stops at the end of that chunk); returns the original method."""
+  original = source_class.train_rows
+
+  def interrupting(self, indices, steps, positions):
+    if step in steps:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, indices, steps, positions)
+
+  monkeypatch.setattr(source_class, "train_rows", interrupting)
+  return original
 
 
 def free_port() -> int:

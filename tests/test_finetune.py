@@ -2,14 +2,14 @@
 short fine-tuning run from converted torchvision weights through the command lines (convert ->
 train -> interrupt -> resume identically -> export)."""
 import os
-import signal
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, checkpoint_steps, final_params, main_cmd, run_cmd, write_image_lists
+from conftest import ROOT, checkpoint_steps, final_params, main_cmd, run_cmd, sigterm_during_step
+from conftest import write_image_lists
 from orthohash_jax import codes_file, config_base, run
 from orthohash_jax.data import streaming
 
@@ -63,14 +63,7 @@ def test_finetune_from_converted_alexnet_end_to_end(tmp_path, monkeypatch):
   assert 0 < moved <= 6.1e-5
 
   # The same run interrupted by SIGTERM during step 3, then resumed through the command line.
-  original = streaming.ImageListSource.train_rows
-
-  def interrupting(self, indices, steps, positions):
-    if 3 in steps:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return original(self, indices, steps, positions)
-
-  monkeypatch.setattr(streaming.ImageListSource, "train_rows", interrupting)
+  sigterm_during_step(monkeypatch, streaming.ImageListSource, 3)
   with pytest.raises(run.Interrupted, match="interrupted at step 4"):
     run.train_and_evaluate(paper_config(**values), str(tmp_path / "cut"))
   assert checkpoint_steps(tmp_path / "cut") == [4]

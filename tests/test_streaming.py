@@ -5,7 +5,6 @@ import tracemalloc
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, config_of, free_port, write_idx
+from conftest import ROOT, config_of, free_port, sigterm_during_step, write_idx
 from conftest import write_image_lists as _write
 from orthohash_jax import config_base, run
 from orthohash_jax import data as data_lib
@@ -244,14 +243,7 @@ def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch):
   (tmp_path / "data").mkdir()
   _write(tmp_path / "data", n_train=12)
   run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "whole"))
-  original = streaming.ImageListSource.train_rows
-
-  def interrupting(self, indices, steps, positions):
-    if 4 in steps:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return original(self, indices, steps, positions)
-
-  monkeypatch.setattr(streaming.ImageListSource, "train_rows", interrupting)
+  original = sigterm_during_step(monkeypatch, streaming.ImageListSource, 4)
   with pytest.raises(run.Interrupted, match="interrupted at step 5"):
     run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
   monkeypatch.setattr(streaming.ImageListSource, "train_rows", original)
