@@ -193,7 +193,8 @@ def paper_image_config(dataset: str, eval_topk,
   files streamed from disk with their transforms at 224x224, ImageNet normalisation, Adam lr
   1e-4, weight decay 5e-4, lr x0.1 at 80% of 100 epochs, s = 8, m = 0.2 cos, Bernoulli
   codebook. ``variant`` "alexnet" (the paper's): an ImageNet-pretrained AlexNet (``pretrained``
-  required), backbone lr x0.1, batch 256. "small": a small CNN with global average pooling
+  required: torchvision's alexnet-owt-7be5be79.pth converted by ``python -m
+  orthohash_jax.weights``), backbone lr x0.1, batch 256. "small": a small CNN with global average pooling
   trained from scratch at batch 32 (CPU smoke runs; mAP not comparable with the paper's). ``data_dir`` stays unset: the
   loader reports it."""
   if variant not in ("alexnet", "small"):
