@@ -41,6 +41,7 @@ def available() -> str:
 
 
 def free_port() -> int:
+  """A TCP port on 127.0.0.1 that was free a moment ago (servers, jax.distributed coordinators)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]

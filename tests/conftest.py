@@ -6,7 +6,6 @@ configs; the CLI subprocess helpers; file writers for the data formats.
 import gzip
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -22,6 +21,8 @@ from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-im
 from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the experiments package (the browser driver, free_port)
+from experiments.browser import free_port  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 
 
 # ---- small data, configs and trainers ----
@@ -84,13 +85,6 @@ def sigterm_during_step(monkeypatch, source_class, step):
 
   monkeypatch.setattr(source_class, "train_rows", interrupting)
   return original
-
-
-def free_port() -> int:
-  """A TCP port on 127.0.0.1 that was free a moment ago (for jax.distributed coordinators)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def run_cmd(cmd, env=None):

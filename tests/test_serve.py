@@ -4,7 +4,6 @@ import http.client
 import io
 import json
 import os
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,8 +15,7 @@ from PIL import Image
 from conftest import ROOT, write_idx
 from orthohash_jax import config_base, images, metrics, run, search, serve
 
-sys.path.insert(0, ROOT)
-from experiments import browser as browser_lib  # pylint: disable=wrong-import-position
+from experiments import browser as browser_lib
 
 NUM_DB = 370  # 10 classes x (40 - 3 queries)
 
