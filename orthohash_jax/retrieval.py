@@ -116,10 +116,12 @@ def block_planes(packed):
 
 def planes_distance(q_packed, planes):
   """uint32 (Q, ...) Hamming distances of packed queries (Q, W) to word planes (W, ...) (either
-  layout above); traceable."""
-  words = q_packed.reshape(q_packed.shape + (1,) * (planes.ndim - 1))
-  return sum(jax.lax.population_count(words[:, w] ^ planes[w][None])
+  layout above); traceable. Computed on planes flattened to (W, N) and reshaped back (free in
+  row-major layout): XLA's CPU loop over a 3-D broadcast is ~2.5x slower (measured)."""
+  flat = planes.reshape(planes.shape[0], -1)
+  dist = sum(jax.lax.population_count(q_packed[:, w, None] ^ flat[w][None])
              for w in range(q_packed.shape[1]))
+  return dist.reshape((q_packed.shape[0],) + planes.shape[1:])
 
 
 @jax.jit
@@ -176,8 +178,11 @@ def _take_blocked(values, pos):
 
 
 def _pack_mask(mask):
-  """bool blocked (Q, 32, M) -> uint32 (Q, M): bit j of word m is logical entry 32 m + j."""
-  return jnp.sum(mask.astype(jnp.uint32) << _SHIFTS, axis=1, dtype=jnp.uint32)
+  """bool blocked (Q, 32, M) -> uint32 (Q, M): bit j of word m is logical entry 32 m + j. An OR
+  of the 32 shifted slices (one fused elementwise loop; a reduction over the middle axis is ~1.5x
+  slower on CPU, measured)."""
+  return functools.reduce(jnp.bitwise_or, [mask[:, j].astype(jnp.uint32) << j
+                                           for j in range(mask.shape[1])])
 
 
 def _matmul_exact(x, y):
@@ -207,16 +212,20 @@ def prefix_sum(x, max_total):
 def _count_le(values, ts):
   """int32 (Q, T): entries of blocked values (Q, S <= 32, M) <= ts[:, t] (values' dtype), T <= 4.
 
-  Per block the T indicators are summed as the bytes of one uint32 (a block count <= 32 fits a
-  byte); the block bytes are then summed by a matmul (exact: counts < 2^24).
+  Counting ignores order, so the values are read as (Q, M, S) (the same buffer): per group of S
+  the T indicators are summed as the bytes of one uint32 (a count <= 32 fits a byte), and the
+  group bytes are then summed by a matmul (exact: counts < 2^24). Reducing over the minor axis
+  is ~2x faster on CPU than over the blocked middle axis (measured).
   """
   q, num = ts.shape
-  packed = sum((values <= ts[:, j, None, None]).astype(jnp.uint32) << (8 * j) for j in range(num))
-  per_block = jnp.sum(packed, axis=1, dtype=jnp.uint32)
-  fields = jnp.stack([(per_block >> (8 * j)) & 255 for j in range(num)], 1)
+  groups = values.reshape(q, values.shape[2], values.shape[1])
+  packed = sum((groups <= ts[:, j, None, None]).astype(jnp.uint32) << (8 * j)
+               for j in range(num))
+  per_group = jnp.sum(packed, axis=2, dtype=jnp.uint32)
+  fields = jnp.stack([(per_group >> (8 * j)) & 255 for j in range(num)], 1)
   if values.shape[1] * values.shape[2] >= _EXACT_F32:
     return jnp.sum(fields, axis=-1, dtype=jnp.int32)
-  ones = jnp.ones((per_block.shape[1],), jnp.float32)
+  ones = jnp.ones((per_group.shape[1],), jnp.float32)
   return _matmul_exact(fields.astype(jnp.float32), ones).astype(jnp.int32)
 
 
@@ -372,10 +381,13 @@ def topk_chunk(q_packed, planes, k, num_items, method):
   distance = _matmul_distance if method == "matmul" else planes_distance
   index = (BLOCK * jnp.arange(num_blocks, dtype=jnp.int32)[None, :]
            + jnp.arange(BLOCK, dtype=jnp.int32)[:, None])  # (32, M): index of each entry
+  flat_index = index.reshape(1, -1)
   live = num_items > 0
 
-  def full_distances(q_packed, planes):
-    return jnp.where(index < num_items, distance(q_packed, planes), max_value).astype(vdtype)
+  def full_distances(q_packed, planes):  # flat (Q, N), then blocked (see planes_distance)
+    flat = distance(q_packed, planes).reshape(q_packed.shape[0], -1)
+    return jnp.where(flat_index < num_items, flat, max_value).astype(vdtype).reshape(
+        (q_packed.shape[0],) + planes.shape[1:])
 
   values = full_distances(q_packed, planes)
   flat_planes = planes.reshape(planes.shape[0], -1)
