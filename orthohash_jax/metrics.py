@@ -85,6 +85,11 @@ def _prepare(q_codes, db_codes, q_labels, db_labels):
   return q, db, q_labels, db_labels, multilabel
 
 
+def _distance_dtype(q):
+  """Host dtype of distances of packed codes like q (Q, W): uint8, uint16 from K = 255 bits."""
+  return np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
+
+
 @functools.partial(jax.jit, static_argnames="dtype")
 def _small_distances_jit(q, planes, dtype):
   return retrieval.planes_distance(q, planes).astype(dtype)
@@ -93,7 +98,7 @@ def _small_distances_jit(q, planes, dtype):
 def _small_distances(q, planes, chunk):
   """Distances uint8 (uint16 for K > 254) (len(q) <= chunk, N) to the database as word planes
   (``retrieval.word_planes``); one compiled shape per chunk."""
-  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
+  dtype = _distance_dtype(q)
   padded = np.pad(q, ((0, chunk - len(q)), (0, 0)))
   return np.asarray(_small_distances_jit(jnp.asarray(padded), planes, dtype))[:len(q)]
 
@@ -127,7 +132,7 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   relevance in that order. Chunks run on ``THREADS`` threads (the sorts release the GIL).
   """
   chunk = _query_chunk(len(db))
-  dtype = np.uint8 if retrieval.WORD_BITS * q.shape[1] < 255 else np.uint16
+  dtype = _distance_dtype(q)
   if multilabel:
     q_ids, db_ids = q_labels.astype(np.float32), db_labels.astype(np.float32)
   else:
@@ -176,9 +181,10 @@ def _ranked_hits(idx, order, q_rows, db_rows):
 
 
 def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth):
-  """Yields (dist, idx, q_rows, n) per chunk of ``TOPK_QUERY_CHUNK`` queries: the first depth
-  neighbours listed in index order (``retrieval.hamming_topk_unranked``), the chunk's label rows,
-  padded like the chunk to a power of two (few shapes: few compilations), and its true size n.
+  """Yields (dist, idx, q_rows, db_rows, n) per chunk of ``TOPK_QUERY_CHUNK`` queries: the first
+  depth neighbours listed in index order (``retrieval.hamming_topk_unranked``), the chunk's label
+  rows, padded like the chunk to a power of two (few shapes: few compilations), the database's
+  label rows, and the chunk's true size n.
   Memory O(chunk x depth) on top of the database."""
   q_rows, db_rows = label_rows(q_labels, db_labels, multilabel)
   db_j = jnp.asarray(db)

@@ -17,7 +17,7 @@ Blocked arrays. ``topk_chunk`` takes the database as blocked word planes (W, 32,
 (``block_planes``: [w, j, m] = word w of code 32 m + j), and every array it selects from is
 blocked alike: (Q, 32, M) holds logical entry 32 m + j at [:, j, m]. Loops over m then read
 contiguous memory and vectorize on CPU, and bit-packing a mask (bit j of word m = entry
-32 m + j) is a sum over axis 1. Per chunk of queries (one compiled call):
+32 m + j) is an OR over axis 1. Per chunk of queries (one compiled call):
 1. uint8 distances (Q, 32, M), or for N > 64 k (``LEVEL_FACTOR``) L1 = minimum over each block of
    32 codes (one fused loop over the 32 plane slices), L2 = minima over 32 L1 entries, ...
 2. The first k items by (distance, index) lie in the first k blocks by (block minimum, block
@@ -149,6 +149,12 @@ _EXACT_F32 = 1 << 24  # float32 sums of integers are exact below this
 
 def _value_dtype(max_value):
   return jnp.uint8 if max_value < 255 else jnp.int32
+
+
+def _blocked_index(num_blocks):
+  """int32 (32, M): the logical index 32 m + j of each entry [j, m] of a blocked array."""
+  return (BLOCK * jnp.arange(num_blocks, dtype=jnp.int32)[None, :]
+          + jnp.arange(BLOCK, dtype=jnp.int32)[:, None])
 
 
 def _blocked(x, fill):
@@ -379,9 +385,7 @@ def topk_chunk(q_packed, planes, k, num_items, method):
   num_blocks = planes.shape[2]
   sizes = _level_sizes(BLOCK * num_blocks, k)
   distance = _matmul_distance if method == "matmul" else planes_distance
-  index = (BLOCK * jnp.arange(num_blocks, dtype=jnp.int32)[None, :]
-           + jnp.arange(BLOCK, dtype=jnp.int32)[:, None])  # (32, M): index of each entry
-  flat_index = index.reshape(1, -1)
+  flat_index = _blocked_index(num_blocks).reshape(1, -1)  # logical index of each flat entry
   live = num_items > 0
 
   def full_distances(q_packed, planes):  # flat (Q, N), then blocked (see planes_distance)
@@ -389,7 +393,6 @@ def topk_chunk(q_packed, planes, k, num_items, method):
     return jnp.where(flat_index < num_items, flat, max_value).astype(vdtype).reshape(
         (q_packed.shape[0],) + planes.shape[1:])
 
-  values = full_distances(q_packed, planes)
   flat_planes = planes.reshape(planes.shape[0], -1)
   children = jnp.arange(BLOCK, dtype=jnp.int32)[None, :, None]
 
@@ -402,7 +405,7 @@ def topk_chunk(q_packed, planes, k, num_items, method):
   # Large N: level 1 = minima over blocks of 32 items, level 2 over 32 level-1 entries, ...
   levels = []
   if len(sizes) > 1 and method == "matmul":
-    levels.append(_blocked(jnp.min(values, axis=1), max_value))
+    levels.append(_blocked(jnp.min(full_distances(q_packed, planes), axis=1), max_value))
   elif len(sizes) > 1:
     levels.append(_blocked(_materialized(_block_minima, live, q_packed, planes, num_items),
                            max_value))
@@ -505,8 +508,8 @@ def hamming_rank(q_packed, db_packed, method=None, query_chunk=None):
 def _first_at_distance(q_packed, planes, t, m, k, num_items):
   """Positions (Q, k) of the first m (Q,) items at distance t (Q,), in index order; -1 after.
   ``planes``: blocked word planes (W, 32, M)."""
-  index = (BLOCK * jnp.arange(planes.shape[2])[None, :] + jnp.arange(BLOCK)[:, None])
-  mask = (planes_distance(q_packed, planes).astype(jnp.int32) == t[:, None, None]) & (index < num_items)
+  mask = ((planes_distance(q_packed, planes).astype(jnp.int32) == t[:, None, None])
+          & (_blocked_index(planes.shape[2]) < num_items))
   return _compact(_first_bits_mask(_pack_mask(mask), m), k)
 
 
