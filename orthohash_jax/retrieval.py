@@ -25,7 +25,8 @@ contiguous memory and vectorize on CPU, and bit-packing a mask (bit j of word m 
 3. "Keep the first k by (value, position)" (``_select_first``) uses that values are small ints:
    threshold u = smallest t with #(v <= t) >= k, found by counting 4 values of t per pass (bytes
    of one uint32 per block) starting around the same quantile of a 1-in-16 sample (usually one
-   pass); keep v < u and the first k - #(v < u) entries with v == u in position order (prefix
+   pass); keep v < u and the first k - #(v < u) entries with v == u (both masks packed in one
+   pass) in position order (prefix
    sums of word popcounts by float32 matmuls, n-th set bit in a word), compacted by a
    scatter-add of word ends and a prefix sum.
 4. The k survivors come out in index order; ``rank_order`` (numpy's stable radix sort of the
@@ -164,15 +165,16 @@ def _blocked(x, fill):
 
 
 def _materialized(fn, live, *args):
-  """fn(*args), computed into its own buffer: XLA fuses a cheap producer into every consumer and
-  recomputes it there (here: distances, in each selection pass), and drops optimization barriers
-  on CPU, but it keeps the branches of a conditional apart. ``live`` must be a traced true bool."""
+  """fn(*args) (an array or a tuple of arrays), computed into its own buffers: XLA fuses a cheap
+  producer into every consumer and recomputes it there (here: distances, in each selection pass),
+  and drops optimization barriers on CPU, but it keeps the branches of a conditional apart.
+  ``live`` must be a traced true bool."""
   out = jax.eval_shape(fn, *args)
 
   def skipped(*args):  # never runs; it reads every argument, so that inside ``shard_map`` its
     # result varies over the same mesh axes as fn's, as ``cond`` requires
-    zero = sum(jnp.ravel(a)[0].astype(out.dtype) for a in args) * 0
-    return jnp.zeros(out.shape, out.dtype) + zero
+    zero = sum(jnp.ravel(a)[0].astype(jnp.int32) for a in args) * 0
+    return jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype) + zero.astype(o.dtype), out)
 
   return jax.lax.cond(live, fn, skipped, *args)
 
@@ -184,11 +186,16 @@ def _take_blocked(values, pos):
 
 
 def _pack_mask(mask):
-  """bool blocked (Q, 32, M) -> uint32 (Q, M): bit j of word m is logical entry 32 m + j. An OR
-  of the 32 shifted slices (one fused elementwise loop; a reduction over the middle axis is ~1.5x
-  slower on CPU, measured)."""
-  return functools.reduce(jnp.bitwise_or, [mask[:, j].astype(jnp.uint32) << j
-                                           for j in range(mask.shape[1])])
+  """bool blocked (Q, 32, M) -> uint32 (Q, M): bit j of word m is logical entry 32 m + j."""
+  return _pack_slices([mask[:, j] for j in range(mask.shape[1])])
+
+
+def _pack_slices(bits):
+  """32 bool (Q, M) slices -> uint32 (Q, M) with bit j from slice j: an OR of the shifted slices
+  (one fused elementwise loop; a reduction over the blocked middle axis is ~1.5x slower on CPU,
+  measured). Compute each slice from a slice of the input (not slices of one computed mask), so
+  that XLA fuses the comparison into the loop instead of storing the mask."""
+  return functools.reduce(jnp.bitwise_or, [b.astype(jnp.uint32) << j for j, b in enumerate(bits)])
 
 
 def _matmul_exact(x, y):
@@ -321,14 +328,21 @@ def _first_bits_mask(words, m):
   return jnp.where(keep >= counts, words, jnp.where(keep > 0, partial_word, 0))
 
 
+def _split_masks(values, u):
+  """Blocked values (Q, 32, M), u (Q,) -> packed masks uint32 (Q, M) of values < u and == u."""
+  u = u[:, None].astype(values.dtype)
+  rows = [values[:, j] for j in range(values.shape[1])]
+  return _pack_slices([r < u for r in rows]), _pack_slices([r == u for r in rows])
+
+
 def _select_first(values, k, max_value):
   """Logical positions (Q, k), ascending, of the first k entries of blocked values (Q, 32, M) by
   (value, position): with u = smallest t with #(values <= t) >= k (``_threshold``), every entry
-  < u and the first k - #(values < u) entries equal to u."""
+  < u and the first k - #(values < u) entries equal to u. The two masks are packed in one pass
+  into their own buffers (XLA would otherwise redo the packing in each of their consumers)."""
   u, below = _threshold(values, k, max_value, _guess_threshold(values, k, max_value))
-  u = u[:, None, None].astype(values.dtype)
-  ties = _first_bits_mask(_pack_mask(values == u), k - below)
-  return _compact(_pack_mask(values < u) | ties, k)
+  less, equal = _materialized(_split_masks, jnp.all(u >= 0), values, u)
+  return _compact(less | _first_bits_mask(equal, k - below), k)
 
 
 def _matmul_distance(q_packed, planes):
