@@ -26,9 +26,8 @@ contiguous memory and vectorize on CPU, and bit-packing a mask (bit j of word m 
    threshold u = smallest t with #(v <= t) >= k, found by counting 4 values of t per pass (bytes
    of one uint32 per block) starting around the same quantile of a 1-in-16 sample (usually one
    pass); keep v < u and the first k - #(v < u) entries with v == u (both masks packed in one
-   pass) in position order (prefix
-   sums of word popcounts by float32 matmuls, n-th set bit in a word), compacted by a
-   scatter-add of word ends and a prefix sum.
+   pass) in position order (prefix sums of word popcounts by float32 matmuls, n-th set bit in a
+   word), compacted by a scatter-add of word ends and a prefix sum.
 4. The k survivors come out in index order; ``rank_order`` (numpy's stable radix sort of the
    distances, on the host) ranks them by (distance, index).
 ``method="matmul"`` computes the distances as (K - q.d) / 2 of ±1 bf16 codes with f32
