@@ -13,8 +13,9 @@ One run covers, on random codes and on tie-heavy codes (few centres, 20% of bits
   80 classes, multi-label): ours vs ``authors_map``, an equivalent of the OrthoHash authors'
   ``calculate_mAP`` (needs torch, the optional ``bench`` extra). Their ``torch.topk`` does not
   order ties by index, so the values differ slightly; the table shows the difference.
-Times exclude compilation (one warm-up call per shape). ``--quick``: small smoke version;
-``--sections``: any of search, map_all, paper.
+Times exclude compilation (one warm-up call per shape) and are the best of ``--repeats``, ours and
+the reference alternating. ``--quick``: small smoke version; ``--sections``: any of search,
+map_all, paper.
 
   PYTHONPATH=. python experiments/bench_retrieval.py --output=bench_retrieval.json [--quick]
 """
@@ -51,12 +52,20 @@ def make_packed(rng, n, num_bits, kind, centres, labels, chunk=100_000):
 
 
 def timed(fn, repeats=1):
-  best = float("inf")
+  return timed_pair(fn, None, repeats)[0]
+
+
+def timed_pair(ours, reference, repeats):
+  """Best of ``repeats`` (seconds, output) of ours and of the reference (None: ours only), run
+  alternately, so that both meet the same phases of a noisy machine."""
+  fns = [fn for fn in (ours, reference) if fn is not None]
+  best, outs = [float("inf")] * len(fns), [None] * len(fns)
   for _ in range(repeats):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best, out
+    for i, fn in enumerate(fns):
+      start = time.perf_counter()
+      outs[i] = jax.block_until_ready(fn())
+      best[i] = min(best[i], time.perf_counter() - start)
+  return list(zip(best, outs))
 
 
 def bench_search(rng, kind, n, num_q, k, num_bits, repeats):
@@ -92,15 +101,16 @@ def numpy_map(q, db, q_labels, db_labels, chunk=100):
   return float(np.concatenate(aps).mean())
 
 
-def bench_map(rng, kind, n, num_q, num_bits, num_classes=10):
+def bench_map(rng, kind, n, num_q, num_bits, repeats, num_classes=10):
   centres = np.where(rng.random((num_classes, num_bits)) < 0.5, 1.0, -1.0)
   db_labels, q_labels = rng.integers(0, num_classes, n), rng.integers(0, num_classes, num_q)
   db = make_codes(rng, n, num_bits, kind, centres, db_labels)
   q = make_codes(rng, num_q, num_bits, kind, centres, q_labels)
   pdb, pq = np.asarray(retrieval.pack_codes(db)), np.asarray(retrieval.pack_codes(q))
   metrics.mean_average_precision(pq[:8], pdb, q_labels[:8], db_labels)  # compile
-  ours_s, ours = timed(lambda: metrics.mean_average_precision(pq, pdb, q_labels, db_labels))
-  ref_s, ref = timed(lambda: numpy_map(q, db, q_labels, db_labels))
+  (ours_s, ours), (ref_s, ref) = timed_pair(
+      lambda: metrics.mean_average_precision(pq, pdb, q_labels, db_labels),
+      lambda: numpy_map(q, db, q_labels, db_labels), repeats)
   return {"data": kind, "N": n, "Q": num_q, "bits": num_bits, "ours_s": ours_s,
           "numpy_s": ref_s, "speedup": ref_s / ours_s, "map": ours,
           "abs_diff": abs(ours - ref), "equal": abs(ours - ref) < 1e-9}
@@ -164,17 +174,20 @@ def paper_data(rng, num_q, n, num_classes, multilabel, num_bits=64):
   return out
 
 
-def bench_paper(rng, name, num_q, n, r, num_classes, multilabel):
+def bench_paper(rng, name, num_q, n, r, num_classes, multilabel, repeats):
   (q, q_hot), (db, db_hot) = paper_data(rng, num_q, n, num_classes, multilabel)
   q_lab, db_lab = (q_hot, db_hot) if multilabel else (q_hot.argmax(1), db_hot.argmax(1))
   pq, pdb = np.asarray(retrieval.pack_codes(q)), np.asarray(retrieval.pack_codes(db))
   metrics.mean_average_precision(pq, pdb, q_lab, db_lab, r)  # compile every chunk shape
-  ours_s, ours = timed(lambda: metrics.mean_average_precision(pq, pdb, q_lab, db_lab, r))
+  reference = None if torch is None else (lambda: authors_map(q, db, q_hot, db_hot, r))
+  timings = timed_pair(lambda: metrics.mean_average_precision(pq, pdb, q_lab, db_lab, r),
+                       reference, repeats)
+  (ours_s, ours) = timings[0]
   row = {"data": name, "Q": num_q, "N": n, "R": r, "multilabel": multilabel, "ours_s": ours_s,
          "map": ours}
-  if torch is None:
+  if reference is None:
     return row
-  ref_s, ref = timed(lambda: authors_map(q, db, q_hot, db_hot, r))
+  ref_s, ref = timings[1]
   row.update(authors_s=ref_s, authors_map=ref, speedup=ref_s / ours_s, abs_diff=abs(ours - ref))
   return row
 
@@ -183,7 +196,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--output", help="JSON file for the tables")
   parser.add_argument("--quick", action="store_true", help="small smoke version")
-  parser.add_argument("--repeats", type=int, default=1, help="best of this many search timings")
+  parser.add_argument("--repeats", type=int, default=1, help="best of this many timings of each side (ours and the reference alternate)")
   parser.add_argument("--sections", default="search,map_all,paper")
   parser.add_argument("--bits", default="64,128", help="code lengths of search and mAP@all")
   parser.add_argument("--sizes", default="100000,1000000", help="database sizes of search")
@@ -221,7 +234,7 @@ def main():
     print(f"{'data':7} {'K':>4} {'ours s':>8} {'numpy s':>8} {'speedup':>8} {'mAP':>8} {'equal':>6}")
     for kind in ("random", "ties"):
       for num_bits in bits:
-        r = bench_map(rng, kind, map_n, map_q, num_bits)
+        r = bench_map(rng, kind, map_n, map_q, num_bits, args.repeats)
         map_rows.append(r)
         print(f"{kind:7} {num_bits:4d} {r['ours_s']:8.3f} {r['numpy_s']:8.3f} {r['speedup']:8.1f} "
               f"{r['map']:8.4f} {str(r['equal']):>6}", flush=True)
@@ -235,7 +248,7 @@ def main():
     print(f"{'data':12} {'Q':>5} {'N':>7} {'R':>5} {'ours s':>7} {'authors s':>9} {'speedup':>7} "
           f"{'mAP':>7} {'|diff|':>8}")
     for spec in paper:
-      r = bench_paper(rng, *spec)
+      r = bench_paper(rng, *spec, args.repeats)
       paper_rows.append(r)
       print(f"{r['data']:12} {r['Q']:5d} {r['N']:7d} {r['R']:5d} {r['ours_s']:7.2f} "
             f"{r.get('authors_s', float('nan')):9.2f} {r.get('speedup', float('nan')):7.1f} "
