@@ -184,14 +184,10 @@ def _take_blocked(values, pos):
   return jnp.take_along_axis(flat, (pos % BLOCK) * values.shape[2] + pos // BLOCK, axis=1)
 
 
-def _pack_mask(mask):
-  """bool blocked (Q, 32, M) -> uint32 (Q, M): bit j of word m is logical entry 32 m + j."""
-  return _pack_slices([mask[:, j] for j in range(mask.shape[1])])
-
-
 def _pack_slices(bits):
-  """32 bool (Q, M) slices -> uint32 (Q, M) with bit j from slice j: an OR of the shifted slices
-  (one fused elementwise loop; a reduction over the blocked middle axis is ~1.5x slower on CPU,
+  """32 bool (Q, M) slices -> uint32 (Q, M) with bit j from slice j: a blocked mask (Q, 32, M)
+  packed so that bit j of word m is logical entry 32 m + j. An OR of the shifted slices (one
+  fused elementwise loop; a reduction over the blocked middle axis is ~1.5x slower on CPU,
   measured). Compute each slice from a slice of the input (not slices of one computed mask), so
   that XLA fuses the comparison into the loop instead of storing the mask."""
   return functools.reduce(jnp.bitwise_or, [b.astype(jnp.uint32) << j for j, b in enumerate(bits)])
@@ -521,9 +517,10 @@ def hamming_rank(q_packed, db_packed, method=None, query_chunk=None):
 def _first_at_distance(q_packed, planes, t, m, k, num_items):
   """Positions (Q, k) of the first m (Q,) items at distance t (Q,), in index order; -1 after.
   ``planes``: blocked word planes (W, 32, M)."""
-  mask = ((planes_distance(q_packed, planes).astype(jnp.int32) == t[:, None, None])
-          & (_blocked_index(planes.shape[2]) < num_items))
-  return _compact(_first_bits_mask(_pack_mask(mask), m), k)
+  real = _blocked_index(planes.shape[2]) < num_items
+  bits = [(planes_distance(q_packed, planes[:, j]).astype(jnp.int32) == t[:, None]) & real[j]
+          for j in range(BLOCK)]
+  return _compact(_first_bits_mask(_pack_slices(bits), m), k)
 
 
 def faiss_topk(q_packed, db_packed, k: int, index=None):
