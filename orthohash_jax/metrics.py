@@ -165,7 +165,7 @@ def label_rows(q_labels, db_labels, multilabel):
 @jax.jit
 def _gathered_relevance(idx, q_rows, db_rows):
   """bool (q, R): database rows idx (q, R) share a label (id or bit) with their query."""
-  got = jnp.take(db_rows, idx, axis=0)
+  got = retrieval.take_items(db_rows, idx)
   if db_rows.ndim == 1:
     return got == q_rows[:, None]
   return jnp.any((got & q_rows[:, None, :]) != 0, axis=-1)
