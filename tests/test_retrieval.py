@@ -64,3 +64,23 @@ def test_topk_bad_input():
     retrieval.hamming_topk(a, np.zeros((2, 1), np.uint32), 1)
   with pytest.raises(ValueError, match="packed uint32"):
     retrieval.hamming_topk(a.astype(np.int32), a, 1)
+
+
+
+def test_threshold_search_from_any_guess():
+  """The k-th smallest value u and #(values < u), from a first guess that hits, misses by a few
+  values on either side (then the adjacent values are counted) or far (even splits), or from no
+  guess, against a numpy sort."""
+  rng = np.random.default_rng(7)
+  max_value = 65
+  values = rng.binomial(64, 0.3, (6, 32, 40)).astype(np.uint8)  # many ties, range ~8..32
+  values[0] = 0  # one query with every value equal
+  flat = np.sort(values.reshape(6, -1), axis=1)
+  search = jax.jit(lambda v, g, k: retrieval._threshold(v, k, max_value, g))
+  for k in (1, 5, 37, 300, 1280):
+    u_ref = flat[:, k - 1].astype(np.int32)
+    for offset in (None, -9, -4, -3, -2, -1, 0, 1, 2, 3, 5, 40):
+      guess = None if offset is None else np.clip(u_ref + offset, 0, max_value)
+      u, below = search(values, guess, k)
+      np.testing.assert_array_equal(np.asarray(u), u_ref, err_msg=f"k={k} offset={offset}")
+      np.testing.assert_array_equal(np.asarray(below), (flat < u_ref[:, None]).sum(1))
