@@ -11,7 +11,8 @@ Ranking convention: neighbours are ordered by (Hamming distance, database index)
 ties, which are frequent at small K, are broken by database index, stably and deterministically.
 
 ``hamming_topk(q (Q, W) uint32, db (N, W) uint32, k)`` -> (dist int32 (Q, k), idx int32 (Q, k))
-is exact and never sorts or stores a (Q, N) matrix of more than one query chunk.
+is exact and never sorts or stores a (Q, N) matrix of more than one query chunk. The database
+may also be given as ``blocked_codes(db)``, prepared once for many searches.
 
 Blocked arrays. ``topk_chunk`` takes the database as blocked word planes (W, 32, N / 32)
 (``block_planes``: [w, j, m] = word w of code 32 m + j), and every array it selects from is
@@ -41,6 +42,7 @@ so arrays read by several passes (or broadcast, like kept block indices over the
 are computed inside a ``cond`` branch (``_materialized``).
 """
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -513,30 +515,49 @@ def queries_per_call(num_items, k, method):
   return int(min(256, 1 << max(0, (budget // width).bit_length() - 1)))
 
 
+class BlockedCodes(NamedTuple):
+  """A database in ``topk_chunk``'s layout, built once by ``blocked_codes`` and reused by every
+  search (as a FAISS index is): blocked word planes uint32 (W, 32, M) of the codes padded to
+  32 M rows, and num_items, the number of real codes (the first rows)."""
+  planes: jax.Array
+  num_items: int
+
+
+def blocked_codes(db_packed, num_items=None) -> BlockedCodes:
+  """Packed codes uint32 (N, W) -> ``BlockedCodes``; ``num_items``: only the first num_items rows
+  are the database, the rest padding (None: all rows)."""
+  db_packed = jnp.asarray(db_packed)
+  check_packed(db_packed, db_packed)
+  num_items = db_packed.shape[0] if num_items is None else int(num_items)
+  return BlockedCodes(block_planes(jnp.pad(db_packed, ((0, -db_packed.shape[0] % BLOCK), (0, 0)))),
+                      num_items)
+
+
 def hamming_topk_unranked(q_packed, db_packed, k: int, method=None, query_chunk=None,
                           num_items=None):
   """The k nearest neighbours as a set: (dist (Q, k), idx int32 (Q, k)) listed in index order,
   dist uint8 (int32 from K = 254 bits), as device arrays; ``rank_order`` ranks them.
 
+  ``db_packed``: packed codes uint32 (N, W), or ``BlockedCodes`` (built once for many searches);
   ``method``: "popcount" or "matmul" (None: ``default_method()``); ``query_chunk``: queries per
-  compiled call (None: chosen so one call holds a few MiB); ``num_items``: only the first
-  num_items rows of db_packed are the database, the rest padding (None: all rows), so that
-  databases of different sizes padded to one shape share one compilation.
+  compiled call (None: chosen so one call holds a few MiB); ``num_items`` (packed codes only):
+  only the first num_items rows of db_packed are the database, the rest padding (None: all
+  rows), so that databases of different sizes padded to one shape share one compilation.
   """
-  q_packed, db_packed = jnp.asarray(q_packed), jnp.asarray(db_packed)
-  check_packed(q_packed, db_packed)
-  num_items = db_packed.shape[0] if num_items is None else int(num_items)
-  if not 1 <= k <= num_items:
-    raise ValueError(f"k must be in [1, database size {num_items}], got {k}")
+  db = db_packed if isinstance(db_packed, BlockedCodes) else blocked_codes(db_packed, num_items)
+  q_packed = jnp.asarray(q_packed)
+  check_packed(q_packed, jax.ShapeDtypeStruct((db.num_items, db.planes.shape[0]), jnp.uint32))
+  if not 1 <= k <= db.num_items:
+    raise ValueError(f"k must be in [1, database size {db.num_items}], got {k}")
   method = method or default_method()
   if method not in ("popcount", "matmul"):
     raise ValueError(f"method must be 'popcount' or 'matmul', got {method!r}")
   k = int(k)
-  chunk = int(query_chunk or queries_per_call(db_packed.shape[0], k, method))
-  planes = block_planes(jnp.pad(db_packed, ((0, -db_packed.shape[0] % BLOCK), (0, 0))))
+  rows = BLOCK * db.planes.shape[2]
+  chunk = int(query_chunk or queries_per_call(rows, k, method))
   num_q = q_packed.shape[0]
   qs = jnp.pad(q_packed, ((0, -num_q % chunk), (0, 0)))
-  parts = [topk_chunk(qs[s:s + chunk], planes, k, num_items, method)
+  parts = [topk_chunk(qs[s:s + chunk], db.planes, k, db.num_items, method)
            for s in range(0, len(qs), chunk)]
   return tuple(jnp.concatenate([p[i] for p in parts])[:num_q] for i in range(2))
 

@@ -215,7 +215,7 @@ class HammingIndex:
     self.num_bits, self.backend, self.method = int(num_bits), backend, method
     self._codes = np.zeros((0, retrieval.num_words(num_bits)), np.uint32)
     self._labels = None
-    self._faiss = None
+    self._faiss = self._blocked = None  # built on the first search, dropped by ``add``
     self._file, self.chunk_rows = None, CHUNK_ROWS
 
   def __len__(self):
@@ -258,7 +258,7 @@ class HammingIndex:
     elif self._labels is not None:
       raise ValueError("the index holds labels; add labels with the codes")
     self._codes = np.concatenate([self._codes, codes])
-    self._faiss = None
+    self._faiss = self._blocked = None
 
   def check_queries(self, queries):
     """Packed uint32 (Q, W) queries (real / ±1 / bool (Q, K) are packed), checked."""
@@ -289,7 +289,9 @@ class HammingIndex:
         self._faiss = faiss.IndexBinaryFlat(retrieval.WORD_BITS * self._codes.shape[1])
         self._faiss.add(self._codes.view(np.uint8))
       return retrieval.faiss_topk(queries, self._codes, k, self._faiss)
-    dist, idx = retrieval.hamming_topk(queries, self._codes, k, self.method)
+    if self._blocked is None:
+      self._blocked = retrieval.blocked_codes(self._codes)
+    dist, idx = retrieval.hamming_topk(queries, self._blocked, k, self.method)
     return np.asarray(dist), np.asarray(idx)
 
   def shard_search(self, queries, k: int, start: int, stop: int):

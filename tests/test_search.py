@@ -71,6 +71,32 @@ def test_topk_query_chunks_and_rank():
   np.testing.assert_array_equal(np.asarray(idx), ref_i)
 
 
+def test_blocked_database_reused_across_searches_and_index_adds():
+  """A database blocked once (``blocked_codes``, with trailing padding rows) serves several query
+  sets with the packed-codes results; an index's cached copy is rebuilt after ``add``."""
+  rng = np.random.default_rng(8)
+  db, q1, q2 = _codes(rng, 700, 64, True), _codes(rng, 5, 64, True), _codes(rng, 3, 64, True)
+  padded = np.pad(np.asarray(retrieval.pack_codes(db)), ((0, 40), (0, 0)), constant_values=7)
+  blocked = retrieval.blocked_codes(padded, num_items=len(db))
+  for q in (q1, q2):
+    dist, idx = retrieval.hamming_topk(retrieval.pack_codes(q), blocked, 30)
+    ref_d, ref_i = _brute_force(q, db, 30)
+    np.testing.assert_array_equal(np.asarray(dist), ref_d)
+    np.testing.assert_array_equal(np.asarray(idx), ref_i)
+  with pytest.raises(ValueError, match="k must be"):
+    retrieval.hamming_topk(retrieval.pack_codes(q1), blocked, len(db) + 1)
+  with pytest.raises(ValueError, match="words"):
+    retrieval.hamming_topk(retrieval.pack_codes(np.ones((2, 96))), blocked, 3)
+  index = search.HammingIndex(64)
+  index.add(db[:400])
+  index.search(q1, 30)
+  index.add(db[400:])
+  dist, idx = index.search(q1, 30)
+  ref_d, ref_i = _brute_force(q1, db, 30)
+  np.testing.assert_array_equal(dist, ref_d)
+  np.testing.assert_array_equal(idx, ref_i)
+
+
 def test_topk_rejects_bad_k():
   codes = retrieval.pack_codes(np.ones((4, 8)))
   for k in (0, 5):
