@@ -401,9 +401,9 @@ def _block_minima(q_packed, planes, num_items):
   distances, ~3x slower: XLA's CPU reductions do not fuse their producer). The loop computes
   (M, Q), vectorized over the queries, each plane word read once and broadcast: vectorized over
   M, it reads 32 W streams of words for every query, and at 128 bits that loop was 1.6x slower
-  (measured, Q = 128 x N = 2^20; 64 bits 1.1x). Codes from num_items
-  on are padding: blocks of padding only get K + 1, the block holding the first padding code is
-  recomputed from its real codes (masking every code in the loop costs ~2x, measured)."""
+  (measured, Q = 128 x N = 2^20; 64 bits 1.1x). Codes from num_items on are padding: blocks of
+  padding only get K + 1, the block holding the first padding code is recomputed from its real
+  codes (masking every code in the loop costs ~2x, measured)."""
   max_value = WORD_BITS * q_packed.shape[1] + 1
   num_blocks = planes.shape[2]
   q_t = q_packed.T
