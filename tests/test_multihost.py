@@ -90,7 +90,7 @@ def test_two_processes_two_devices_equal_one_device_first_epochs(tmp_path):
 # It failed at 8ee9a42 here too and passed in CI on 2026-11-24 (README, "Verified here").
 @pytest.mark.slow
 @pytest.mark.xfail(reason="2 x 2 devices drift from 1 device after epoch 3 on some machines "
-                          "(open finding above)", strict=False)
+                          "(finding above)", strict=False)
 def test_two_processes_two_devices_equal_one_device(single_run, tmp_path):
   workdir = str(tmp_path / "multi")
   step_m, multi = _two_processes_two_devices(workdir, *EPOCHS)

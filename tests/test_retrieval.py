@@ -66,7 +66,6 @@ def test_topk_bad_input():
     retrieval.hamming_topk(a.astype(np.int32), a, 1)
 
 
-
 def test_threshold_search_from_any_guess():
   """The k-th smallest value u and #(values < u), from a first guess that hits, misses by a few
   values on either side (then the adjacent values are counted) or far (even splits), or from no
