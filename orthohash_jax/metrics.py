@@ -187,12 +187,12 @@ def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth):
   label rows, and the chunk's true size n.
   Memory O(chunk x depth) on top of the database."""
   q_rows, db_rows = label_rows(q_labels, db_labels, multilabel)
-  db_j = retrieval.blocked_codes(db)
+  blocked = retrieval.blocked_codes(db)
   for s in range(0, len(q), TOPK_QUERY_CHUNK):
     n = min(TOPK_QUERY_CHUNK, len(q) - s)
     size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())
     pad = lambda a: jnp.pad(jnp.asarray(a[s:s + n]), [(0, size - n)] + [(0, 0)] * (a.ndim - 1))
-    dist, idx = retrieval.hamming_topk_unranked(pad(q), db_j, depth)
+    dist, idx = retrieval.hamming_topk_unranked(pad(q), blocked, depth)
     yield dist, idx, pad(q_rows), db_rows, n
 
 

@@ -608,7 +608,7 @@ def faiss_topk(q_packed, db_packed, k: int, index=None):
   key = np.where(dist < t, dist.astype(np.int64) * num_items + idx, np.iinfo(np.int64).max)
   order = np.argsort(key, axis=1, kind="stable")
   near_d, near_i = np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
-  planes = block_planes(jnp.pad(jnp.asarray(db_np), ((0, -num_items % BLOCK), (0, 0))))
+  planes = blocked_codes(db_np).planes
   ties = np.concatenate([np.asarray(_first_at_distance(
       jnp.asarray(q_np[s:s + 64]), planes, jnp.asarray(t[s:s + 64, 0]),
       jnp.asarray(k - below[s:s + 64]), int(k), num_items)) for s in range(0, len(q_np), 64)])
