@@ -13,7 +13,8 @@ One run covers, on random codes and on tie-heavy codes (few centres, 20% of bits
   (2,100 x 193,734, mAP@5000, 21 classes, multi-label) and MS-COCO (5,000 x 117,218, mAP@5000,
   80 classes, multi-label): ours vs ``authors_map``, an equivalent of the OrthoHash authors'
   ``calculate_mAP`` (needs torch, the optional ``bench`` extra). Their ``torch.topk`` does not
-  order ties by index, so the values differ slightly; the table shows the difference.
+  order ties by index, so the values differ slightly; the table shows the difference. With
+  faiss installed, also the time of FAISS's native search for the top R alone (no AP).
 Times exclude compilation (one warm-up call per shape) and are the best of ``--repeats``, ours and
 the reference alternating. ``--quick``: small smoke version; ``--sections``: any of search,
 map_all, paper.
@@ -67,10 +68,10 @@ def timed(fn, repeats=1):
   return timed_pair(fn, None, repeats)[0]
 
 
-def timed_pair(ours, reference, repeats):
-  """Best of ``repeats`` (seconds, output) of ours and of the reference (None: ours only), run
-  alternately, so that both meet the same phases of a noisy machine."""
-  fns = [fn for fn in (ours, reference) if fn is not None]
+def timed_pair(ours, reference, repeats, *others):
+  """Best of ``repeats`` (seconds, output) of ours, the reference (None: ours only) and any
+  others, run alternately, so that all meet the same phases of a noisy machine."""
+  fns = [fn for fn in (ours, reference, *others) if fn is not None]
   best, outs = [float("inf")] * len(fns), [None] * len(fns)
   for _ in range(repeats):
     for i, fn in enumerate(fns):
@@ -195,15 +196,22 @@ def bench_paper(rng, name, num_q, n, r, num_classes, multilabel, repeats):
   pq, pdb = np.asarray(retrieval.pack_codes(q)), np.asarray(retrieval.pack_codes(db))
   metrics.mean_average_precision(pq, pdb, q_lab, db_lab, r)  # compile every chunk shape
   reference = None if torch is None else (lambda: authors_map(q, db, q_hot, db_hot, r))
+  search_only = None  # FAISS's native search for the top R alone (no AP), for scale
+  if faiss is not None:
+    index = faiss.IndexBinaryFlat(retrieval.WORD_BITS * pdb.shape[1])
+    index.add(pdb.view(np.uint8))
+    search_only = lambda: index.search(pq.view(np.uint8), r)
   timings = timed_pair(lambda: metrics.mean_average_precision(pq, pdb, q_lab, db_lab, r),
-                       reference, repeats)
-  ours_s, ours = timings[0]
+                       reference, repeats, search_only)
+  ours_s, ours = timings.pop(0)
   row = {"data": name, "Q": num_q, "N": n, "R": r, "multilabel": multilabel, "ours_s": ours_s,
          "map": ours}
-  if reference is None:
-    return row
-  ref_s, ref = timings[1]
-  row.update(authors_s=ref_s, authors_map=ref, speedup=ref_s / ours_s, abs_diff=abs(ours - ref))
+  if reference is not None:
+    ref_s, ref = timings.pop(0)
+    row.update(authors_s=ref_s, authors_map=ref, speedup=ref_s / ours_s,
+               abs_diff=abs(ours - ref))
+  if search_only is not None:
+    row["faiss_top_r_s"] = timings.pop(0)[0]
   return row
 
 
@@ -262,13 +270,14 @@ def main():
   if "paper" in sections:
     print("\nmAP@R at the paper's sizes, 64 bits: ours vs the authors' algorithm (torch)")
     print(f"{'data':12} {'Q':>5} {'N':>7} {'R':>5} {'ours s':>7} {'authors s':>9} {'speedup':>7} "
-          f"{'mAP':>7} {'|diff|':>8}")
+          f"{'mAP':>7} {'|diff|':>8} {'faiss top-R s':>13}")
     for spec in paper:
       r = bench_paper(rng, *spec, args.repeats)
       paper_rows.append(r)
       print(f"{r['data']:12} {r['Q']:5d} {r['N']:7d} {r['R']:5d} {r['ours_s']:7.2f} "
             f"{r.get('authors_s', float('nan')):9.2f} {r.get('speedup', float('nan')):7.1f} "
-            f"{r['map']:7.4f} {r.get('abs_diff', float('nan')):8.1e}", flush=True)
+            f"{r['map']:7.4f} {r.get('abs_diff', float('nan')):8.1e} "
+            f"{r.get('faiss_top_r_s', float('nan')):13.2f}", flush=True)
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"\npeak RSS of the whole run: {peak_mb:.0f} MiB; load average at end: {os.getloadavg()}")
   if args.output:
