@@ -92,14 +92,22 @@ def check_codes(codes, num_bits: int, name: str):
   return codes
 
 
+def _check_array(name, packed):
+  if packed.ndim != 2 or packed.dtype != jnp.uint32:
+    raise ValueError(f"{name} codes must be packed uint32 (N, W), got {packed.dtype} "
+                     f"{packed.shape}; use pack_codes first")
+
+
+def _check_widths(q_words, db_words):
+  if q_words != db_words:
+    raise ValueError(f"query and database codes have {q_words} vs {db_words} words")
+
+
 def check_packed(q_packed, db_packed):
   """Validates two packed code arrays: uint32, 2-D, same number of words."""
-  for name, a in (("query", q_packed), ("database", db_packed)):
-    if a.ndim != 2 or a.dtype != jnp.uint32:
-      raise ValueError(f"{name} codes must be packed uint32 (N, W), got {a.dtype} {a.shape}; "
-                       "use pack_codes first")
-  if q_packed.shape[1] != db_packed.shape[1]:
-    raise ValueError(f"query and database codes have {q_packed.shape[1]} vs {db_packed.shape[1]} words")
+  _check_array("query", q_packed)
+  _check_array("database", db_packed)
+  _check_widths(q_packed.shape[1], db_packed.shape[1])
 
 
 @jax.jit
@@ -529,7 +537,7 @@ def blocked_codes(db_packed, num_items=None) -> BlockedCodes:
   """Packed codes uint32 (N, W) -> ``BlockedCodes``; ``num_items``: only the first num_items rows
   are the database, the rest padding (None: all rows)."""
   db_packed = jnp.asarray(db_packed)
-  check_packed(db_packed, db_packed)
+  _check_array("database", db_packed)
   num_items = db_packed.shape[0] if num_items is None else int(num_items)
   return BlockedCodes(block_planes(jnp.pad(db_packed, ((0, -db_packed.shape[0] % BLOCK), (0, 0)))),
                       num_items)
@@ -548,7 +556,8 @@ def hamming_topk_unranked(q_packed, db_packed, k: int, method=None, query_chunk=
   """
   db = db_packed if isinstance(db_packed, BlockedCodes) else blocked_codes(db_packed, num_items)
   q_packed = jnp.asarray(q_packed)
-  check_packed(q_packed, jax.ShapeDtypeStruct((db.num_items, db.planes.shape[0]), jnp.uint32))
+  _check_array("query", q_packed)
+  _check_widths(q_packed.shape[1], db.planes.shape[0])
   if not 1 <= k <= db.num_items:
     raise ValueError(f"k must be in [1, database size {db.num_items}], got {k}")
   method = method or default_method()
