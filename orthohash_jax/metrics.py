@@ -27,6 +27,9 @@ Computation (exact, same values as a full stable sort; memory O(chunk x N))
   which is exactly the index tie-break (chunks on ``THREADS`` threads). AP from the cumulative
   sum of the ranked relevance: sum_p rel_p hits_p / p.
 * Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
+* No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS keeps its idle threads
+  spinning for ~0.1 s after each call and so takes a core from XLA, which runs its loops on
+  every core (measured: mAP@R was 1.3-1.5x slower).
 """
 import concurrent.futures
 import functools
@@ -71,11 +74,26 @@ def check_labels(q_labels, db_labels, num_queries, num_db):
   return q_labels, db_labels, multilabel
 
 
+def _label_words(labels):
+  """Multi-hot labels (N, C) -> uint32 words (ceil(C / 32), N) as numpy, bit-packed as
+  ``retrieval.pack_codes``."""
+  return np.ascontiguousarray(np.asarray(retrieval.pack_codes(labels > 0)).T)
+
+
+def _relevance_fn(q_labels, db_labels, multilabel):
+  """fn(rows) -> bool (q, N): which database items share a label with the queries q_labels[rows]
+  (rows: a slice). Multi-hot labels are compared as bit-packed words, packed once: 3x faster than
+  a float matmul at 80 classes, and no BLAS call (see the module notes; measured)."""
+  if not multilabel:
+    return lambda rows: q_labels[rows][:, None] == db_labels[None, :]
+  q_words, db_words = _label_words(q_labels), _label_words(db_labels)
+  return lambda rows: functools.reduce(np.logical_or, [
+      (q[rows][:, None] & d[None]) != 0 for q, d in zip(q_words, db_words)])
+
+
 def relevance(q_labels, db_labels, multilabel):
   """bool (Q, N): database item shares a label with the query."""
-  if multilabel:
-    return (q_labels.astype(np.float32) @ db_labels.T.astype(np.float32)) > 0
-  return q_labels[:, None] == db_labels[None, :]
+  return _relevance_fn(q_labels, db_labels, multilabel)(slice(None))
 
 
 def _prepare(q_codes, db_codes, q_labels, db_labels):
@@ -107,9 +125,10 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
   """Yields (distances uint (q, N), relevance bool (q, N)) for chunks of queries."""
   planes = retrieval.word_planes(jnp.asarray(db))
   chunk = _query_chunk(len(db))
+  relevant = _relevance_fn(q_labels, db_labels, multilabel)
   for s in range(0, len(q), chunk):
     dist = _small_distances(q[s:s + chunk], planes, chunk)
-    yield dist, relevance(q_labels[s:s + chunk], db_labels, multilabel)
+    yield dist, relevant(slice(s, s + chunk))
 
 
 @functools.partial(jax.jit, static_argnames=("multilabel", "dtype"))

@@ -150,10 +150,14 @@ def test_map_multilabel_many_classes_matches_brute_force(topk):
   dl = (rng.random((130, 40)) < 0.04).astype(np.int64)
   ql[:, 35] |= rng.random(37) < 0.3  # a class in the second word
   dl[:, 35] |= rng.random(130) < 0.3
-  _, orders = ranking(qb, db)
+  dist, orders = ranking(qb, db)
   rel = relevant(ql, dl)
+  np.testing.assert_array_equal(metrics.relevance(ql, dl, True), rel)  # bit-packed words
   expected = [brute_ap(rel[i][o], topk) for i, o in enumerate(orders)]
   np.testing.assert_allclose(metrics.average_precisions(qb, db, ql, dl, topk), expected,
                              rtol=0, atol=1e-12)
+  inside = dist <= 9
+  prec = np.where(inside.any(1), (inside & rel).sum(1) / np.maximum(inside.sum(1), 1), 0.0)
+  assert metrics.precision_within_radius(qb, db, ql, dl, 9) == pytest.approx(prec.mean(), abs=1e-12)
   hits = np.mean([rel[i][o[:topk]].mean() for i, o in enumerate(orders)])
   assert metrics.precision_at_k(qb, db, ql, dl, topk) == pytest.approx(hits, abs=1e-12)
