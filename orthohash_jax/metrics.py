@@ -74,19 +74,15 @@ def check_labels(q_labels, db_labels, num_queries, num_db):
   return q_labels, db_labels, multilabel
 
 
-def _label_words(labels):
-  """Multi-hot labels (N, C) -> uint32 words (ceil(C / 32), N) as numpy, bit-packed as
-  ``retrieval.pack_codes``."""
-  return np.ascontiguousarray(np.asarray(retrieval.pack_codes(labels > 0)).T)
-
-
 def _relevance_fn(q_labels, db_labels, multilabel):
   """fn(rows) -> bool (q, N): which database items share a label with the queries q_labels[rows]
-  (rows: a slice). Multi-hot labels are compared as bit-packed words, packed once: 3x faster per
-  chunk than a float matmul at 80 classes, and no BLAS call (see the module notes; measured)."""
+  (rows: a slice). Multi-hot labels are compared as bit-packed words (``label_rows``, as word
+  planes (W, N) on the host), packed once: 3x faster per chunk than a float matmul at 80 classes,
+  and no BLAS call (see the module notes; measured)."""
   if not multilabel:
     return lambda rows: q_labels[rows][:, None] == db_labels[None, :]
-  q_words, db_words = _label_words(q_labels), _label_words(db_labels)
+  q_words, db_words = (np.ascontiguousarray(np.asarray(rows).T)
+                       for rows in label_rows(q_labels, db_labels, True))
   return lambda rows: functools.reduce(np.logical_or, [
       (q[rows][:, None] & d[None]) != 0 for q, d in zip(q_words, db_words)])
 
