@@ -7,16 +7,57 @@ restore is reported in one line and moved, by process 0 while the others wait, t
 kept for inspection, never deleted); the next older one is tried. The libraries' own error
 output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
 no checkpoint restores, one line says that training starts from step 0.
+
+``has_checkpoints(workdir)``: whether ``<workdir>/checkpoints`` holds a saved step (an empty or
+missing directory does not count).
+
+``StopSignals`` (a context manager) turns SIGTERM and SIGINT (Ctrl-C) into a request instead of
+an exit; ``Checkpointer.stop_requested(step, signals)`` is true on every process as soon as one
+process received one, or orbax's preemption notice fired: the loop then saves and stops. A
+second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
 import orbax.checkpoint as ocp
 
-from orthohash_jax import parallel
+from orthohash_jax import cli, parallel
+
+DIRECTORY = "checkpoints"
+CORRUPT_DIRECTORY = "checkpoints_corrupt"
+
+
+def has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, DIRECTORY)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+class StopSignals:
+  """Remembers SIGTERM / SIGINT while the block runs (``raised``: the first signal, or None)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self):
+    self.raised = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.raised == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.raised = signum
+    if signum == signal.SIGINT:
+      cli.say("interrupt: saving a checkpoint at the end of this chunk (Ctrl-C again to abort)",
+              err=True)
+
+  def __exit__(self, *exc):
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 @contextlib.contextmanager
@@ -43,17 +84,18 @@ class Checkpointer:
   """Saves and restores a pytree train state keyed by training step."""
 
   def __init__(self, workdir: str, keep: int = 3):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.corrupt_dir = os.path.abspath(os.path.join(workdir, "checkpoints_corrupt"))
+    self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
+    self.corrupt_dir = os.path.abspath(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep = keep
     self.manager = self._open()
 
   def _open(self):
-    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=False,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state) -> None:
+    os.makedirs(self.directory, exist_ok=True)  # only now: a run that fails its checks writes none
     self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
     self.manager.wait_until_finished()
 
@@ -93,9 +135,11 @@ class Checkpointer:
     self.manager = self._open()
     return target
 
-  def reached_preemption(self, step: int) -> bool:
-    """True when orbax's multi-host preemption signal (e.g. a TPU maintenance event) fired."""
-    return self.manager.reached_preemption(int(step))
+  def stop_requested(self, step: int, signals: StopSignals) -> bool:
+    """True on every process when one received a stop signal or orbax's multi-host preemption
+    notice (e.g. a TPU maintenance event) fired."""
+    return (parallel.any_process(signals.raised is not None)
+            or self.manager.reached_preemption(int(step)))
 
   def close(self) -> None:
     self.manager.close()

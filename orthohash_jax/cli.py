@@ -4,8 +4,11 @@
 * ``int_list(minimum)``: an argparse type for comma-separated integers (e.g. ``--bits=16,32``).
 * ``label_text(label)``: a label as people read it: a class id, or the classes of a multi-hot
   row joined by commas ("-" for none).
-* ``report(action, errors)``: a tool's body: prints the line ``action()`` returns (exit status
-  0), or an expected error as one ``error:`` line on stderr (exit status 2).
+* ``run_tool(body)``: every entry point's wrapper, the one place that maps outcomes to exit
+  statuses: ``body()`` returns the status (None: 0); a ``CommandError`` is its own line and
+  status; ``ValueError`` / ``OSError`` (bad flags, config, data, files) are one ``error:`` line
+  and status 2; Ctrl-C is status 130; a reader that closed stdout (``tool | head``) ends the
+  tool quietly with the status it would have had.
 * ``say(line, err=False)``: prints a line; a closed stdout (``main | head -1``) turns further
   output there off instead of killing the run.
 * ``progress(line, log=True, keep=False)``: a status line. On a terminal it redraws in place
@@ -18,6 +21,12 @@ import os
 import sys
 
 import numpy as np
+
+
+class CommandError(Exception):
+  """An outcome with its own exit status (``status``) and stderr line (``prefix`` + message)."""
+  status = 2
+  prefix = "error: "
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -76,16 +85,31 @@ def say(line: str, err: bool = False) -> None:
   _write(line + "\n", err)
 
 
-def report(action, errors=(ValueError, OSError)) -> int:
-  """Runs ``action()`` and says the line it returns (0); an ``errors`` exception is one
-  ``error:`` line on stderr (2)."""
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def run_tool(body) -> int:
+  """Runs a command-line tool's ``body()`` and returns its exit status (module docstring)."""
   try:
-    line = action()
-  except errors as e:
-    say(f"error: {e}", err=True)
-    return 2
-  say(line)
-  return 0
+    status = body() or 0
+  except CommandError as e:
+    say(e.prefix + _first_line(e), err=True)
+    status = e.status
+  except KeyboardInterrupt:
+    say("error: aborted by Ctrl-C", err=True)
+    status = 130
+  except BrokenPipeError:  # stdout's reader is gone: nothing more to say there
+    status = 0
+  except (ValueError, OSError) as e:
+    say(f"error: {_first_line(e)}", err=True)
+    status = 2
+  try:
+    sys.stdout.flush()
+  except (BrokenPipeError, ValueError):  # so that the interpreter's last flush is quiet too
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  return status
 
 
 def progress(line: str, log: bool = True, keep: bool = False) -> None:

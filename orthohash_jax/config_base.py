@@ -5,11 +5,16 @@ line overrides them again (``--config.key=value``). ``KEYS`` is the one place wh
 default are declared: loaders and the training code read keys, never fall back to defaults of
 their own. A key whose default is ``None`` is a typed placeholder (``None`` has the meaning given
 in its description). ``resumable`` keys alter neither the train state nor the batch of any step, so
-a workdir may be resumed with other values of them (see ``run.check_same_run``).
+a workdir may be resumed with other values of them (see ``workdir.check_same_run``).
 
-``apply_overrides(config, ["key=value", ...])`` sets keys from strings (the experiment
-scripts' ``--set``). ``check_known_keys(config)`` rejects keys that are not declared here (a typo such as ``num_bitz``
-in a config file); ``describe()`` lists the keys with their defaults and descriptions
+Validation lives here, with the declarations: a key's ``allowed`` values or ``check``, and the
+rules that tie keys together (``_rules``). ``validate(config)`` runs them all, once, before any
+data is read; nothing downstream checks config values again.
+
+``apply_overrides(config, ["key=value", ...])`` sets keys from strings (``main``'s
+``--config.key=value``, the experiment scripts' ``--set``). ``check_known_keys(config)``
+rejects keys that are not declared here (a typo such as ``num_bitz`` in a config file);
+``describe()`` lists the keys with their defaults and descriptions
 (``python -m orthohash_jax.main --list_keys``).
 """
 import ast
@@ -25,17 +30,53 @@ from ml_collections import config_dict
 
 @dataclasses.dataclass(frozen=True)
 class Key:
+  """A config key. ``allowed``: the values it may take (the owning module's table, e.g.
+  ``losses.LOSSES``; tests/test_config_base.py holds the two equal); ``check``: (predicate of a
+  valid value, what it requires) for keys with a range instead. ``None`` passes both checks
+  where the default is ``None`` (a placeholder)."""
   name: str
   default: Any
   doc: str
   resumable: bool = False
   type: type = None  # the placeholder type of a key whose default is None
+  allowed: tuple = ()
+  check: tuple = ()
+
+  def error(self, value):
+    """The one-line message for an invalid ``value``, or None when it is valid."""
+    if value is None and self.default is None:
+      return None
+    if self.allowed and value not in self.allowed:
+      return f"{self.name} must be one of {list(self.allowed)}, got {value!r}"
+    if self.check and not self.check[0](value):
+      return f"{self.name} must be {self.check[1]}, got {value!r}"
+    return None
+
+
+def _positive(x):
+  return x > 0
+
+
+def _non_negative(x):
+  return x >= 0
+
+
+POSITIVE = (_positive, "positive")
+NON_NEGATIVE = (_non_negative, ">= 0")
+AT_LEAST_ONE = (_positive, "at least 1")  # of a count
+IMAGENET_BACKBONES = ("alexnet", "vgg16", "resnet50")  # torchvision's, weights from .pth files
+
+
+def _revisited_list(text):
+  return all(":" in spec for spec in text.split(","))
 
 
 KEYS = (
     Key("seed", 0, "model init, codebook, data order and augmentation draws"),
     # data
-    Key("dataset", "digits", "data source, one of data.SOURCES"),
+    Key("dataset", "digits", "data source",
+        allowed=("digits", "fashion_mnist", "imagenet100", "nuswide", "coco", "listfile",
+                 "cifar10", "gldv2", "synthetic_descriptors")),
     Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
         resumable=True, type=str),
     Key("split_seed", 0, "seed of the query / database / training split"),
@@ -43,19 +84,19 @@ KEYS = (
     Key("num_train_per_class", 500, "training items per class (Fashion-MNIST, CIFAR-10, synthetic)"),
     Key("num_classes", None, "list files / descriptors: number of classes (None: the dataset's own)",
         type=int),
-    Key("image_size", 224, "list-file images: side of the crops fed to the model"),
-    Key("image_mode", "RGB", "list-file images: RGB, or L (grayscale)"),
-    Key("train_transform", "random_resized_crop", "list-file training transform, one of "
-        "transforms.KINDS"),
+    Key("image_size", 224, "list-file images: side of the crops fed to the model", check=POSITIVE),
+    Key("image_mode", "RGB", "list-file images: RGB, or L (grayscale)", allowed=("RGB", "L")),
+    Key("train_transform", "random_resized_crop", "list-file training transform",
+        allowed=("random_resized_crop", "resize_random_crop", "resize_center_crop", "none")),
     Key("train_resize", 256, "shorter side before the random crop (resize_random_crop)"),
-    Key("eval_transform", "resize_center_crop", "list-file evaluation transform, one of "
-        "transforms.KINDS"),
+    Key("eval_transform", "resize_center_crop", "list-file evaluation transform (deterministic)",
+        allowed=("resize_center_crop", "none")),
     Key("eval_resize", 224, "shorter side before the centre crop (256 for NUS-WIDE)"),
     Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
-    Key("pixel_norm", "imagenet", "device normalisation of uint8 images, one of "
-        "streaming.PIXEL_NORMS"),
+    Key("pixel_norm", "imagenet", "device normalisation of uint8 images (imagenet needs RGB)",
+        allowed=("imagenet", "unit")),
     Key("data_workers", 2, "threads decoding list-file images (0: in the calling thread)",
-        resumable=True),
+        resumable=True, check=NON_NEGATIVE),
     Key("skip_bad_images", False, "replace unreadable images by a constant one and count them "
         "in results.json, instead of stopping"),
     Key("expected_sizes", None, "list files: {'train': n, 'test': n, 'database': n} to check",
@@ -66,52 +107,65 @@ KEYS = (
     Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),
     Key("download", False, "tfds: allow downloading (never possible offline)", resumable=True),
     # model
-    Key("backbone", "mlp", "feature extractor, one of models.BACKBONES"),
+    Key("backbone", "mlp", "feature extractor",
+        allowed=("mlp", "cnn", "cnn_gap", "identity") + IMAGENET_BACKBONES),
     Key("hidden", (512, 512), "MLP widths"),
-    Key("init", "torch", "layer initialisation, one of models.INITS (torch: as the PyTorch "
-        "modules; flax: Flax's defaults, mlp / cnn / cnn_gap only)"),
+    Key("init", "torch", "layer initialisation (torch: as the PyTorch modules; flax: Flax's "
+        "defaults, mlp / cnn / cnn_gap only)", allowed=("torch", "flax")),
     Key("pretrained", None, "alexnet / vgg16 / resnet50: directory of weights converted by "
         "python -m orthohash_jax.weights (None: random init)", type=str),
     Key("pretrained_required", False, "fail up front when pretrained is unset (paper configs)"),
-    Key("compute_dtype", "float32", "convolutions and matmuls: float32 | bfloat16 (parameters, "
-        "BatchNorm, head and loss stay float32)"),
-    Key("num_bits", 64, "code length K"),
+    Key("compute_dtype", "float32", "convolutions and matmuls (parameters, BatchNorm, head and "
+        "loss stay float32)", allowed=("float32", "bfloat16")),
+    Key("num_bits", 64, "code length K", check=POSITIVE),
     Key("use_bn", True, "BatchNorm after the hash layer"),
     # loss
-    Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / CE+BN)"),
-    Key("codebook", "bernoulli", "class targets, one of codebook.METHODS"),
-    Key("scale", 8.0, "s of the cosine-margin softmax (the paper uses sqrt(num_bits))"),
+    Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / "
+        "CE+BN)", allowed=("orthohash", "ce")),
+    Key("codebook", "bernoulli", "class targets (hadamard: num_bits a power of two)",
+        allowed=("bernoulli", "gaussian", "hadamard", "maxmin")),
+    Key("scale", 8.0, "s of the cosine-margin softmax (the paper uses sqrt(num_bits))",
+        check=POSITIVE),
     Key("margin", 0.2, "m of the cosine-margin softmax"),
-    Key("margin_type", "cos", "one of losses.MARGIN_TYPES"),
-    Key("multilabel_loss", "label_smoothing", "one of losses.MULTILABEL_LOSSES"),
+    Key("margin_type", "cos", "cos: s (cos - m); arc: s cos(theta + m)", allowed=("cos", "arc")),
+    Key("multilabel_loss", "label_smoothing", "loss of multi-label data",
+        allowed=("label_smoothing", "bce")),
     Key("quantization_weight", 0.0, "weight of the quantization loss (ablation only)"),
-    Key("quantization_kind", "cs", "one of losses.QUANTIZATION_KINDS"),
+    Key("quantization_kind", "cs", "kind of the quantization loss", allowed=("cs", "l1", "l2")),
     # optimisation
-    Key("learning_rate", 1e-3, "Adam learning rate"),
+    Key("learning_rate", 1e-3, "Adam learning rate", check=POSITIVE),
     Key("adam_eps", 1e-8, "Adam epsilon (as torch; larger values damp near-zero gradients)"),
     Key("backbone_lr_scale", 1.0, "learning-rate factor of the backbone (authors: 0.1 if pretrained)"),
     Key("weight_decay", 0.0, "coupled (torch Adam style) L2 weight decay"),
-    Key("lr_schedule", "constant", "one of trainer.LR_SCHEDULES (step: x0.1 at 80% of training)"),
-    Key("batch_size", 64, "global batch; the last incomplete batch of an epoch is dropped"),
+    Key("lr_schedule", "constant", "constant, or step: x0.1 at 80% of training",
+        allowed=("constant", "step")),
+    Key("batch_size", 64, "global batch; the last incomplete batch of an epoch is dropped",
+        check=POSITIVE),
     Key("num_epochs", 100, "training length in epochs (a resumed run may extend it)",
-        resumable=True),
-    Key("augment_crop_pad", 0, "in-memory images: pad + random crop + horizontal flip (0: off)"),
-    Key("steps_per_chunk", 0, "steps per compiled lax.scan call (0: one epoch)", resumable=True),
+        resumable=True, check=POSITIVE),
+    Key("augment_crop_pad", 0, "in-memory images: pad + random crop + horizontal flip (0: off)",
+        check=NON_NEGATIVE),
+    Key("steps_per_chunk", 0, "steps per compiled lax.scan call (0: one epoch)", resumable=True,
+        check=NON_NEGATIVE),
     # evaluation
-    Key("eval_topk", None, "R of mAP@R (None: the whole database)", resumable=True, type=int),
-    Key("eval_batch_size", 1024, "global batch of encoding at evaluation", resumable=True),
+    Key("eval_topk", None, "R of mAP@R (None: the whole database)", resumable=True, type=int,
+        check=POSITIVE),
+    Key("eval_batch_size", 1024, "global batch of encoding at evaluation", resumable=True,
+        check=POSITIVE),
     Key("eval_every_epochs", 0, "evaluate mAP every this many epochs (0: only at the end)",
-        resumable=True),
+        resumable=True, check=NON_NEGATIVE),
     Key("revisited", None, "'ROOT:roxford5k,ROOT:rparis6k': also scored after training",
-        resumable=True, type=str),
+        resumable=True, type=str, check=(_revisited_list, "ROOT:name[,ROOT:name]")),
     Key("recompute_bn", False, "instance data: also score with hash BN statistics of the database",
         resumable=True),
     # checkpoints, devices and outputs
     Key("checkpoint_every_steps", 1000, "checkpoint period, rounded up to whole chunks",
-        resumable=True),
-    Key("keep_checkpoints", 3, "number of newest checkpoints kept (at least 1)", resumable=True),
+        resumable=True, check=POSITIVE),
+    Key("keep_checkpoints", 3, "number of newest checkpoints kept", resumable=True,
+        check=AT_LEAST_ONE),
     Key("num_devices", -1, "mesh size (-1: all devices of all processes)", resumable=True),
-    Key("model_axis", 1, "devices sharding the classes of codebook and logits", resumable=True),
+    Key("model_axis", 1, "devices sharding the classes of codebook and logits", resumable=True,
+        check=AT_LEAST_ONE),
     Key("export_faiss", False, "also write a FAISS IndexBinaryFlat (num_bits divisible by 8)",
         resumable=True),
 )
@@ -137,6 +191,47 @@ def check_known_keys(config) -> None:
                        "python -m orthohash_jax.main --list_keys)")
 
 
+def _rules(c):
+  """(holds, message) of the checks that involve several keys or the file system."""
+  imagenet = c.backbone in IMAGENET_BACKBONES
+  return [
+      (not c.pretrained_required or c.pretrained,
+       f"the {c.backbone} backbone of this config starts from ImageNet weights: convert "
+       f"torchvision's file with python -m orthohash_jax.weights --arch={c.backbone} "
+       f"--torch=FILE.pth --output=DIR, then pass --config.pretrained=DIR"),
+      (not c.pretrained or imagenet,
+       f"pretrained weights are for {sorted(IMAGENET_BACKBONES)}, not backbone {c.backbone!r}"),
+      (not c.pretrained or os.path.isdir(c.pretrained) or not os.path.exists(c.pretrained),
+       f"pretrained {c.pretrained} is a file: give the directory written by python -m "
+       f"orthohash_jax.weights --arch={c.backbone} --torch={c.pretrained} --output=DIR"),
+      (not c.pretrained or os.path.exists(c.pretrained),
+       f"pretrained directory {c.pretrained} does not exist"),
+      (c.init == "torch" or not imagenet,
+       f"init {c.init!r} is for mlp / cnn / cnn_gap: backbone {c.backbone} is initialised as "
+       "torchvision's (init 'torch')"),
+      (not c.export_faiss or c.num_bits % 8 == 0,
+       f"export_faiss needs num_bits divisible by 8, got {c.num_bits}"),
+      (c.codebook != "hadamard" or c.num_bits & (c.num_bits - 1) == 0,
+       f"the hadamard codebook needs num_bits a power of two, got {c.num_bits}"),
+      (c.pixel_norm != "imagenet" or c.image_mode == "RGB",
+       f"pixel_norm 'imagenet' needs image_mode 'RGB', got {c.image_mode!r}"),
+  ]
+
+
+def validate(config) -> None:
+  """Raises ValueError with a one-line message for an unknown key, a value its key does not
+  allow, or keys that do not work together. Nothing after this checks config values again:
+  loaders, models and the trainer trust a validated config."""
+  check_known_keys(config)
+  for key in KEYS:
+    message = key.error(config[key.name])
+    if message:
+      raise ValueError(message)
+  for holds, message in _rules(config):
+    if not holds:
+      raise ValueError(message)
+
+
 def apply_overrides(config, items) -> None:
   """Sets ``"key=value"`` strings on ``config`` (values read as Python literals, else as
   strings); raises ValueError (one line) for a malformed item, an unknown key or a value of the
@@ -150,6 +245,8 @@ def apply_overrides(config, items) -> None:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
       value = text
+    if isinstance(config.get(key), bool) and text.lower() in ("true", "false"):
+      value = text.lower() == "true"
     try:
       setattr(config, key, value)
     except (TypeError, ValueError) as e:
@@ -170,10 +267,18 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     raise ValueError(f"config file {path} does not exist")
   module_spec = importlib.util.spec_from_file_location("experiment_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} defines no get_config()")
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ValueError(f"config file {path} defines no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # the file's own error (a typo, a bad import), as one line
+    text = str(e).strip().splitlines()
+    raise ValueError(f"cannot load the config {path}: {type(e).__name__}"
+                     + (f": {text[0]}" if text else "")) from None
   check_known_keys(config)
   return config
 

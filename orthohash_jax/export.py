@@ -24,8 +24,8 @@ def main(argv=None) -> int:
 
   def export():
     info = export_run(args.workdir, args.output, args.faiss)
-    return f"wrote {args.output} (checkpoint step {info['step']}, mAP {info['mAP']:.4f})"
-  return cli.report(export)
+    cli.say(f"wrote {args.output} (checkpoint step {info['step']}, mAP {info['mAP']:.4f})")
+  return cli.run_tool(export)
 
 
 if __name__ == "__main__":

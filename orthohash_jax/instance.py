@@ -18,7 +18,9 @@ import json
 import os
 import sys
 
-from orthohash_jax import cli, evaluation, run
+from orthohash_jax import cli, evaluation, files, run
+
+OUTPUT = "instance_results.json"  # default output, in the workdir
 
 
 def evaluate_run(workdir: str, revisited_specs=()) -> dict:
@@ -43,16 +45,11 @@ def main(argv=None) -> int:
   parser.add_argument("--revisited", action="append", default=[], help="ROOT:name, repeatable")
   parser.add_argument("--output", help="JSON path (default <workdir>/instance_results.json)")
   args = parser.parse_args(argv)
-  try:
+  def evaluate():
     out = evaluate_run(args.workdir, args.revisited)
-    output = args.output or os.path.join(args.workdir, "instance_results.json")
-    with open(output, "w") as f:
-      json.dump(out, f, indent=2)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(out, indent=2))
-  return 0
+    files.write_json(args.output or os.path.join(args.workdir, OUTPUT), out)
+    cli.say(json.dumps(out, indent=2))
+  return cli.run_tool(evaluate)
 
 
 if __name__ == "__main__":

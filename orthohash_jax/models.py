@@ -43,8 +43,6 @@ def layer_init(init: str, fan_in: int) -> dict:
   ``fan_in`` inputs per output (in_features x kernel area) under ``init`` (one of ``INITS``)."""
   if init == "flax":
     return {}
-  if init != "torch":
-    raise ValueError(f"init must be one of {list(INITS)}, got {init!r}")
   return {"kernel_init": backbones.torch_default_kernel_init,
           "bias_init": backbones.torch_default_bias_init(fan_in)}
 
@@ -113,8 +111,6 @@ class HashLayer(nnx.Module):
 
   def __init__(self, in_features: int, num_bits: int, *, use_bn: bool = True,
                dtype=jnp.float32, rngs: nnx.Rngs):
-    if num_bits <= 0:
-      raise ValueError(f"num_bits must be positive, got {num_bits}")
     self.fc = nnx.Linear(in_features, num_bits, use_bias=False, dtype=dtype,
                          kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
     self.bn = nnx.BatchNorm(num_bits, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None

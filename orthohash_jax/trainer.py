@@ -1,6 +1,7 @@
 """The compiled functions of one OrthoHash model on a data-parallel device mesh.
 
-``Trainer(config, input_shape=, num_classes=, codebook=, total_steps=, mesh=, mean_std=)`` owns
+``Trainer(config, input_shape=, num_classes=, codebook=, total_steps=, mesh=, mean_std=)``
+(``mesh`` None: ``parallel.make_mesh`` of ``num_devices`` and ``model_axis``) owns
 the model definition (an NNX graph), the fixed constants (the codebook, split over the ``model``
 mesh axis), the optimiser and two compiled functions:
 
@@ -70,6 +71,8 @@ class Trainer:
 
   def __init__(self, config, *, input_shape, num_classes: int, codebook, total_steps: int,
                mesh, mean_std=None):
+    if mesh is None:
+      mesh = parallel.make_mesh(config.num_devices, config.model_axis)
     self.config, self.mesh, self.num_classes = config, mesh, num_classes
     num_devices = mesh.shape[parallel.DATA_AXIS]
     if config.batch_size % num_devices:

@@ -219,7 +219,7 @@ def main(argv=None) -> int:
   parser.add_argument("--torch", required=True, help="torchvision state dict (.pth)")
   parser.add_argument("--output", required=True, help="new directory for the checkpoint")
   args = parser.parse_args(argv)
-  return cli.report(lambda: convert(args.arch, args.torch, args.output), ValueError)
+  return cli.run_tool(lambda: cli.say(convert(args.arch, args.torch, args.output)))
 
 
 if __name__ == "__main__":

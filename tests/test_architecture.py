@@ -9,9 +9,9 @@ PACKAGE = os.path.join(ROOT, "orthohash_jax")
 # Lower layers never import higher ones (a module may import its own layer or lower).
 LAYERS = [
     {"cli", "config_base", "codebook", "losses", "retrieval", "metrics", "revisited", "parallel",
-     "augment", "data", "images", "plots", "summary"},
-    {"models", "backbones", "codes_file", "checkpoint"},
-    {"trainer", "evaluation"},
+     "augment", "data", "images", "plots", "summary", "files"},
+    {"models", "backbones", "codes_file", "checkpoint", "reporting"},
+    {"trainer", "evaluation", "workdir"},
     {"run"},
     {"main", "export", "instance", "search", "weights", "serve"},
 ]

@@ -1,7 +1,9 @@
 """The command line of ``main`` and ``export``: one real subprocess per exit-code contract
 (finish, kill -9 + resume, bad input), the message checks in-process."""
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 
 from conftest import (CLI_ENV, ROOT, assert_one_line_error, checkpoint_steps, final_params,
                       main_cmd, run_cmd, write_idx)
-from orthohash_jax import codes_file, config_base, metrics, retrieval, run
+from orthohash_jax import codes_file, config_base, main, metrics, retrieval, run
 from orthohash_jax import data as data_lib
 
 SHORT = ["--config.num_epochs=30", "--config.checkpoint_every_steps=92", "--config.hidden=(64,)"]
@@ -140,3 +142,35 @@ def test_fashion_idx_errors(tmp_path):
   config.data_dir = str(tmp_path)
   with pytest.raises(data_lib.DataError, match="header declares shape"):
     data_lib.load(config)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=configs/nope.py"], "config file configs/nope.py does not exist"),
+    (["--config=BROKEN"], "cannot load the config .*: NameError: name 'undefined_name'"),
+    (["--config.num_bitz=3"], "unknown config key 'num_bitz'; did you mean 'num_bits'"),
+    (["--config.num_bits", "many"], "bad value for num_bits: 'many'"),
+    (["--config.loss=hinge"], r"loss must be one of \['orthohash', 'ce'\], got 'hinge'"),
+    (["stray"], "unrecognized arguments: stray"),
+])
+def test_main_bad_command_lines_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args,
+                                                                      message):
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config():\n  return undefined_name\n")
+  args = [a.replace("BROKEN", str(broken)) for a in args]
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit) if args == ["stray"] else contextlib.nullcontext() as exit_:
+    status = main.main([f"--workdir={workdir}", *args])
+  status = exit_.value.code if args == ["stray"] else status
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 2 and len(err) == 1 and re.match(f"error: .*{message}", err[0]), err
+  assert not workdir.exists()
+
+
+def test_main_sets_overrides_in_both_spellings(monkeypatch):
+  seen = {}
+  monkeypatch.setattr(run, "train_and_evaluate",
+                      lambda config, workdir: seen.update(config=config) or {"mAP": 1.0})
+  assert main.main(["--workdir=unused", "--config.num_bits=32", "--config.use_bn", "false",
+                    "--config.hidden=(64,)"]) == 0
+  config = seen["config"]
+  assert (config.num_bits, config.use_bn, config.hidden) == (32, False, (64,))

@@ -51,8 +51,3 @@ def test_digits_protocol():
   np.testing.assert_array_equal(np.bincount(d.query_y), [30] * 10)
   assert d.train_x is d.db_x or np.array_equal(d.train_x, d.db_x)
   assert 0.0 <= d.db_x.min() and d.db_x.max() <= 1.0
-
-
-def test_unknown_dataset():
-  with pytest.raises(data.DataError, match="unknown dataset"):
-    data.load(config_of({"dataset": "mnist2"}))

@@ -52,13 +52,13 @@ def test_config_key_selects_the_init_and_is_validated():
   assert config.init == "torch"
   config.init = "lecun"
   with pytest.raises(ValueError, match="init must be one of"):
-    run.validate_config(config)
+    config_base.validate(config)
   config.loss, config.num_bits = "ce", 16
   for init in models.INITS:
     config.init = init
     for backbone, shape in [("mlp", (64,)), ("cnn_gap", (8, 8, 3))]:
       config.backbone = backbone
-      run.validate_config(config)
+      config_base.validate(config)
       model = models.build_model(config, shape, 10, None)
       first = model.backbone.layers[0] if backbone == "mlp" else model.backbone.convs[0]
       for bias in (first.bias[...], model.head.fc.bias[...]):
@@ -69,6 +69,6 @@ def test_flax_init_is_rejected_for_torchvision_backbones():
   config = config_base.base_config()
   config.backbone, config.init = "alexnet", "flax"
   with pytest.raises(ValueError, match="initialised as torchvision's"):
-    run.validate_config(config)
+    config_base.validate(config)
   config.init = "torch"
-  run.validate_config(config)
+  config_base.validate(config)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from orthohash_jax import codebook, models
+from orthohash_jax import codebook, config_base, models
 
 
 def make_model(num_bits=16, use_bn=True):
@@ -69,5 +69,7 @@ def test_cnn_and_identity():
 def test_bad_codebook_and_bits():
   with pytest.raises(ValueError, match=r"\+1 or -1"):
     models.CosSimHead(np.array([[0.5, 1.0]]))
+  config = config_base.base_config()
+  config.num_bits = 0
   with pytest.raises(ValueError, match="num_bits must be positive"):
-    models.HashLayer(4, 0, rngs=nnx.Rngs(0))
+    config_base.validate(config)

@@ -10,7 +10,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import blobs, small_config
-from orthohash_jax import cli, codes_file, parallel, plots, run, summary
+from orthohash_jax import cli, codes_file, parallel, plots, reporting, run, summary
 from orthohash_jax import data as data_lib
 
 LINE = re.compile(r"step (\d+)/(\d+) \((\d+)%\) loss ([\d.]+) lr \S+ ([\d.]+) steps/s "
@@ -117,5 +117,5 @@ def test_log_lines_skip_terminal_only_updates(capsys):
 
 
 def test_format_seconds():
-  assert [run.format_seconds(s) for s in (0, 59.6, 61, 3600 * 27 + 62)] == [
+  assert [reporting.format_seconds(s) for s in (0, 59.6, 61, 3600 * 27 + 62)] == [
       "0:00:00", "0:01:00", "0:01:01", "27:01:02"]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import blobs, small_config
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import config_base, run
+from orthohash_jax import config_base, run, workdir
 from orthohash_jax import data as data_lib
 
 
@@ -54,7 +54,7 @@ def test_codebook_is_saved_and_used_on_resume(tmp_path, fake_load, monkeypatch):
   fake_load(d)
   config = small_config(num_epochs=1)
   run.train_and_evaluate(config, str(tmp_path))
-  saved = np.load(tmp_path / run.CODEBOOK_FILE)
+  saved = np.load(tmp_path / workdir.CODEBOOK)
   np.testing.assert_array_equal(saved, codebook_lib.make_codebook("bernoulli", 4, 16, 0))
   # a numpy whose random stream changed would generate other targets: the saved ones are used
   monkeypatch.setattr(codebook_lib, "make_codebook", lambda *a: -saved)
@@ -62,7 +62,7 @@ def test_codebook_is_saved_and_used_on_resume(tmp_path, fake_load, monkeypatch):
   assert step == 8
   np.testing.assert_array_equal(np.asarray(trainer.constants["head"]["codebook"]) * 4,
                                 saved)  # rows normalised: +-1/sqrt(16)
-  (tmp_path / run.CODEBOOK_FILE).write_bytes(b"garbage")
+  (tmp_path / workdir.CODEBOOK).write_bytes(b"garbage")
   with pytest.raises(ValueError, match="not a readable"):
     run.restore_run(str(tmp_path))
 
@@ -113,6 +113,6 @@ def test_unknown_key_in_a_config_file(tmp_path):
 def test_resumable_keys_may_change_others_may_not(tmp_path, fake_load):
   fake_load(blobs())
   run.train_and_evaluate(small_config(num_epochs=1), str(tmp_path))
-  run.check_same_run(str(tmp_path), small_config(num_epochs=1, eval_topk=5, num_devices=1))
+  workdir.check_same_run(str(tmp_path), small_config(num_epochs=1, eval_topk=5, num_devices=1))
   with pytest.raises(ValueError, match=r"another config \(margin: 0.2 -> 0.3\)"):
-    run.check_same_run(str(tmp_path), small_config(num_epochs=1, margin=0.3))
+    workdir.check_same_run(str(tmp_path), small_config(num_epochs=1, margin=0.3))

@@ -48,7 +48,7 @@ def test_four_devices_equal_one_device():
 def test_step_schedule_and_backbone_lr_scale():
   d = blobs()
   trainer = make_trainer(small_config(lr_schedule="step", backbone_lr_scale=0.0), d)
-  total = run.training_steps(trainer.config, d)[1]
+  total = run.step_counts(trainer.config, d)[1]
   assert float(trainer.schedule(int(0.8 * total) - 1)) == pytest.approx(1e-3)
   assert float(trainer.schedule(int(0.8 * total))) == pytest.approx(1e-4)
   before = jax.tree.map(np.asarray, trainer.initial_state().params)

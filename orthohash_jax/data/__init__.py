@@ -16,11 +16,15 @@ the label arrays, never from a dataset name. ``load(config)`` dispatches on ``co
 
 Training order: epoch e visits the training set in ``np.random.default_rng([seed, e])``
 permutation order, in batches of ``batch_size``, the incomplete last batch dropped
-(``step_indices``), so the batch of a step depends only on (seed, step).
+(``step_indices``), so the batch of a step depends only on (seed, step); ``host_batch`` gives
+this process's rows of them.
 """
 import dataclasses
 import importlib
+
 import numpy as np
+
+from orthohash_jax import parallel
 
 
 class DataError(ValueError):
@@ -146,6 +150,17 @@ def step_indices(seed: int, num_train: int, batch_size: int, start: int, stop: i
   return np.stack(rows)
 
 
+def host_batch(config, data, start: int, stop: int, train_labels=None):
+  """This process's inputs (S, b, ...) and labels (S, b[, C]) of the global steps [start, stop):
+  its rows (``parallel.process_batch_slice``) of each global batch of ``step_indices``.
+  ``train_labels``: ``data.labels("train")``, passed to avoid fetching them again."""
+  rows = parallel.process_batch_slice(config.batch_size)
+  idx = step_indices(config.seed, data.size("train"), config.batch_size, start, stop)[:, rows]
+  labels = data.labels("train") if train_labels is None else train_labels
+  return (data.train_rows(idx, np.arange(start, stop), np.arange(config.batch_size)[rows]),
+          labels[idx])
+
+
 SOURCES = {
     "digits": "orthohash_jax.data.digits",
     "fashion_mnist": "orthohash_jax.data.idx",
@@ -160,7 +175,6 @@ SOURCES = {
 
 
 def load(config) -> RetrievalData:
-  """Loads ``config.dataset``: each source module has ``load(config) -> RetrievalData``."""
-  if config.dataset not in SOURCES:
-    raise DataError(f"unknown dataset {config.dataset!r}; known: {sorted(SOURCES)}")
+  """Loads ``config.dataset`` (a validated config): each source module has
+  ``load(config) -> RetrievalData``."""
   return importlib.import_module(SOURCES[config.dataset]).load(config)

@@ -131,7 +131,7 @@ def main(argv=None):
   parser.add_argument("--output", required=True)
   parser.add_argument("--drop_labels", action="store_true")
   args = parser.parse_args(argv)
-  return cli.report(lambda: convert(args.input, args.output, args.drop_labels), DataError)
+  return cli.run_tool(lambda: cli.say(convert(args.input, args.output, args.drop_labels)))
 
 
 if __name__ == "__main__":

@@ -104,8 +104,6 @@ class ImageListSource:
     self.name, self.num_classes, self.multilabel = name, num_classes, multilabel
     self._root, self._seed = root, int(seed)
     self._train_transform, self._eval_transform = train_transform, eval_transform
-    if eval_transform.random:
-      raise ValueError(f"eval transform {eval_transform.kind} is random")
     self._lists = {s: parsed[s][:3] for s in SPLITS}
     self._labels = {s: listfile.to_labels(parsed[s][3], multilabel) for s in SPLITS}
     self.mean_std = mean_std
@@ -226,12 +224,8 @@ def load(config) -> ImageListSource:
   (dataset, data_dir, num_classes, expected_sizes, allow_duplicates) and seed, data_workers,
   skip_bad_images, image_size, image_mode, train_transform, train_resize, eval_transform,
   eval_resize, jpeg_draft, pixel_norm ("imagenet" or "unit")."""
-  if config.pixel_norm not in PIXEL_NORMS:
-    raise ValueError(f"pixel_norm must be one of {sorted(PIXEL_NORMS)}, got {config.pixel_norm!r}")
   name, num_classes, root, parsed, multilabel = listfile.read_lists(config)
   train, evaluate = transforms_from_config(config)
-  if config.pixel_norm == "imagenet" and config.image_mode != "RGB":
-    raise ValueError("pixel_norm 'imagenet' needs image_mode 'RGB'")
   mean_std = PIXEL_NORMS[config.pixel_norm](train.channels)
   return ImageListSource(name, num_classes, root, parsed, multilabel, train, evaluate,
                          config.seed, config.data_workers, config.skip_bad_images, mean_std)

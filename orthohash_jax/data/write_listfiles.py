@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from orthohash_jax import cli, config_base
-from orthohash_jax.data import DataError, idx, listfile
+from orthohash_jax.data import idx, listfile
 
 SPLIT_ORDER = ("train", "query", "db")
 
@@ -57,7 +57,7 @@ def main(argv=None):
   config = config_base.base_config()
   config.update(data_dir=args.data_dir, num_query_per_class=args.num_query_per_class,
                 num_train_per_class=args.num_train_per_class, split_seed=args.split_seed)
-  return cli.report(lambda: write_fashion_mnist(config, args.output), (DataError, OSError))
+  return cli.run_tool(lambda: cli.say(write_fashion_mnist(config, args.output)))
 
 
 if __name__ == "__main__":

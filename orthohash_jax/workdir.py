@@ -1,0 +1,137 @@
+"""The run directory (``--workdir``): its file names, and every file ``run`` keeps there.
+
+Files (process 0 writes them, each with ``files.atomic_write``; the others only read):
+  config.json      the run's config (``read_config``), written with codebook.npy by ``start``
+                   once every check passed, before training
+  codebook.npy     float32 (C, K) +-1 class targets of the orthohash loss, written when the run
+                   starts and used on every resume, export and evaluation (``codebook``), so the
+                   targets never depend on the numpy version that regenerates them
+  progress.json    {"step", "train_seconds", "steps_timed"}: training time totals over every
+                   invocation of the run (``read_progress`` / ``write_progress``)
+  metrics.jsonl    a JSON line per chunk of steps (``append_metrics``); lines of steps after the
+                   restored checkpoint are dropped on resume (``truncate_metrics``)
+  results.json     the final summary (``write_results``)
+  codes.npz        packed codes and labels (``codes_file``)
+  checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
+  events.out.tfevents.*  TensorBoard (``summary``)
+
+``check_same_run(workdir, config)`` refuses a workdir that holds checkpoints of a run with
+another config (keys declared resumable in ``config_base`` may differ); a workdir without a
+checkpoint is never another run.
+"""
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from orthohash_jax import checkpoint, codebook as codebook_lib, codes_file, config_base, files
+from orthohash_jax import parallel
+
+CONFIG = "config.json"
+CODEBOOK = "codebook.npy"
+PROGRESS = "progress.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+CODES = "codes.npz"
+
+
+def path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def _config_json(config) -> dict:
+  return json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The saved config of the run in ``workdir`` (not validated)."""
+  if not os.path.exists(path(workdir, CONFIG)):
+    raise ValueError(f"{workdir} is not a training run (no {CONFIG})")
+  return ml_collections.ConfigDict(files.read_json(path(workdir, CONFIG)))
+
+
+def check_same_run(workdir: str, config):
+  """The saved config (a dict) of the run with checkpoints in ``workdir``, else None; raises
+  ValueError when ``workdir`` is a file or its checkpoints are of a run with another config."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a directory")
+  if not checkpoint.has_checkpoints(workdir) or not os.path.exists(path(workdir, CONFIG)):
+    return None
+  saved, current = files.read_json(path(workdir, CONFIG)), _config_json(config)
+  changed = sorted(k for k in set(saved) | set(current)
+                   if k not in config_base.RESUMABLE_KEYS and saved.get(k) != current.get(k))
+  if changed:
+    diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    raise ValueError(f"{workdir} holds checkpoints of a run with another config ({diffs}); "
+                     "use a new --workdir")
+  return saved
+
+
+def codebook(config, num_classes: int, workdir: str = None):
+  """The class targets float32 (C, K) of the orthohash loss (None for ce): those saved in
+  ``<workdir>/codebook.npy`` when it exists, else generated from (codebook, C, K, seed)."""
+  if config.loss != "orthohash":
+    return None
+  file = workdir and path(workdir, CODEBOOK)
+  if not file or not os.path.exists(file):
+    return codebook_lib.make_codebook(config.codebook, num_classes, config.num_bits, config.seed)
+  try:
+    saved = codebook_lib.check_binary(np.load(file, allow_pickle=False))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{file} is not a readable +-1 codebook ({e})") from None
+  if saved.shape != (num_classes, config.num_bits):
+    raise ValueError(f"{file} holds a {saved.shape} codebook, the run needs "
+                     f"({num_classes}, {config.num_bits})")
+  return saved
+
+
+def start(workdir: str, config, targets) -> None:
+  """Makes the workdir of a run whose checks all passed: config.json, and codebook.npy of the
+  class targets (None: ce loss) unless the run saved it already."""
+  if not parallel.is_main_process():
+    return
+  os.makedirs(workdir, exist_ok=True)
+  if targets is not None and not os.path.exists(path(workdir, CODEBOOK)):
+    files.atomic_write(path(workdir, CODEBOOK), lambda tmp: np.save(tmp, targets))
+  files.write_json(path(workdir, CONFIG), config.to_dict())
+
+
+def read_progress(workdir: str) -> dict:
+  if not os.path.exists(path(workdir, PROGRESS)):
+    return {"train_seconds": 0.0, "steps_timed": 0}
+  return files.read_json(path(workdir, PROGRESS))
+
+
+def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: int) -> None:
+  if parallel.is_main_process():
+    files.write_json(path(workdir, PROGRESS), {"step": step, "train_seconds": train_seconds,
+                                               "steps_timed": steps_timed})
+
+
+def truncate_metrics(workdir: str, step: int) -> None:
+  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)."""
+  file = path(workdir, METRICS)
+  if not parallel.is_main_process() or not os.path.exists(file):
+    return
+  with open(file) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.writelines(lines)
+  files.atomic_write(file, write)
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+  if parallel.is_main_process():
+    with open(path(workdir, METRICS), "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def write_results(workdir: str, results: dict, evaluation: dict, config) -> None:
+  """``results.json`` and ``codes.npz`` (packed codes and labels of ``evaluation``)."""
+  if parallel.is_main_process():
+    codes_file.save_codes(path(workdir, CODES), evaluation, config.num_bits, config.to_dict(),
+                          faiss_index=config.export_faiss)
+    files.write_json(path(workdir, RESULTS), results)

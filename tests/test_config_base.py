@@ -1,0 +1,82 @@
+"""Config keys: each key's allowed values are exactly what the module that implements it knows,
+and validation rejects what its declaration forbids (one line, before any data is read)."""
+import pytest
+
+from orthohash_jax import backbones, codebook, config_base, losses, models, trainer
+from orthohash_jax import data as data_lib
+from orthohash_jax.data import streaming, transforms
+
+# key -> the table of the module that implements its values
+OWNERS = {
+    "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "init": models.INITS,
+    "compute_dtype": models.COMPUTE_DTYPES, "loss": losses.LOSSES, "codebook": codebook.METHODS,
+    "margin_type": losses.MARGIN_TYPES, "multilabel_loss": losses.MULTILABEL_LOSSES,
+    "quantization_kind": losses.QUANTIZATION_KINDS, "lr_schedule": trainer.LR_SCHEDULES,
+    "train_transform": transforms.KINDS, "image_mode": transforms.MODES,
+    "pixel_norm": streaming.PIXEL_NORMS,
+    "eval_transform": [k for k in transforms.KINDS if k not in transforms.RANDOM_KINDS],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OWNERS))
+def test_allowed_values_equal_the_owning_table(name):
+  assert sorted(config_base.KEYS_BY_NAME[name].allowed) == sorted(OWNERS[name])
+
+
+def test_every_key_with_a_fixed_set_of_values_has_an_owner():
+  assert {k.name for k in config_base.KEYS if k.allowed} == set(OWNERS)
+  assert sorted(config_base.IMAGENET_BACKBONES) == sorted(backbones.BACKBONES)
+
+
+def test_defaults_are_valid():
+  config_base.validate(config_base.base_config())
+
+
+@pytest.mark.parametrize("key", [k for k in config_base.KEYS if k.allowed or k.check])
+def test_each_declared_check_rejects_a_bad_value_in_one_line(key):
+  config = config_base.base_config()
+  bad = "no-such-value" if key.allowed else -1
+  if key.name == "revisited":
+    bad = "data/roxf"  # no ':name'
+  with config.unlocked():
+    config[key.name] = bad
+  with pytest.raises(ValueError) as e:
+    config_base.validate(config)
+  assert str(e.value).startswith(f"{key.name} must be ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"eval_transform": "random_resized_crop"}, "eval_transform must be one of"),
+    ({"pixel_norm": "imagenet", "image_mode": "L"}, "needs image_mode 'RGB'"),
+    ({"backbone": "alexnet", "init": "flax"}, "initialised as torchvision's"),
+    ({"pretrained": "/nonexistent/dir"}, "pretrained weights are for"),
+    ({"backbone": "alexnet", "pretrained": "/nonexistent/dir"}, "does not exist"),
+    ({"backbone": "alexnet", "pretrained_required": True}, "starts from ImageNet weights"),
+])
+def test_rules_between_keys(overrides, message):
+  config = config_base.base_config()
+  config.update(overrides)
+  with pytest.raises(ValueError, match=message):
+    config_base.validate(config)
+
+
+def test_a_pth_file_as_pretrained_says_to_convert_it(tmp_path):
+  pth = tmp_path / "alexnet-owt-7be5be79.pth"
+  pth.write_bytes(b"not a directory")
+  config = config_base.base_config()
+  config.update(backbone="alexnet", pretrained=str(pth))
+  with pytest.raises(ValueError, match=r"is a file: give the directory written by python -m "
+                     r"orthohash_jax.weights --arch=alexnet"):
+    config_base.validate(config)
+
+
+def test_overrides_read_literals_booleans_and_strings():
+  config = config_base.base_config()
+  config_base.apply_overrides(config, ["num_bits=32", "use_bn=false", "loss=ce",
+                                       "hidden=(64,)", "eval_topk=None"])
+  assert (config.num_bits, config.use_bn, config.loss, config.hidden, config.eval_topk) == (
+      32, False, "ce", (64,), None)
+  with pytest.raises(ValueError, match="unknown config key 'num_bitz'; did you mean 'num_bits'"):
+    config_base.apply_overrides(config, ["num_bitz=3"])
+  with pytest.raises(ValueError, match="bad value for num_bits"):
+    config_base.apply_overrides(config, ["num_bits=many"])
