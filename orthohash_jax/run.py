@@ -114,6 +114,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     targets = workdir_lib.codebook(config, data.num_classes, workdir)
     trainer = make_trainer(config, data, codebook=targets)
     steps_per_epoch, total_steps = step_counts(config, data)
+    stack.enter_context(workdir_lib.lock(workdir))  # one run per workdir
     ckpt = stack.enter_context(contextlib.closing(
         checkpoint.Checkpointer(workdir, config.keep_checkpoints)))
     state, start = ckpt.restore_latest(trainer.abstract_state(),
@@ -208,7 +209,8 @@ def restore_run(workdir: str):
   data = data_lib.load(config)
   trainer = make_trainer(config, data, codebook=workdir_lib.codebook(config, data.num_classes,
                                                                      workdir))
-  with contextlib.closing(checkpoint.Checkpointer(workdir, config.keep_checkpoints)) as ckpt:
+  with workdir_lib.lock(workdir, shared=True), contextlib.closing(
+      checkpoint.Checkpointer(workdir, config.keep_checkpoints)) as ckpt:
     state, step = ckpt.restore_latest(trainer.abstract_state(),
                                       log=lambda line: cli.say(line, err=True))
   if state is None:

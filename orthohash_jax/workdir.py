@@ -19,8 +19,11 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
 another config (keys declared resumable in ``config_base`` may differ); a workdir without a
 checkpoint is never another run.
 """
+import contextlib
+import fcntl
 import json
 import os
+import socket
 
 import ml_collections
 import numpy as np
@@ -34,6 +37,39 @@ PROGRESS = "progress.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CODES = "codes.npz"
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def lock(workdir: str, shared: bool = False):
+  """Holds ``<workdir>/.lock`` while the block runs: exclusive for a training run (process 0;
+  a run creates the workdir here and, if it fails before writing anything else, removes it
+  again), shared for tools that only read a run (export, serve). Another holder makes it raise
+  ValueError naming that holder's PID and host. The lock is the OS's (``flock``): it ends with
+  its process, so a run killed with -9 never blocks the next one. On a network file system
+  ``flock`` may not reach other hosts: there, give every run its own workdir."""
+  if not parallel.is_main_process() or (shared and not os.path.exists(path(workdir, LOCK))):
+    yield  # nothing to share with: no run ever trained here
+    return
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(path(workdir, LOCK), os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      raise ValueError(f"{workdir} is in use by a training run ({holder}); wait for it to end "
+                       "or use another --workdir") from None
+    if not shared:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+    yield
+  finally:
+    if created and os.listdir(workdir) == [LOCK]:
+      os.remove(path(workdir, LOCK))
+      os.rmdir(workdir)
+    os.close(fd)
 
 
 def path(workdir: str, name: str) -> str:
