@@ -1,7 +1,7 @@
 r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, JPEG draft.
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
-  flock /tmp/bench.lock python experiments/bench_input.py [--dir=/tmp/bench_input] \
+  flock /tmp/bench.lock python -m experiments.bench_input [--dir=/tmp/bench_input] \
       [--train_images=2048] [--reps=3] [--sections=train,rss,draft] [--output=F.json]
 
 1. Generates JPEG files (256x256, quality 90): smooth two-colour gradients, a few blurred
@@ -34,10 +34,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from orthohash_jax.data import streaming, transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from orthohash_jax.data import streaming, transforms
 
 BATCH = 64
 RSS_SIZES = (2000, 20000)
@@ -259,7 +256,7 @@ def main():
   if "rss" in sections:
     report["rss_mib"] = {}
     for n in RSS_SIZES:
-      child = subprocess.run([sys.executable, __file__, f"--dir={args.dir}", f"--rss_child={n}"],
+      child = subprocess.run([sys.executable, "-m", "experiments.bench_input", f"--dir={args.dir}", f"--rss_child={n}"],
                              capture_output=True, text=True, check=True)
       report["rss_mib"][n] = json.loads(child.stdout.strip().splitlines()[-1])["rss_mib"]
       print(f"eval_rows over {n} database images: peak RSS {report['rss_mib'][n]:.0f} MiB",

@@ -2,11 +2,11 @@ r"""Analysis plots of a run (paper Figures 3 and 4, and the PR curve), written a
 
   # from a finished run: hamming_histogram.png, pr_curve.png and retrieval.png from
   # <workdir>/codes.npz (pictures through the run's data, read with its config.json)
-  python experiments/plot_analysis.py --workdir=runs/digits --out=runs/digits/plots
+  python -m experiments.plot_analysis --workdir=runs/digits --out=runs/digits/plots
 
   # train a config, recording mAP and the Figure-4 metrics every N epochs (analysis.json,
   # figure4.png), then the three plots above from the final codes
-  python experiments/plot_analysis.py --config=configs/digits.py --every_epochs=5 \
+  python -m experiments.plot_analysis --config=configs/digits.py --every_epochs=5 \
       --out=runs/digits_analysis --set num_epochs=50
 
 * Histogram (Figure 3): Hamming distances of all query-database pairs, intra-class (relevant:
@@ -29,8 +29,6 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from orthohash_jax import data as data_lib
 from orthohash_jax import (cli, codes_file, config_base, evaluation, images, metrics, parallel,
                            plots, retrieval, run, search)

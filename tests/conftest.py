@@ -21,7 +21,6 @@ from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-im
 from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the experiments package (the browser driver, free_port)
 from experiments.browser import free_port  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 
 

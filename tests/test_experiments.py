@@ -12,15 +12,14 @@ from PIL import Image
 from orthohash_jax import retrieval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from experiments import plot_analysis  # pylint: disable=wrong-import-position
+from experiments import plot_analysis
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
   out = tmp_path_factory.mktemp("grid")
   proc = subprocess.run(
-      [sys.executable, "experiments/run_grid.py", "--config=configs/digits.py",
+      [sys.executable, "-m", "experiments.run_grid", "--config=configs/digits.py",
        "--methods=CE+BN,OrthoCos+BN", "--bits=16", f"--out={out}", "--set", "num_epochs=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
