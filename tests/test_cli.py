@@ -13,7 +13,7 @@ import pytest
 
 from conftest import (CLI_ENV, ROOT, assert_one_line_error, checkpoint_steps, final_params,
                       main_cmd, run_cmd, write_idx)
-from orthohash_jax import codes_file, config_base, metrics, retrieval, run
+from orthohash_jax import cli, codes_file, config_base, metrics, retrieval, run
 from orthohash_jax import data as data_lib
 
 SHORT = ["--config.num_epochs=30", "--config.checkpoint_every_steps=92", "--config.hidden=(64,)"]
@@ -140,3 +140,17 @@ def test_fashion_idx_errors(tmp_path):
   config.data_dir = str(tmp_path)
   with pytest.raises(data_lib.DataError, match="header declares shape"):
     data_lib.load(config)
+
+
+def test_say_survives_a_closed_stdout(monkeypatch):
+  class Closed:
+    def write(self, text):
+      raise BrokenPipeError
+
+    def flush(self):
+      raise BrokenPipeError
+
+  monkeypatch.setattr(sys, "stdout", Closed())
+  cli.say("step 1")  # no exception: progress output is switched off
+  cli.say("step 2")
+  assert sys.stdout.name == os.devnull

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments import plot_analysis, run_grid
 from orthohash_jax import retrieval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from experiments import plot_analysis
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,18 @@ def test_bad_input(tmp_path, capsys):
   assert plot_analysis.main([f"--workdir={tmp_path}", f"--out={tmp_path}/o"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and "codes.npz" in err[0]
+
+
+def test_experiment_scripts_report_bad_arguments_in_one_line(capsys, monkeypatch, tmp_path):
+  for bits in ("abc", "0"):
+    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--config=configs/digits.py",
+                                      f"--bits={bits}", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit) as e:
+      run_grid.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--bits" in err[0]
+  assert plot_analysis.main([f"--config={ROOT}/configs/digits.py", f"--out={tmp_path}",
+                             "--set", "num_bits=abc"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "bad value for num_bits" in err[0]
