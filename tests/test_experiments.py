@@ -79,10 +79,15 @@ def test_training_with_analysis(tmp_path):
                              "--set", "num_epochs=3", "num_bits=16"]) == 0
   records = json.loads((tmp_path / "analysis.json").read_text())
   assert [r["epoch"] for r in records] == [0, 2, 3]
+  # the last record scores the run's final state as the run did
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert records[-1]["mAP"] == pytest.approx(results["mAP"], rel=1e-6)
+  assert records[-1]["quantization_angle"] == pytest.approx(results["quantization_angle"],
+                                                            rel=1e-6)
   assert records[-1]["mAP"] > records[0]["mAP"] + 0.3
   assert records[-1]["separability"] > records[0]["separability"] + 2
   assert records[-1]["quantization_angle"] < records[0]["quantization_angle"]
-  for name in ("figure4.png", "hamming_histogram.png", "pr_curve.png"):
+  for name in ("figure4.png", "hamming_histogram.png", "pr_curve.png", "retrieval.png"):
     assert (tmp_path / name).stat().st_size > 10_000
 
 
