@@ -1,7 +1,7 @@
 r"""Training images/s of the paper backbones: ours vs the same model in PyTorch; bf16 drift.
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
-  flock /tmp/bench.lock python experiments/bench_backbones.py [--archs=alexnet,vgg16,resnet50] \
+  flock /tmp/bench.lock python -m experiments.bench_backbones [--archs=alexnet,vgg16,resnet50] \
       [--dtypes=float32,bfloat16] [--steps=3] [--batch=32] [--size=224] [--output=bench.json]
 
 One training step = forward + backward + Adam (lr 1e-4) of backbone -> linear 100-way classifier
@@ -9,7 +9,7 @@ One training step = forward + backward + Adam (lr 1e-4) of backbone -> linear 10
 mode (dropout on for AlexNet / VGG16, batch statistics for ResNet-50). Each (framework, arch,
 dtype) runs in its own subprocess (in one process, XLA's idle worker threads starve PyTorch's):
 one warm-up step (compilation), then ``--steps`` timed steps. PyTorch runs the torchvision
-stand-ins of tests/torchvision_replicas.py (same layers as torchvision) with
+stand-ins of experiments/torchvision_replicas.py (same layers as torchvision) with
 ``torch.set_num_threads`` = the cores; its bfloat16 is ``torch.autocast("cpu", bfloat16)``, ours
 ``dtype=bfloat16`` (float32 parameters and Adam state on both sides).
 
@@ -28,8 +28,6 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 NUM_CLASSES = 100
 
 
@@ -87,8 +85,7 @@ def bench_jax(arch, dtype, args):
 
 def bench_torch(arch, dtype, args):
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(ROOT, "tests"))
-  import torchvision_replicas  # pylint: disable=g-import-not-at-top
+  from experiments import torchvision_replicas  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   model = torchvision_replicas.REPLICAS[arch](num_classes=NUM_CLASSES).train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -150,7 +147,7 @@ def child(args):
 
 
 def run_child(argv):
-  proc = subprocess.run([sys.executable, __file__] + argv, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-m", "experiments.bench_backbones"] + argv, capture_output=True, text=True,
                         check=False)
   if proc.returncode:
     lines = proc.stderr.strip().splitlines()

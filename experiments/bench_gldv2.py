@@ -1,6 +1,6 @@
 r"""Steps/s and peak memory of the GLDv2-size synthetic config on 1, 2 and 4 (fake CPU) devices.
 
-  python experiments/bench_gldv2.py [--devices=1,2,4] [--steps=100] [--output=bench_gldv2.json]
+  python -m experiments.bench_gldv2 [--devices=1,2,4] [--steps=100] [--output=bench_gldv2.json]
 
 Each device count runs in a fresh subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=N)
 training ``configs/gldv2.py:synthetic`` (81,313 classes, 2,048-d descriptors, 64 bits, batch
@@ -20,7 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def child(steps: int, num_bits: int) -> None:
-  sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   from orthohash_jax import config_base, data, parallel, run  # pylint: disable=g-import-not-at-top
   config = config_base.load_config_file(os.path.join(ROOT, "configs/gldv2.py:synthetic"))
@@ -58,7 +57,7 @@ def main():
   for n in (int(x) for x in args.devices.split(",")):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
            "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    proc = subprocess.run([sys.executable, __file__, "--child", f"--steps={args.steps}",
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench_gldv2", "--child", f"--steps={args.steps}",
                            f"--num_bits={args.num_bits}"], env=env, capture_output=True,
                           text=True, check=False)
     if proc.returncode:

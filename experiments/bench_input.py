@@ -1,14 +1,14 @@
 r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, JPEG draft.
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
-  flock /tmp/bench.lock python experiments/bench_input.py [--dir=/tmp/bench_input] \
+  flock /tmp/bench.lock python -m experiments.bench_input [--dir=/tmp/bench_input] \
       [--train_images=2048] [--reps=3] [--sections=train,rss,draft] [--output=F.json]
 
 1. Generates JPEG files (256x256, quality 90): smooth two-colour gradients, a few blurred
    ellipses and rectangles, mild Gaussian noise; and list files (10 classes). Files are kept in
    --dir and reused by later runs.
 2. Training pipeline images/s (decode + RandomResizedCrop(224) + flip + batch of 64 uint8):
-   ours (``train_rows_async`` with 3 batches in flight) and a torch DataLoader (same files,
+   ours (``train_rows`` called from 3 threads: 3 batches in flight) and a torch DataLoader (same files,
    the same transform written with PIL + torch random numbers, uint8 tensors, prefetch 2 per
    worker) at 1 and 2 workers, on the same random order; after a warm-up of 2 batches; reps
    interleaved (ours, torch, ours, torch); every rep and the medians are reported, and the
@@ -34,10 +34,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from orthohash_jax.data import streaming, transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
+from orthohash_jax.data import streaming, transforms
 
 BATCH = 64
 RSS_SIZES = (2000, 20000)
@@ -114,14 +111,16 @@ def ours_images_per_s(directory, workers, order):
   src = streaming.load(source_config(directory, workers))
   batches = order.reshape(-1, BATCH)
   positions = np.arange(BATCH)
-  pending = [src.train_rows_async(batches[s:s + 1], [s], positions) for s in range(3)]
-  start = None
-  for step in range(len(batches)):
-    if step == 2:
-      start = time.perf_counter()
-    pending.pop(0).result()
-    if step + 3 < len(batches):
-      pending.append(src.train_rows_async(batches[step + 3:step + 4], [step + 3], positions))
+  with concurrent.futures.ThreadPoolExecutor(3) as ahead:
+    pending = [ahead.submit(src.train_rows, batches[s:s + 1], [s], positions) for s in range(3)]
+    start = None
+    for step in range(len(batches)):
+      if step == 2:
+        start = time.perf_counter()
+      pending.pop(0).result()
+      if step + 3 < len(batches):
+        pending.append(ahead.submit(src.train_rows, batches[step + 3:step + 4], [step + 3],
+                                    positions))
   rate = (len(batches) - 2) * BATCH / (time.perf_counter() - start)
   src.close()
   return rate, (_cpu_s(resource.RUSAGE_SELF) - cpu0) * 1e3 / len(order)
@@ -180,12 +179,14 @@ def rss_child(directory, n):
   src = streaming.load(source_config(directory, 2))
   checksum = 0
   chunk = 256
-  pending = [src.eval_rows_async("db", np.arange(s, min(s + chunk, n))) for s in (0, chunk)]
-  for start in range(0, n, chunk):
-    checksum += int(pending.pop(0).result()[:, 100, 100].sum())
-    nxt = start + 2 * chunk
-    if nxt < n:
-      pending.append(src.eval_rows_async("db", np.arange(nxt, min(nxt + chunk, n))))
+  with concurrent.futures.ThreadPoolExecutor(2) as ahead:
+    pending = [ahead.submit(src.eval_rows, "db", np.arange(s, min(s + chunk, n)))
+               for s in (0, chunk)]
+    for start in range(0, n, chunk):
+      checksum += int(pending.pop(0).result()[:, 100, 100].sum())
+      nxt = start + 2 * chunk
+      if nxt < n:
+        pending.append(ahead.submit(src.eval_rows, "db", np.arange(nxt, min(nxt + chunk, n))))
   src.close()
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, checksum
 
@@ -255,7 +256,7 @@ def main():
   if "rss" in sections:
     report["rss_mib"] = {}
     for n in RSS_SIZES:
-      child = subprocess.run([sys.executable, __file__, f"--dir={args.dir}", f"--rss_child={n}"],
+      child = subprocess.run([sys.executable, "-m", "experiments.bench_input", f"--dir={args.dir}", f"--rss_child={n}"],
                              capture_output=True, text=True, check=True)
       report["rss_mib"][n] = json.loads(child.stdout.strip().splitlines()[-1])["rss_mib"]
       print(f"eval_rows over {n} database images: peak RSS {report['rss_mib'][n]:.0f} MiB",

@@ -19,7 +19,7 @@ Times exclude compilation (one warm-up call per shape) and are the best of ``--r
 the reference alternating. ``--quick``: small smoke version; ``--sections``: any of search,
 map_all, paper.
 
-  PYTHONPATH=. python experiments/bench_retrieval.py --output=bench_retrieval.json [--quick]
+  python -m experiments.bench_retrieval --output=bench_retrieval.json [--quick]
 """
 import argparse
 import json

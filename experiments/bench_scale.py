@@ -11,7 +11,7 @@ Reported: seconds (search only; FAISS's add is reported apart), pairs/s = Q N / 
 and whether FAISS's distances equal ours. The page cache is whatever the machine holds: a file
 larger than free RAM is read from disk. Compilation is excluded (one warm-up on a small prefix).
 
-  flock /tmp/bench.lock python experiments/bench_scale.py [--sizes=1e7,1e8,1e9] \
+  flock /tmp/bench.lock python -m experiments.bench_scale [--sizes=1e7,1e8,1e9] \
       [--dir=/tmp/orthohash_scale] [--output=bench_scale.json]
 """
 import argparse
@@ -75,7 +75,7 @@ def child(kind, path, n, chunk_rows):
 
 
 def run_child(kind, path, n, chunk_rows):
-  proc = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--path={path}",
+  proc = subprocess.run([sys.executable, "-m", "experiments.bench_scale", f"--child={kind}", f"--path={path}",
                          f"--n={n}", f"--chunk_rows={chunk_rows}"], capture_output=True,
                         text=True, check=False)
   if proc.returncode:

@@ -1,7 +1,7 @@
 r"""Training steps/s of the Fashion-MNIST config: orthohash-jax vs the same model in PyTorch.
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
-  python experiments/bench_train.py [--epochs=5] [--num_bits=64] [--output=bench_train.json]
+  python -m experiments.bench_train [--epochs=5] [--num_bits=64] [--output=bench_train.json]
 
 Both sides train the same model on the same 5,000 x 784 training set (configs/fashion_mnist.py:
 MLP 784-512-512 ReLU, hash layer without bias + BatchNorm, fixed Bernoulli codebook, cosine
@@ -26,7 +26,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def fashion_config(num_bits, data_dir):
@@ -151,7 +150,7 @@ def main():
     if side == "torch" and importlib.util.find_spec("torch") is None:
       print(json.dumps(row))
       sys.exit("error: torch is not installed (pip install torch==2.13.0); JAX figures above")
-    proc = subprocess.run([sys.executable, __file__, f"--side={side}"] + sys.argv[1:],
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench_train", f"--side={side}"] + sys.argv[1:],
                           capture_output=True, text=True, check=False)
     if proc.returncode:
       sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"{side} failed")

@@ -1,7 +1,7 @@
 r"""Headless Chromium driven over the W3C WebDriver protocol (standard library only), and a
 screenshot of the search page of a run.
 
-  python experiments/browser.py --workdir=runs/fmnist64 --out=docs/serve.png [--query=7 --k=10]
+  python -m experiments.browser --workdir=runs/fmnist64 --out=docs/serve.png [--query=7 --k=10]
 
 needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get update && apt-get install -y
 chromium chromium-driver``, as root). ``Browser`` starts ``chromedriver`` on a free local port
@@ -13,7 +13,6 @@ the element exists, so a test waits for a marker the page sets when it has rende
 import argparse
 import base64
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -23,8 +22,6 @@ import time
 import urllib.error
 import urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=wrong-import-position
 from orthohash_jax import serve
 
 CHROMIUM, DRIVER = "chromium", "chromedriver"

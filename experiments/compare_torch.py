@@ -1,7 +1,7 @@
 r"""Parity table: the same protocol trained by orthohash-jax and by a PyTorch implementation.
 
-  python experiments/compare_torch.py --dataset=digits --out=runs/parity_digits
-  python experiments/compare_torch.py --dataset=fashion_mnist --out=runs/parity_fmnist \
+  python -m experiments.compare_torch --dataset=digits --out=runs/parity_digits
+  python -m experiments.compare_torch --dataset=fashion_mnist --out=runs/parity_fmnist \
       [--set num_epochs=20] [--methods=CE+BN,OrthoCos+BN] [--bits=64] [--seeds=0,1,2]
 
 For every method (rows of ``run_grid.METHODS``: CE, CE+BN, OrthoCos, OrthoCos+BN, OrthoArc+BN),
@@ -31,9 +31,8 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from experiments import run_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
-from orthohash_jax import cli, run  # pylint: disable=wrong-import-position
+from experiments import run_grid
+from orthohash_jax import cli, run
 
 METHODS = ("CE", "CE+BN", "OrthoCos", "OrthoCos+BN", "OrthoArc+BN")
 DATASETS = ("digits", "fashion_mnist")
@@ -52,7 +51,7 @@ def torch_run(config_path, sets, threads, output):
   if not os.path.exists(output):
     os.makedirs(os.path.dirname(output), exist_ok=True)
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "torch_reference.py"),
+        [sys.executable, "-m", "experiments.torch_reference",
          f"--config={config_path}", f"--output={output}", f"--threads={threads}", "--set", *sets],
         capture_output=True, text=True, check=False)
     if proc.returncode:

@@ -2,11 +2,12 @@ r"""Analysis plots of a run (paper Figures 3 and 4, and the PR curve), written a
 
   # from a finished run: hamming_histogram.png, pr_curve.png and retrieval.png from
   # <workdir>/codes.npz (pictures through the run's data, read with its config.json)
-  python experiments/plot_analysis.py --workdir=runs/digits --out=runs/digits/plots
+  python -m experiments.plot_analysis --workdir=runs/digits --out=runs/digits/plots
 
-  # train a config, recording mAP and the Figure-4 metrics every N epochs (analysis.json,
-  # figure4.png), then the three plots above from the final codes
-  python experiments/plot_analysis.py --config=configs/digits.py --every_epochs=5 \
+  # train a config as a run in <out>/run (checkpoints every N epochs kept), then mAP and the
+  # Figure-4 metrics of the initial state and of each checkpoint (analysis.json, figure4.png)
+  # and the three plots above from the run's codes.npz
+  python -m experiments.plot_analysis --config=configs/digits.py --every_epochs=5 \
       --out=runs/digits_analysis --set num_epochs=50
 
 * Histogram (Figure 3): Hamming distances of all query-database pairs, intra-class (relevant:
@@ -27,12 +28,11 @@ import sys
 
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from matplotlib.figure import Figure
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from orthohash_jax import data as data_lib
-from orthohash_jax import (cli, codes_file, config_base, evaluation, images, metrics, parallel,
+from orthohash_jax import (checkpoint, cli, codes_file, config_base, evaluation, images, metrics,
                            plots, retrieval, run, search)
 
 
@@ -101,37 +101,50 @@ def plot_pr(codes: dict, path: str) -> dict:
   return pr
 
 
-def analysis_record(trainer, data, state, epoch: int) -> dict:
-  """mAP and the Figure-4 metrics at one point of training: quantization angle and
+def analysis_record(trainer, data, state, epoch) -> dict:
+  """mAP (as the run's evaluation) and the Figure-4 metrics of one state: quantization angle and
   orthogonality of the database codes, separability of the query-database pairs (the
   histogram's)."""
+  q_codes = evaluation.encode_split(trainer, data, state, "query")
   db_codes = evaluation.encode_split(trainer, data, state, "db")
-  result = evaluation.evaluate(trainer, data, state)
-  intra, inter = plots.distance_histograms(result["query_codes"], result["db_codes"],
-                                           result["query_labels"], result["db_labels"])
-  return {"epoch": epoch, "mAP": result["mAP"],
+  q_packed, db_packed = metrics.as_packed(q_codes), metrics.as_packed(db_codes)
+  q_labels, db_labels = data.labels("query"), data.labels("db")
+  intra, inter = plots.distance_histograms(q_packed, db_packed, q_labels, db_labels)
+  return {"epoch": epoch,
+          "mAP": metrics.mean_average_precision(q_packed, db_packed, q_labels, db_labels,
+                                                trainer.config.eval_topk),
           "quantization_angle": metrics.quantization_angle(db_codes),
           "separability": plots.separability(intra, inter),
-          "orthogonality": metrics.orthogonality(db_codes, data.db_y)}
+          "orthogonality": metrics.orthogonality(db_codes, db_labels)}
 
 
-def train_with_analysis(config, every_epochs: int):
-  """Trains ``config`` from scratch, one compiled epoch at a time; returns (records, trainer,
-  data, final state), a record at epoch 0 and every ``every_epochs`` (and the last) epoch."""
+def train_with_analysis(config, workdir: str, every_epochs: int) -> list:
+  """Trains ``config`` with ``run.train_and_evaluate`` in ``workdir``, keeping a checkpoint every
+  ``every_epochs`` epochs (rounded up to whole chunks) and the last; returns the records
+  (``analysis_record``) of the initial state (epoch 0) and of each kept checkpoint."""
   data = data_lib.load(config)
-  if data.multilabel:
-    raise ValueError("the Figure-4 metrics need single-label data")
-  trainer = run.make_trainer(config, data, parallel.make_mesh(config.num_devices))
-  steps_per_epoch = run.training_steps(config, data)[0]
-  state = trainer.initial_state()
-  records = [analysis_record(trainer, data, state, 0)]
-  for epoch in range(1, config.num_epochs + 1):
-    state, _ = run.train_steps(trainer, data, state, (epoch - 1) * steps_per_epoch,
-                               epoch * steps_per_epoch)
-    if epoch % every_epochs == 0 or epoch == config.num_epochs:
+  try:
+    if data.multilabel or data.protocol != "category":
+      raise ValueError("the Figure-4 metrics need single-label category data")
+    steps_per_epoch = run.training_steps(config, data)[0]
+  finally:
+    data.close()
+  config.checkpoint_every_steps = every_epochs * steps_per_epoch
+  config.keep_checkpoints = config.num_epochs // every_epochs + 1
+  run.train_and_evaluate(config, workdir)
+  trainer, data, _, _ = run.restore_run(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  try:
+    records = [analysis_record(trainer, data, trainer.initial_state(), 0)]
+    for step in sorted(ckpt.manager.all_steps()):
+      state = ckpt.manager.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
+      epoch = step // steps_per_epoch if step % steps_per_epoch == 0 else step / steps_per_epoch
       records.append(analysis_record(trainer, data, state, epoch))
       print(json.dumps(records[-1]), flush=True)
-  return records, trainer, data, state
+  finally:
+    ckpt.close()
+    data.close()
+  return records
 
 
 FIGURE4 = (("quantization_angle", "quantization angle (deg)"),
@@ -170,7 +183,8 @@ def main(argv=None) -> int:
   parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--workdir", help="a finished run (reads codes.npz)")
-  source.add_argument("--config", help="train this config recording the Figure-4 metrics")
+  source.add_argument("--config", help="train this config in <out>/run and plot the Figure-4 "
+                      "metrics of its checkpoints")
   parser.add_argument("--every_epochs", type=int, default=5)
   parser.add_argument("--num_queries", type=int, default=8, help="rows of the retrieval grid")
   parser.add_argument("--k", type=int, default=10, help="neighbours per row of the grid")
@@ -182,20 +196,19 @@ def main(argv=None) -> int:
     if args.num_queries < 1 or args.k < 1:
       raise ValueError(f"--num_queries and --k must be positive, got {args.num_queries}, {args.k}")
     os.makedirs(args.out, exist_ok=True)
-    if args.workdir:
-      codes = codes_file.load_codes(os.path.join(args.workdir, "codes.npz"))
-      data = load_run_data(args.workdir)
-    else:
+    workdir = args.workdir
+    if args.config:
       if args.every_epochs < 1:
         raise ValueError(f"--every_epochs must be positive, got {args.every_epochs}")
       config = config_base.load_config_file(args.config)
       config_base.apply_overrides(config, args.set)
-      records, trainer, data, state = train_with_analysis(config, args.every_epochs)
+      workdir = os.path.join(args.out, "run")
+      records = train_with_analysis(config, workdir, args.every_epochs)
       with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(records, f, indent=2)
       plot_figure4(records, os.path.join(args.out, "figure4.png"))
-      result = evaluation.evaluate(trainer, data, state)
-      codes = {**result, "num_bits": config.num_bits}
+    codes = codes_file.load_codes(os.path.join(workdir, "codes.npz"))
+    data = load_run_data(workdir)
     plot_histogram(codes, os.path.join(args.out, "hamming_histogram.png"))
     plot_pr(codes, os.path.join(args.out, "pr_curve.png"))
     try:

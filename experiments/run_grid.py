@@ -1,6 +1,6 @@
 r"""Runs a grid of (method x bits x seed) trainings and writes a markdown + CSV table of mAP.
 
-  python experiments/run_grid.py --config=configs/fashion_mnist.py \
+  python -m experiments.run_grid --config=configs/fashion_mnist.py \
       --methods=CE+BN,OrthoCos+BN --bits=16,32,64 --seeds=0,1,2 --out=runs/fashion_table
 
 Every run gets its own workdir under --out (a finished run, one with results.json, is not
@@ -14,8 +14,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orthohash_jax import cli, config_base, run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from orthohash_jax import cli, config_base, run
 
 METHODS = {
     "CE": {"loss": "ce", "use_bn": False},

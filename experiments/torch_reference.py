@@ -1,6 +1,6 @@
 r"""The OrthoHash protocol in PyTorch, one run: the reference side of ``compare_torch.py``.
 
-  python experiments/torch_reference.py --config=configs/digits.py --output=run.json \
+  python -m experiments.torch_reference --config=configs/digits.py --output=run.json \
       --set loss=ce use_bn=True num_bits=64 seed=0 [num_epochs=20 ...]
 
 Written here from the paper (Hoe et al., NeurIPS 2021), with torch's default module
@@ -21,7 +21,6 @@ seed, as ``run.run_codebook``), the batches of every step (``data.step_indices``
 """
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -30,10 +29,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from orthohash_jax import codebook as codebook_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from orthohash_jax import config_base, metrics  # pylint: disable=wrong-import-position
-from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
+from orthohash_jax import codebook as codebook_lib
+from orthohash_jax import config_base, metrics
+from orthohash_jax import data as data_lib
 
 ARC_EPS = 1e-5
 

@@ -15,13 +15,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-import-position
 from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the experiments package (the browser driver, free_port)
 from experiments.browser import free_port  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
 
 
@@ -33,6 +33,17 @@ def blobs(seed=0, n_per_class=32, classes=4, dim=8):
   y = np.repeat(np.arange(classes), n_per_class).astype(np.int32)
   x = (means[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
   return data_lib.RetrievalData("blobs", classes, x, y, x[::8], y[::8], x, y)
+
+
+@pytest.fixture
+def fake_load(monkeypatch):
+  """Makes ``data.load`` return the given data (and counts the calls)."""
+  calls = []
+
+  def use(data):
+    monkeypatch.setattr(data_lib, "load", lambda config: calls.append(1) or data)
+    return calls
+  return use
 
 
 def config_of(values: dict):

@@ -1,6 +1,6 @@
 """orthohash_jax.backbones against PyTorch: features, BatchNorm, pooling, dropout, init, bf16.
 
-References are torch stand-ins with torchvision's exact layer names (tests/torchvision_replicas.py)
+References are torch stand-ins with torchvision's exact layer names (experiments/torchvision_replicas.py)
 carrying random weights (and random BN running statistics); our modules get the same weights
 through orthohash_jax.weights. Exactness is max |ours - torch| / max |torch| <= 1e-4, float32,
 eval mode; small odd sizes run by default, 224x224 and 200x256 once per arch (marked slow).
@@ -16,7 +16,7 @@ from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-positio
 
 from orthohash_jax import backbones  # pylint: disable=g-import-not-at-top,wrong-import-position
 from orthohash_jax import weights  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torchvision_replicas as replicas  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import torchvision_replicas as replicas  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TOL = 1e-4
 # Small sizes that still exercise adaptive pooling: AlexNet 67x99 -> 1x2 feature map -> 6x6;

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import (CLI_ENV, ROOT, assert_one_line_error, checkpoint_steps, final_params,
                       main_cmd, run_cmd, write_idx)
-from orthohash_jax import codes_file, config_base, main, metrics, retrieval, run
+from orthohash_jax import cli, codes_file, config_base, main, metrics, retrieval, run
 from orthohash_jax import data as data_lib
 
 SHORT = ["--config.num_epochs=30", "--config.checkpoint_every_steps=92", "--config.hidden=(64,)"]
@@ -174,3 +174,17 @@ def test_main_sets_overrides_in_both_spellings(monkeypatch):
                     "--config.hidden=(64,)"]) == 0
   config = seen["config"]
   assert (config.num_bits, config.use_bn, config.hidden) == (32, False, (64,))
+
+
+def test_say_survives_a_closed_stdout(monkeypatch):
+  class Closed:
+    def write(self, text):
+      raise BrokenPipeError
+
+    def flush(self):
+      raise BrokenPipeError
+
+  monkeypatch.setattr(sys, "stdout", Closed())
+  cli.say("step 1")  # no exception: progress output is switched off
+  cli.say("step 2")
+  assert sys.stdout.name == os.devnull

@@ -1,6 +1,5 @@
 """experiments/compare_torch.py and torch_reference.py: the PyTorch loss and head against ours,
 torch's default init of the reference model, and the parity table's 2-standard-error rule."""
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,6 @@ import pytest
 from orthohash_jax import losses
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import compare_torch, torch_reference  # pylint: disable=wrong-import-position
 
 

@@ -76,7 +76,15 @@ def test_overrides_read_literals_booleans_and_strings():
                                        "hidden=(64,)", "eval_topk=None"])
   assert (config.num_bits, config.use_bn, config.loss, config.hidden, config.eval_topk) == (
       32, False, "ce", (64,), None)
+
+
+def test_overrides_reject_unknown_keys_and_bad_values():
+  config = config_base.base_config()
   with pytest.raises(ValueError, match="unknown config key 'num_bitz'; did you mean 'num_bits'"):
-    config_base.apply_overrides(config, ["num_bitz=3"])
-  with pytest.raises(ValueError, match="bad value for num_bits"):
-    config_base.apply_overrides(config, ["num_bits=many"])
+    config_base.apply_overrides(config, ["num_bitz=8"])
+  with pytest.raises(ValueError, match="bad value for num_bits: 'abc'"):
+    config_base.apply_overrides(config, ["num_bits=abc"])
+  with pytest.raises(ValueError, match="key=value"):
+    config_base.apply_overrides(config, ["num_bits"])
+  config_base.apply_overrides(config, ["num_bits=8", "hidden=(4, 4)", "loss=ce"])
+  assert (config.num_bits, tuple(config.hidden), config.loss) == (8, (4, 4), "ce")

@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments import plot_analysis, run_grid
 from orthohash_jax import retrieval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from experiments import plot_analysis  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
   out = tmp_path_factory.mktemp("grid")
   proc = subprocess.run(
-      [sys.executable, "experiments/run_grid.py", "--config=configs/digits.py",
+      [sys.executable, "-m", "experiments.run_grid", "--config=configs/digits.py",
        "--methods=CE+BN,OrthoCos+BN", "--bits=16", f"--out={out}", "--set", "num_epochs=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -80,10 +79,15 @@ def test_training_with_analysis(tmp_path):
                              "--set", "num_epochs=3", "num_bits=16"]) == 0
   records = json.loads((tmp_path / "analysis.json").read_text())
   assert [r["epoch"] for r in records] == [0, 2, 3]
+  # the last record scores the run's final state as the run did
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert records[-1]["mAP"] == pytest.approx(results["mAP"], rel=1e-6)
+  assert records[-1]["quantization_angle"] == pytest.approx(results["quantization_angle"],
+                                                            rel=1e-6)
   assert records[-1]["mAP"] > records[0]["mAP"] + 0.3
   assert records[-1]["separability"] > records[0]["separability"] + 2
   assert records[-1]["quantization_angle"] < records[0]["quantization_angle"]
-  for name in ("figure4.png", "hamming_histogram.png", "pr_curve.png"):
+  for name in ("figure4.png", "hamming_histogram.png", "pr_curve.png", "retrieval.png"):
     assert (tmp_path / name).stat().st_size > 10_000
 
 
@@ -91,3 +95,18 @@ def test_bad_input(tmp_path, capsys):
   assert plot_analysis.main([f"--workdir={tmp_path}", f"--out={tmp_path}/o"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and "codes.npz" in err[0]
+
+
+def test_experiment_scripts_report_bad_arguments_in_one_line(capsys, monkeypatch, tmp_path):
+  for bits in ("abc", "0"):
+    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--config=configs/digits.py",
+                                      f"--bits={bits}", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit) as e:
+      run_grid.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--bits" in err[0]
+  assert plot_analysis.main([f"--config={ROOT}/configs/digits.py", f"--out={tmp_path}",
+                             "--set", "num_bits=abc"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "bad value for num_bits" in err[0]

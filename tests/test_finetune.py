@@ -38,7 +38,7 @@ def test_missing_pretrained_is_one_clear_error(tmp_path):
 @pytest.mark.slow
 def test_finetune_from_converted_alexnet_end_to_end(tmp_path, monkeypatch):
   torch = pytest.importorskip("torch")
-  import torchvision_replicas as replicas  # pylint: disable=g-import-not-at-top  (needs torch)
+  from experiments import torchvision_replicas as replicas  # pylint: disable=g-import-not-at-top  (needs torch)
   write_image_lists(tmp_path / "data", n_train=8, n_test=3, n_db=8)
   torch.save(replicas.randomize(replicas.AlexNet(), 0).state_dict(), tmp_path / "alexnet.pth")
   proc = run_cmd([sys.executable, "-m", "orthohash_jax.weights", "--arch=alexnet",

@@ -5,11 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_trainer, train_steps
+from conftest import blobs, make_trainer, small_config, train_steps
 from orthohash_jax import config_base, evaluation, instance, revisited, run as run_lib
 from orthohash_jax import data as data_lib
-
-pytestmark = pytest.mark.slow  # the module fixture trains a GLDv2-like run (~20 s)
 
 CLASSES, DIM, BITS = 4, 8, 16
 
@@ -99,6 +97,7 @@ def numpy_gldv2_map(ranking, lines, db_len):
   return np.mean(aps)
 
 
+@pytest.mark.slow  # the module fixture trains a GLDv2-like run (~20 s)
 def test_training_scores_gldv2_ground_truth(run):
   q_x, db_x, lines = run["gldv2"]
   q, db = numpy_codes(run, q_x, None), numpy_codes(run, db_x, None)
@@ -108,6 +107,7 @@ def test_training_scores_gldv2_ground_truth(run):
   assert 0.5 < expected <= 1.0  # the codes retrieve: the trained model separates the classes
 
 
+@pytest.mark.slow  # the module fixture trains a GLDv2-like run (~20 s)
 def test_recompute_bn_sets_database_statistics(run):
   d = data_lib.load(run["config"])
   trainer = make_trainer(run["config"], d)
@@ -123,6 +123,7 @@ def test_recompute_bn_sets_database_statistics(run):
   assert "mAP_recompute_bn" not in result and result["query_codes"].dtype == np.uint32
 
 
+@pytest.mark.slow  # the module fixture trains a GLDv2-like run (~20 s)
 def test_cli_gldv2_and_revisited(run, tmp_path, capsys):
   out = tmp_path / "instance.json"
   assert instance.main([f"--workdir={run['workdir']}", f"--revisited={run['rev_root']}:roxford5k",
@@ -147,6 +148,7 @@ def test_cli_gldv2_and_revisited(run, tmp_path, capsys):
         assert printed["roxford5k"][key][setup][metric] == pytest.approx(value)
 
 
+@pytest.mark.slow  # the module fixture trains a GLDv2-like run (~20 s)
 @pytest.mark.parametrize("args, pattern", [
     (["--workdir={tmp}/missing"], "is not a training run"),
     (["--workdir={run}", "--revisited=nocolon"], "revisited sets are ROOT:name"),
@@ -157,3 +159,10 @@ def test_cli_bad_input(run, tmp_path, capsys, args, pattern):
   assert instance.main(argv) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and pattern in err[0]
+
+
+def test_instance_refuses_a_category_run(tmp_path, fake_load):
+  fake_load(blobs())
+  run_lib.train_and_evaluate(small_config(num_epochs=1), str(tmp_path))
+  with pytest.raises(ValueError, match="without instance-level ground truth"):
+    instance.evaluate_run(str(tmp_path))

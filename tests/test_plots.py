@@ -1,19 +1,17 @@
 """Figures and pictures (``plots``, ``images``): distance histograms against numpy, pictures of
 model inputs and model inputs of pictures, the retrieval grid."""
 import io
-import sys
 
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from conftest import ROOT, config_of
+from conftest import config_of
 from orthohash_jax import cli, images, plots, retrieval
 from orthohash_jax import data as data_lib
 
-sys.path.insert(0, ROOT)
-from experiments import plot_analysis  # pylint: disable=wrong-import-position
+from experiments import plot_analysis
 
 def test_distance_histograms_against_numpy():
   rng = np.random.default_rng(0)

@@ -1,7 +1,11 @@
 """The training run in a workdir (``run``): validation up front, the loop, codebook file, resume."""
+import dataclasses
 import json
 import os
+import shutil
+import signal
 
+import jax
 import numpy as np
 import pytest
 
@@ -9,17 +13,6 @@ from conftest import blobs, small_config
 from orthohash_jax import codebook as codebook_lib
 from orthohash_jax import config_base, run, workdir
 from orthohash_jax import data as data_lib
-
-
-@pytest.fixture
-def fake_load(monkeypatch):
-  """Makes ``data.load`` return the given data (and counts the calls)."""
-  calls = []
-
-  def use(data):
-    monkeypatch.setattr(data_lib, "load", lambda config: calls.append(1) or data)
-    return calls
-  return use
 
 
 @pytest.mark.slow
@@ -116,3 +109,96 @@ def test_resumable_keys_may_change_others_may_not(tmp_path, fake_load):
   workdir.check_same_run(str(tmp_path), small_config(num_epochs=1, eval_topk=5, num_devices=1))
   with pytest.raises(ValueError, match=r"another config \(margin: 0.2 -> 0.3\)"):
     workdir.check_same_run(str(tmp_path), small_config(num_epochs=1, margin=0.3))
+
+
+def params_of(workdir):
+  _, _, state, step = run.restore_run(str(workdir))
+  return step, jax.tree.leaves(jax.tree.map(np.asarray, state.params))
+
+
+def test_large_num_bits_warns(tmp_path, monkeypatch, capsys):
+  def no_data(config):
+    raise data_lib.DataError("stop here")
+  monkeypatch.setattr(data_lib, "load", no_data)
+  with pytest.raises(data_lib.DataError):
+    run.train_and_evaluate(small_config(num_bits=100_000), str(tmp_path / "w"))
+  assert "num_bits 100000 is far beyond" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "w")  # a run that failed on its data leaves no workdir
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  (tmp_path / "f").write_text("")
+  with pytest.raises(ValueError, match="is a file, not a directory"):
+    run.train_and_evaluate(small_config(), str(tmp_path / "f"))
+
+
+@pytest.mark.slow
+def test_resume_truncates_the_log_and_keeps_time_totals(tmp_path, fake_load):
+  fake_load(blobs())
+  config = small_config(num_epochs=4, checkpoint_every_steps=16)
+  first = run.train_and_evaluate(config, str(tmp_path))
+  # a kill after step 32 was logged but before its checkpoint: drop the last checkpoint
+  shutil.rmtree(tmp_path / "checkpoints" / "32")
+  second = run.train_and_evaluate(config, str(tmp_path))
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+  assert steps == [8, 16, 24, 32]
+  assert second["mAP"] == first["mAP"]
+  again = json.loads((tmp_path / "results.json").read_text(),
+                     parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+  run.train_and_evaluate(config, str(tmp_path))  # a finished run, repeated
+  repeated = json.loads((tmp_path / "results.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+  assert repeated["train_seconds"] == again["train_seconds"] > 0
+  assert repeated["steps_per_second"] == again["steps_per_second"]
+
+
+@pytest.mark.slow
+def test_num_epochs_on_resume(tmp_path, fake_load):
+  fake_load(blobs())
+  run.train_and_evaluate(small_config(num_epochs=2), str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="the run is at step 16, beyond the 8 steps"):
+    run.train_and_evaluate(small_config(num_epochs=1), str(tmp_path / "a"))
+  # extending: the same as a run started with the longer schedule
+  run.train_and_evaluate(small_config(num_epochs=4), str(tmp_path / "a"))
+  run.train_and_evaluate(small_config(num_epochs=4), str(tmp_path / "b"))
+  assert json.loads((tmp_path / "a" / "config.json").read_text())["num_epochs"] == 4
+  (sa, a), (sb, b) = params_of(tmp_path / "a"), params_of(tmp_path / "b")
+  assert sa == sb == 32
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  # the step schedule decayed at step 12 of 16: extending would raise the lr again
+  run.train_and_evaluate(small_config(num_epochs=2, lr_schedule="step"), str(tmp_path / "c"))
+  with pytest.raises(ValueError, match="decayed its lr at step 12"):
+    run.train_and_evaluate(small_config(num_epochs=4, lr_schedule="step"), str(tmp_path / "c"))
+
+
+class _InterruptAt(data_lib.RetrievalData):
+  """Sends this process a signal when the batches of ``step`` are read."""
+  step, signum = None, None
+
+  def train_rows(self, indices, steps, positions):
+    if self.step in steps:
+      os.kill(os.getpid(), self.signum)
+    return super().train_rows(indices, steps, positions)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_and_resumes_identically(tmp_path, fake_load, signum, capsys):
+  d = blobs()
+  fake_load(d)
+  config = small_config(num_epochs=5, checkpoint_every_steps=1000)
+  run.train_and_evaluate(config, str(tmp_path / "whole"))
+  stopping = _InterruptAt(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)})
+  stopping.step, stopping.signum = 17, signum
+  fake_load(stopping)
+  with pytest.raises(run.Interrupted, match="interrupted at step 24; checkpoint saved"):
+    run.train_and_evaluate(config, str(tmp_path / "cut"))
+  assert signal.getsignal(signum) is not None  # handlers restored
+  fake_load(d)
+  run.train_and_evaluate(config, str(tmp_path / "cut"))
+  assert "resumed from checkpoint at step 24" in capsys.readouterr().out
+  (sa, a), (sb, b) = params_of(tmp_path / "whole"), params_of(tmp_path / "cut")
+  assert sa == sb == 40
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)

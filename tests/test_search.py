@@ -249,3 +249,22 @@ def test_neighbour_relevance_multilabel():
   lines = search.format_results(np.array([[0, 2]]), np.array([[1, 2]]), db_labels,
                                 q_labels[:1])
   assert lines == ["0 label=1 P@2=0.5000: 1:0:1,2 2:2:-", "mean P@2=0.5000 over 1 queries"]
+
+
+# ---- moved from test_robustness.py: damaged code files at the CLI
+from orthohash_jax import codes_file  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_search_cli_reads_damaged_code_files_in_one_line(tmp_path, capsys):
+  result = {"query_codes": np.zeros((2, 1), np.uint32), "db_codes": np.zeros((3, 1), np.uint32),
+            "query_labels": np.zeros(2, np.int32), "db_labels": np.zeros(3, np.int32)}
+  path = str(tmp_path / "codes.npz")
+  codes_file.save_codes(path, result, 8, {})
+  raw = bytearray(open(path, "rb").read())
+  raw[150:154] = b"\xff\xff\xff\xff"  # a CRC mismatch inside the first member
+  open(path, "wb").write(bytes(raw))
+  (tmp_path / "text.npz").write_text("not a zip")
+  for bad in (path, str(tmp_path / "text.npz")):
+    assert search.main([f"--codes={bad}", "--k=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: not a readable .npz file"), err

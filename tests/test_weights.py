@@ -1,6 +1,6 @@
 """orthohash_jax.weights: torchvision state dict -> .pth -> CLI -> load_pretrained, and bad input.
 
-The torchvision layer names and shapes come from tests/torchvision_replicas.py (built on torch's
+The torchvision layer names and shapes come from experiments/torchvision_replicas.py (built on torch's
 "meta" device where only shapes matter). Every failing conversion must print one ``error:``
 line, exit with status 2 and leave nothing at --output (nor temporary directories beside it).
 """
@@ -18,7 +18,7 @@ from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-positio
 
 from orthohash_jax import backbones  # pylint: disable=g-import-not-at-top,wrong-import-position
 from orthohash_jax import weights  # pylint: disable=g-import-not-at-top,wrong-import-position
-import torchvision_replicas as replicas  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import torchvision_replicas as replicas  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

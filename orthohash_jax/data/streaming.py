@@ -11,9 +11,6 @@
   ``np.random.default_rng([seed, steps[s], positions[p]])`` only (``positions`` are positions in
   the global batch), so a batch does not depend on the number of workers or processes.
 - ``eval_rows(split, indices)`` -> uint8 (n, H, W, C) through the deterministic eval transform.
-- ``train_rows_async`` / ``eval_rows_async``: the same, returning at once a ``Pending`` whose
-  ``result()`` waits. ``run``'s loop calls the blocking forms: it overlaps decoding the next
-  chunk with the device's work on the previous one, and keeps no further batches in flight.
 - ``close()`` stops the workers.
 
 Device normalisation: by ``data.normalization_table`` (bit-equal to host numpy).
@@ -33,7 +30,7 @@ constant one (every pixel the rounded normalisation mean, so about 0 after norma
 warning is issued once per file, and ``skipped`` lists the distinct bad rows met so far.
 
 Memory: the list-file rows (paths, line numbers, labels) stay in memory; decoded pixels exist
-only in the batches returned (and the few in flight).
+only in the batches returned (and the one being decoded).
 """
 import concurrent.futures
 import os
@@ -53,41 +50,6 @@ PIXEL_NORMS = {
     "unit": lambda c: tuple(np.repeat(a, c) for a in UNIT_MEAN_STD),
 }
 _BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class Pending:
-  """Batch being decoded: ``result()`` returns it, or raises the first error in row order."""
-
-  def __init__(self, out, futures):
-    self._out, self._futures = out, futures
-
-  def result(self) -> np.ndarray:
-    for i, f in enumerate(self._futures):
-      try:
-        f.result()
-      except BaseException:
-        for g in self._futures[i + 1:]:
-          g.cancel()
-        raise
-    return self._out
-
-
-class _Done:
-  """A finished task (``data_workers = 0``) with the ``Future.result`` / ``cancel`` protocol."""
-
-  def __init__(self, fn, *args):
-    self._error = None
-    try:
-      fn(*args)
-    except Exception as e:  # pylint: disable=broad-except
-      self._error = e
-
-  def result(self):
-    if self._error is not None:
-      raise self._error
-
-  def cancel(self):
-    return False
 
 
 class ImageListSource:
@@ -164,13 +126,25 @@ class ImageListSource:
         warnings.warn(f"{where}: skipped ({e})")
       out[k] = self._fill
 
-  def _submit(self, out, tasks):
-    """Decodes ``tasks`` (split, row, transform, rng key) into the rows of ``out``."""
-    run = self._pool.submit if self._pool is not None else _Done
+  def _decode(self, out, tasks):
+    """Decodes ``tasks`` (split, row, transform, rng key) into the rows of ``out``; returns
+    ``out``, or raises the first error in row order (the tasks not started are cancelled)."""
     flat = out.reshape((-1,) + self.input_shape)
-    return Pending(out, [run(self._decode_into, flat, k, *t) for k, t in enumerate(tasks)])
+    if self._pool is None:
+      for k, t in enumerate(tasks):
+        self._decode_into(flat, k, *t)
+      return out
+    futures = [self._pool.submit(self._decode_into, flat, k, *t) for k, t in enumerate(tasks)]
+    for i, f in enumerate(futures):
+      try:
+        f.result()
+      except BaseException:
+        for g in futures[i + 1:]:
+          g.cancel()
+        raise
+    return out
 
-  def train_rows_async(self, indices, steps, positions) -> Pending:
+  def train_rows(self, indices, steps, positions) -> np.ndarray:
     indices = np.asarray(indices)
     steps, positions = np.asarray(steps), np.asarray(positions)
     if indices.ndim != 2 or indices.shape != (len(steps), len(positions)):
@@ -181,21 +155,15 @@ class ImageListSource:
     tasks = [("train", int(indices[s, p]), self._train_transform,
               [self._seed, int(steps[s]), int(positions[p])])
              for s in range(len(steps)) for p in range(len(positions))]
-    return self._submit(out, tasks)
+    return self._decode(out, tasks)
 
-  def train_rows(self, indices, steps, positions) -> np.ndarray:
-    return self.train_rows_async(indices, steps, positions).result()
-
-  def eval_rows_async(self, split: str, indices) -> Pending:
+  def eval_rows(self, split: str, indices) -> np.ndarray:
     indices = np.asarray(indices)
     if indices.ndim != 1:
       raise ValueError(f"eval indices must be 1-D, got shape {indices.shape}")
     self._check_rows(split, indices)
     out = np.empty(indices.shape + self.input_shape, np.uint8)
-    return self._submit(out, [(split, int(i), self._eval_transform, None) for i in indices])
-
-  def eval_rows(self, split: str, indices) -> np.ndarray:
-    return self.eval_rows_async(split, indices).result()
+    return self._decode(out, [(split, int(i), self._eval_transform, None) for i in indices])
 
   def _check_rows(self, split, indices):
     if split not in SPLITS:

@@ -1,0 +1,1 @@
+"""Experiments and benchmarks, run from the repository root as ``python -m experiments.NAME``."""
