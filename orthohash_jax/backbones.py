@@ -293,6 +293,8 @@ class ResNet50(nnx.Module):
 
 
 BACKBONES = {"alexnet": AlexNet, "vgg16": VGG16, "resnet50": ResNet50}
+# the smallest square image whose feature maps stay non-empty (ResNet-50 takes any size)
+MIN_IMAGE_SIDE = {"alexnet": 63, "vgg16": 32}
 
 
 # ---- pretrained weights ----

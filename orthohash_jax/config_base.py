@@ -91,7 +91,8 @@ KEYS = (
     Key("train_resize", 256, "shorter side before the random crop (resize_random_crop)"),
     Key("eval_transform", "resize_center_crop", "list-file evaluation transform (deterministic)",
         allowed=("resize_center_crop", "none")),
-    Key("eval_resize", 224, "shorter side before the centre crop (256 for NUS-WIDE)"),
+    Key("eval_resize", None, "shorter side before the centre crop (None: image_size; NUS-WIDE's "
+        "config: 256 for 224 crops)", type=int, check=POSITIVE),
     Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
     Key("pixel_norm", "imagenet", "device normalisation of uint8 images (imagenet needs RGB)",
         allowed=("imagenet", "unit")),
@@ -284,11 +285,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 # The authors' transforms per list-file dataset (their configs.py): training crop, and the
-# shorter side before the evaluation centre crop.
+# shorter side before the evaluation centre crop where it is not the crop's own (224).
 PAPER_TRANSFORMS = {
-    "imagenet100": {"train_transform": "random_resized_crop", "eval_resize": 224},
+    "imagenet100": {"train_transform": "random_resized_crop"},
     "nuswide": {"train_transform": "resize_random_crop", "train_resize": 256, "eval_resize": 256},
-    "coco": {"train_transform": "resize_random_crop", "train_resize": 256, "eval_resize": 224},
+    "coco": {"train_transform": "resize_random_crop", "train_resize": 256},
 }
 
 

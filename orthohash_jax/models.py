@@ -73,6 +73,7 @@ class SmallCNN(nnx.Module):
   def __init__(self, image_shape: Sequence[int], channels=(32, 64), features: int = 512, *,
                global_pool: bool = False, init: str = "torch", dtype=jnp.float32,
                rngs: nnx.Rngs):
+    _check_image_side("cnn_gap" if global_pool else "cnn", image_shape, 2 ** len(channels))
     height, width, in_channels = image_shape
     chans = (in_channels, *channels)
     self.convs = nnx.List([nnx.Conv(a, b, (3, 3), **layer_init(init, 9 * a), dtype=dtype,
@@ -178,6 +179,13 @@ class HashModel(nnx.Module):
     return codes, self.head(codes)
 
 
+def _check_image_side(backbone: str, shape, minimum: int) -> None:
+  """Raises ValueError unless images (H, W, C) are at least ``minimum`` pixels on each side."""
+  if min(shape[:2]) < minimum:
+    raise ValueError(f"backbone {backbone} needs images of at least {minimum}x{minimum} pixels, "
+                     f"got {shape[0]}x{shape[1]} (set image_size >= {minimum})")
+
+
 def _square_image(shape):
   side = int(round(np.sqrt(np.prod(shape))))
   if side * side != np.prod(shape):
@@ -191,7 +199,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def _imagenet_backbone(arch):
   """Builder of a torchvision backbone: ``config.pretrained`` weights, or a fresh init."""
   def build(c, shape, rngs):
-    del shape  # any image size
+    _check_image_side(arch, shape, backbones.MIN_IMAGE_SIDE.get(arch, 1))
     dtype = COMPUTE_DTYPES[c.compute_dtype]
     if c.pretrained:
       return backbones.load_pretrained(arch, c.pretrained, dtype=dtype)

@@ -50,6 +50,10 @@ def check_data(config, data) -> None:
   if config.batch_size > data.size("train"):
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({data.size('train')})")
+  if 2 ** min(config.num_bits, 63) < data.num_classes:
+    raise ValueError(f"num_bits {config.num_bits} gives at most {2 ** config.num_bits} distinct "
+                     f"codes for {data.num_classes} classes; use num_bits >= "
+                     f"{int(np.ceil(np.log2(data.num_classes)))}")
   if config.eval_topk is not None and config.eval_topk > data.size("db"):
     raise ValueError(f"eval_topk {config.eval_topk} is larger than the database "
                      f"({data.size('db')})")

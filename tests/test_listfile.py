@@ -118,9 +118,10 @@ def test_undecodable_image_and_overlap_warning(tmp_path):
   (tmp_path / "database.txt").write_text("img/test_0.png 0 1 0\n")
   with pytest.warns(UserWarning, match="1 query images are also in database.txt"):
     data_lib.load(_config(tmp_path))
-  (tmp_path / "database.txt").write_text("img/database_0.png 0 0 1\nimg/nowhere.png 1 0 0\n")
+  (tmp_path / "database.txt").write_text("img/database_0.png 0 0 1\nimg/empty.png 1 0 0\n")
+  (tmp_path / "img/empty.png").write_bytes(b"")
   d = data_lib.load(_config(tmp_path))
-  with pytest.raises(data_lib.DataError, match=r"database.txt:2: .*nowhere.png: cannot decode"):
+  with pytest.raises(data_lib.DataError, match=r"database.txt:2: .*empty.png: cannot decode"):
     d.eval_rows("db", np.arange(2))
   (tmp_path / "img/test_0.png").write_bytes(b"not an image")
   with pytest.raises(data_lib.DataError, match=r"test.txt:1: .*img/test_0.png: cannot decode"):
@@ -143,3 +144,16 @@ def test_random_crop_flip():
     offsets.add(matches[0][:2])
   assert flips == {False, True} and len(offsets) > 10
   np.testing.assert_array_equal(aug(jax.random.key(1), images, pad=2), out)
+
+
+def test_missing_images_are_found_before_training(tmp_path):
+  eye = np.eye(3, dtype=np.uint8)
+  _dataset(tmp_path, eye, eye, np.concatenate([eye, eye]))
+  config = _config(tmp_path)
+  (tmp_path / "img" / "database_4.png").unlink()
+  with pytest.raises(data_lib.DataError, match=r"\.txt:\d+: .+\.png does not exist \(1 of the "
+                     r"\d+ listed images are missing; set skip_bad_images"):
+    data_lib.load(config)
+  config.skip_bad_images = True
+  with pytest.warns(UserWarning, match="substituted by a constant image"):
+    data_lib.load(config).close()

@@ -73,3 +73,19 @@ def test_bad_codebook_and_bits():
   config.num_bits = 0
   with pytest.raises(ValueError, match="num_bits must be positive"):
     config_base.validate(config)
+
+
+@pytest.mark.parametrize("backbone,side", [("cnn", 4), ("cnn_gap", 8), ("alexnet", 63),
+                                           ("vgg16", 32)])
+def test_images_below_a_backbone_minimum_are_refused_in_one_line(backbone, side):
+  config = config_base.base_config()
+  config.update(backbone=backbone, loss="ce", num_bits=16)
+
+  def codes(s):  # traced: no parameter is materialised
+    x = jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32)
+    return jax.eval_shape(lambda x: models.build_model(config, (s, s, 3), 10, None)(
+        x, train=False)[0], x)
+  assert codes(side).shape == (2, 16)  # the smallest side works
+  with pytest.raises(ValueError, match=rf"backbone {backbone} needs images of at least "
+                     rf"{side}x{side} pixels, got {side - 1}x{side - 1}"):
+    codes(side - 1)

@@ -202,3 +202,11 @@ def test_interrupt_saves_and_resumes_identically(tmp_path, fake_load, signum, ca
   assert sa == sb == 40
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+
+
+def test_too_few_bits_for_the_classes_is_refused_before_training(tmp_path, fake_load):
+  fake_load(blobs())  # 4 classes
+  with pytest.raises(ValueError, match=r"num_bits 1 gives at most 2 distinct codes for 4 "
+                     r"classes; use num_bits >= 2"):
+    run.train_and_evaluate(small_config(num_bits=1, loss="ce"), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()

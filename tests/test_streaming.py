@@ -105,7 +105,7 @@ def test_concurrent_requests_resolve_independently(tmp_path):
 def test_bad_images_name_list_file_and_line(tmp_path, workers):
   _write(tmp_path)
   files = _files(tmp_path, "train.txt")
-  files[3].unlink()
+  files[3].write_bytes(b"")  # a missing file is found when the lists load (test_listfile)
   files[6].write_bytes(b"not an image at all")
   src = streaming.load(_config(tmp_path, data_workers=workers))
   try:
@@ -123,7 +123,8 @@ def test_skip_bad_images_counts_and_fills(tmp_path):
   _write(tmp_path)
   files = _files(tmp_path, "train.txt")
   files[3].unlink()
-  src = streaming.load(_config(tmp_path, skip_bad_images=True))
+  with pytest.warns(UserWarning, match="1 of the .* listed images are missing"):
+    src = streaming.load(_config(tmp_path, skip_bad_images=True))
   try:
     with pytest.warns(UserWarning, match="train.txt:4: .*skipped"):
       out = src.train_rows(np.array([[3, 0], [1, 3]]), [0, 1], [0, 1])
@@ -312,3 +313,13 @@ def test_two_processes_read_disjoint_slices(tmp_path):
     assert not set(rows[0]) & set(rows[1])
     assert sorted(rows[0] + rows[1]) == list(range(3 if split == "query" else 8))
   assert out[0]["mAP"] == pytest.approx(single["mAP"], abs=1e-6)
+
+
+def test_eval_resize_follows_image_size_unless_set():
+  config = config_base.load_config_file(os.path.join(ROOT, "configs/imagenet100.py:small"))
+  config.image_size = 64
+  assert streaming.transforms_from_config(config)[1].resize == 64  # 64 of a 64-px resize
+  config.eval_resize = 72
+  assert streaming.transforms_from_config(config)[1].resize == 72
+  nuswide = config_base.load_config_file(os.path.join(ROOT, "configs/nuswide.py:small"))
+  assert streaming.transforms_from_config(nuswide)[1].resize == 256  # the authors' 256 -> 224

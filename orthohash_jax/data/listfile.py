@@ -15,10 +15,13 @@ Validation (``DataError`` naming file and line): missing list file, wrong column
 values other than 0/1, a path repeated within a file (an error unless ``allow_duplicates``),
 split sizes differing from ``expected_sizes`` (a dict such as {"train": 13000, "test": 5000};
 keys are the list-file stems). Queries also in the database are reported with a warning.
-Missing or undecodable images are reported by the streaming source when they are read.
+Every listed image must exist (``check_files``: one directory listing per folder, no image
+opened; a list of 150,000 entries takes well under a second), else a ``DataError`` names the
+first missing one and the count, unless ``skip_bad_images``, which warns and lets the streaming
+source substitute them; undecodable images are reported when they are read.
 
 Config keys: dataset, data_dir, num_classes (required for the generic "listfile"; overrides
-``DATASET_INFO``, e.g. 81 for NUS-WIDE-81), expected_sizes, allow_duplicates.
+``DATASET_INFO``, e.g. 81 for NUS-WIDE-81), expected_sizes, allow_duplicates, skip_bad_images.
 """
 import os
 import warnings
@@ -68,6 +71,25 @@ def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
   return paths, lines, np.array(rows, np.uint8)
 
 
+def check_files(root: str, parsed: dict, skip_bad_images: bool) -> None:
+  """Checks that every image of every list exists under ``root`` (see the module docstring)."""
+  listings, missing = {}, []
+  for path, names, lines, _ in parsed.values():
+    for name, line in zip(names, lines):
+      folder, base = os.path.split(os.path.join(root, name))
+      if folder not in listings:
+        listings[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+      if base not in listings[folder]:
+        missing.append(f"{path}:{line}: {os.path.join(root, name)}")
+  if not missing:
+    return
+  total = sum(len(p[1]) for p in parsed.values())
+  message = f"{missing[0]} does not exist ({len(missing)} of the {total} listed images are missing"
+  if not skip_bad_images:
+    raise DataError(message + "; set skip_bad_images to substitute a constant image)")
+  warnings.warn(message + "; substituted by a constant image)")
+
+
 def to_labels(rows, multilabel: bool):
   """uint8 (N, C) rows -> int32 (N,) class ids (single-label) or the rows themselves."""
   return rows if multilabel else np.argmax(rows, axis=1).astype(np.int32)
@@ -98,6 +120,7 @@ def read_lists(config):
     if want is not None and len(parsed[split][1]) != want:
       raise DataError(f"{path}: {len(parsed[split][1])} entries, expected {want} "
                       f"(incomplete download or a different split?)")
+  check_files(root, parsed, config.skip_bad_images)
   overlap = set(parsed["query"][1]) & set(parsed["db"][1])
   if overlap:
     warnings.warn(f"{name}: {len(overlap)} query images are also in database.txt")

@@ -182,7 +182,8 @@ def transforms_from_config(config):
   common = dict(size=config.image_size, mode=config.image_mode, draft=config.jpeg_draft)
   train = transforms_lib.Transform(config.train_transform, resize=config.train_resize,
                                    **common)
-  evaluate = transforms_lib.Transform(config.eval_transform, resize=config.eval_resize,
+  evaluate = transforms_lib.Transform(config.eval_transform,
+                                      resize=config.eval_resize or config.image_size,
                                       **common)
   return train, evaluate
 
