@@ -37,6 +37,7 @@ Pretrained weights: ``python -m orthohash_jax.weights`` converts torchvision ``.
 """
 import json
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -359,9 +360,11 @@ def load_pretrained(arch: str, directory: str, *, dtype=jnp.float32) -> nnx.Modu
       stored_arch = json.load(f)["arch"]
     with np.load(array_path) as npz:
       arrays = {k: npz[k] for k in npz.files}
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{directory}: unreadable backbone checkpoint ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                     f"{str(e).splitlines()[0] if str(e) else ''}); convert the weights again "
+                     f"with python -m orthohash_jax.weights --arch={arch} --torch=FILE "
+                     f"--output={directory}") from None
   if stored_arch != arch:
     raise ValueError(f"{directory} holds {stored_arch} weights, not {arch}")
   return from_arrays(arch, arrays, dtype=dtype, source=array_path)

@@ -8,6 +8,9 @@ kept for inspection, never deleted); the next older one is tried. The libraries'
 output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
 no checkpoint restores, one line says that training starts from step 0.
 
+A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
+files; partial saves left by a killed process are deleted when the checkpoints are next opened.
+
 ``has_checkpoints(workdir)``: whether ``<workdir>/checkpoints`` holds a saved step (an empty or
 missing directory does not count).
 
@@ -28,7 +31,13 @@ import orbax.checkpoint as ocp
 from orthohash_jax import cli, parallel
 
 DIRECTORY = "checkpoints"
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save in progress
 CORRUPT_DIRECTORY = "checkpoints_corrupt"
+
+
+class SaveError(cli.CommandError):
+  """A checkpoint could not be written (a full disk): training stops, exit status 1."""
+  status = 1
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -90,14 +99,35 @@ class Checkpointer:
     self.manager = self._open()
 
   def _open(self):
+    if parallel.is_main_process():
+      self._remove_partial_saves()
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=False,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(self.directory, options=options)
 
+  def _remove_partial_saves(self) -> None:
+    """Deletes the temporary directories of saves that never finished (a kill, a full disk)."""
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if TMP_MARK in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
   def save(self, step: int, state) -> None:
-    os.makedirs(self.directory, exist_ok=True)  # only now: a run that fails its checks writes none
-    self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
-    self.manager.wait_until_finished()
+    """Saves ``state`` as ``step``; a failed save (a full disk) raises ``SaveError`` (one line)
+    and leaves the checkpoints as they were, without its partial files."""
+    try:
+      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
+      with quiet_stderr():  # orbax logs a failed save's tracebacks itself
+        self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if parallel.is_main_process():
+        self._remove_partial_saves()
+      last = self.latest_step()
+      raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory} "
+                      f"({_first_line(e)}); "
+                      + (f"the last checkpoint is step {last}" if last is not None
+                         else "no checkpoint was saved")) from None
 
   def latest_step(self):
     """The newest saved step, or None."""
@@ -113,15 +143,15 @@ class Checkpointer:
           state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         return state, step
       except Exception as e:  # pylint: disable=broad-except
-        where = self._quarantine(step)
         log(f"warning: checkpoint at step {step} could not be restored ({_first_line(e)}); "
-            f"moved to {where}")
+            f"{self._quarantine(step)}")
     if steps:
       log(f"warning: none of the {len(steps)} checkpoints restored; training starts from step 0")
     return None, 0
 
   def _quarantine(self, step: int) -> str:
-    """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns where."""
+    """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
+    happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()
     target = os.path.join(self.corrupt_dir, str(step))
     suffix = 0
@@ -129,11 +159,17 @@ class Checkpointer:
       suffix += 1
       target = os.path.join(self.corrupt_dir, f"{step}.{suffix}")
     if parallel.is_main_process():
-      os.makedirs(self.corrupt_dir, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      try:
+        os.makedirs(self.corrupt_dir, exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+      except OSError as e:  # a read-only workdir (export of a finished run): skip it in place
+        return self._reopen(f"left in place, not moved ({e.strerror or e})")
+    return self._reopen(f"moved to {target}")
+
+  def _reopen(self, outcome: str) -> str:
     parallel.barrier("quarantine")
     self.manager = self._open()
-    return target
+    return outcome
 
   def stop_requested(self, step: int, signals: StopSignals) -> bool:
     """True on every process when one received a stop signal or orbax's multi-host preemption

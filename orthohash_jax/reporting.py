@@ -14,6 +14,9 @@ the others every call only keeps the clock):
   the image ``analysis/hamming_histogram``.
 * ``restart_clock()``: time spent on checkpoints and evaluations is not a chunk's.
 
+The event file is opened by the first chunk an invocation trains: rerunning a finished run
+(which only evaluates again) adds no event file.
+
 Timing: ``train_seconds`` / ``steps_timed`` are totals over every invocation of the run (kept
 in ``progress.json``, given as ``timing``), each invocation's first (compiling) chunk excluded.
 The ETA is (steps left) x (wall time per step since the end of this invocation's first chunk),
@@ -41,7 +44,7 @@ class Reporter:
   def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, timing: dict):
     self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
     self.train_seconds, self.steps_timed = timing["train_seconds"], timing["steps_timed"]
-    self.events = summary.EventWriter(workdir)
+    self.workdir, self.events = workdir, None  # opened by the first chunk trained
     self.main = parallel.is_main_process()
     self.first = True
     self.clock = time.perf_counter()
@@ -58,6 +61,8 @@ class Reporter:
     else:
       self.train_seconds += elapsed
       self.steps_timed += stop - start
+    if self.events is None:
+      self.events = summary.EventWriter(self.workdir)
     record = {"step": stop, "epoch": stop / self.steps_per_epoch, "loss": float(losses.mean()),
               "lr": lr, "steps_per_second": len(losses) / elapsed}
     self.events.scalars(stop, {"train/loss": record["loss"], "train/lr": lr,
@@ -79,17 +84,19 @@ class Reporter:
                    log=done == 0, keep=done == n)
 
   def evaluated(self, step: int, result: dict) -> None:
-    self.events.scalars(step, {"eval/mAP": result["mAP"],
-                               "eval/quantization_angle": result["quantization_angle"]})
+    if self.events is not None:
+      self.events.scalars(step, {"eval/mAP": result["mAP"],
+                                 "eval/quantization_angle": result["quantization_angle"]})
     if self.main:
       cli.progress(f"evaluation at step {step}: mAP {result['mAP']:.4f}", keep=True)
 
   def histogram(self, step: int, result: dict, num_bits: int) -> None:
-    if self.main:
+    if self.main and self.events is not None:
       intra, inter = plots.distance_histograms(result["query_codes"], result["db_codes"],
                                                result["query_labels"], result["db_labels"])
       self.events.image("analysis/hamming_histogram", step,
                         plots.png(plots.histogram_figure(intra, inter, num_bits)))
 
   def close(self) -> None:
-    self.events.close()
+    if self.events is not None:
+      self.events.close()

@@ -1,8 +1,14 @@
-"""Checkpoints (``checkpoint.Checkpointer``): quarantine of checkpoints that do not restore."""
+"""Checkpoints (``checkpoint.Checkpointer``): quarantine of checkpoints that do not restore,
+failed saves, partial saves of a killed run."""
+import contextlib
 import os
+import resource
+import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from orthohash_jax import checkpoint
 
@@ -31,3 +37,62 @@ def test_quarantine_twice_and_quiet_one_line_per_checkpoint(tmp_path, capfd):
     assert lines[0].endswith(f"moved to {moved}") and os.path.isdir(moved)
   out, err = capfd.readouterr()
   assert not out and not err  # the libraries' error dumps stay out of the terminal
+
+
+@contextlib.contextmanager
+def file_size_limit(limit):
+  """Writes past ``limit`` bytes per file fail (EFBIG) while the block runs, as on a full disk."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_failed_save_is_one_line_and_leaves_no_partial_files(tmp_path, capfd):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  state = {"w": jnp.asarray(np.random.default_rng(0).standard_normal(200_000, np.float32))}
+  ckpt.save(1, state)
+  capfd.readouterr()
+  with file_size_limit(20_000), pytest.raises(checkpoint.SaveError) as e:
+    ckpt.save(2, state)
+  message = str(e.value)
+  assert message.startswith(f"cannot save the checkpoint of step 2 in {ckpt.directory} (")
+  assert message.endswith("; the last checkpoint is step 1") and "\n" not in message
+  assert e.value.status == 1
+  out, err = capfd.readouterr()
+  assert not out and not err  # orbax's own tracebacks stay off the terminal
+  assert sorted(os.listdir(ckpt.directory)) == ["1"]
+  ckpt.save(3, state)  # the next save works
+  assert sorted(os.listdir(ckpt.directory)) == ["1", "3"]
+  ckpt.close()
+
+
+def test_partial_saves_of_a_killed_run_are_removed_on_open(tmp_path):
+  partial = tmp_path / checkpoint.DIRECTORY / f"5{checkpoint.TMP_MARK}-1234"
+  partial.mkdir(parents=True)
+  checkpoint.Checkpointer(str(tmp_path)).close()
+  assert not partial.exists()
+
+
+def test_a_read_only_workdir_skips_a_corrupt_checkpoint_in_place(tmp_path, monkeypatch):
+  state = {"w": np.arange(4.0, dtype=np.float32)}
+  abstract = {"w": jax.ShapeDtypeStruct((4,), np.float32)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(5, state)
+  ckpt.save(6, {"w": state["w"] + 1})
+  corrupt(os.path.join(ckpt.directory, "6"))
+
+  def read_only(*args):
+    raise OSError(30, "Read-only file system")
+  monkeypatch.setattr(checkpoint.shutil, "move", read_only)
+  lines = []
+  restored, step = ckpt.restore_latest(abstract, log=lines.append)
+  ckpt.close()
+  assert step == 5 and np.array_equal(restored["w"], state["w"])  # the previous checkpoint
+  assert len(lines) == 1 and lines[0].endswith("; left in place, not moved (Read-only file "
+                                               "system)")
+  assert sorted(os.listdir(tmp_path / checkpoint.DIRECTORY)) == ["5", "6"]

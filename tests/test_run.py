@@ -210,3 +210,13 @@ def test_too_few_bits_for_the_classes_is_refused_before_training(tmp_path, fake_
                      r"classes; use num_bits >= 2"):
     run.train_and_evaluate(small_config(num_bits=1, loss="ce"), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_rerunning_a_finished_run_adds_no_event_file(tmp_path, fake_load):
+  fake_load(blobs())
+  first = run.train_and_evaluate(small_config(num_epochs=1), str(tmp_path))
+  events = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+  assert len(events) == 1
+  again = run.train_and_evaluate(small_config(num_epochs=1), str(tmp_path))
+  assert sorted(p.name for p in tmp_path.glob("events.out.tfevents.*")) == events
+  assert again["mAP"] == first["mAP"]

@@ -189,3 +189,14 @@ def test_load_pretrained_errors(tmp_path):
   (tmp_path / "ok" / backbones.CHECKPOINT_FILE).write_bytes(b"not an npz")
   with pytest.raises(ValueError, match="unreadable backbone checkpoint"):
     backbones.load_pretrained("resnet50", str(tmp_path / "ok"))
+
+
+def test_truncated_converted_weights_are_one_line_saying_what_to_do(tmp_path):
+  arrays = {k: np.zeros(s, np.float32) for k, s in backbones.flat_shapes("alexnet").items()}
+  weights.save_backbone("alexnet", arrays, str(tmp_path / "w"))
+  path = tmp_path / "w" / backbones.CHECKPOINT_FILE
+  path.write_bytes(path.read_bytes()[:100_000])  # a copy cut short
+  with pytest.raises(ValueError, match=r"unreadable backbone checkpoint \(BadZipFile: .*\); "
+                     r"convert the weights again with python -m orthohash_jax.weights "
+                     r"--arch=alexnet"):
+    backbones.load_pretrained("alexnet", str(tmp_path / "w"))
