@@ -78,7 +78,9 @@ KEYS = (
     Key("num_bits", 64, "code length K"),
     Key("use_bn", True, "BatchNorm after the hash layer"),
     # loss
-    Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / CE+BN)"),
+    Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / CE+BN) "
+        "| hashnet | dtsh | sdhc | greedyhash | jmlh | dpn | csq (the paper's comparison methods, "
+        "as FIRe), one of methods.METHODS"),
     Key("codebook", "bernoulli", "class targets, one of codebook.METHODS"),
     Key("scale", 8.0, "s of the cosine-margin softmax (the paper uses sqrt(num_bits))"),
     Key("margin", 0.2, "m of the cosine-margin softmax"),
@@ -86,6 +88,25 @@ KEYS = (
     Key("multilabel_loss", "label_smoothing", "one of losses.MULTILABEL_LOSSES"),
     Key("quantization_weight", 0.0, "weight of the quantization loss (ablation only)"),
     Key("quantization_kind", "cs", "one of losses.QUANTIZATION_KINDS"),
+    # comparison methods (FIRe's defaults; each key is read by its loss only)
+    Key("hashnet_alpha", 1.0, "hashnet: scale of the code inner products in the likelihood"),
+    Key("hashnet_step_continuation", 20, "hashnet: epochs per step of the tanh scale "
+        "sqrt(epoch // this + 1)"),
+    Key("dtsh_alpha", 5.0, "dtsh: triplet margin"),
+    Key("dtsh_lambda", 1.0, "dtsh: weight of the quantization term"),
+    Key("sdhc_lambda0", 0.001, "sdhc: weight of the quantization term"),
+    Key("sdhc_lambda1", 0.001, "sdhc: weight of the bit variance (maximised)"),
+    Key("sdhc_lambda2", 0.001, "sdhc: weight of the projection's orthogonality term"),
+    Key("sdhc_alpha", 1.0, "sdhc: weight of the classification cross-entropy"),
+    Key("greedyhash_alpha", 1.0, "greedyhash: weight of mean(||v| - 1|^pow) (FIRe: 0.1 on "
+        "CIFAR-10)"),
+    Key("greedyhash_pow", 3, "greedyhash: exponent of that penalty"),
+    Key("jmlh_lambda", 0.1, "jmlh: weight of the KL to Bernoulli(0.5)"),
+    Key("jmlh_stochastic", True, "jmlh: thresholds eps ~ U[0, 1) while training (False: 0.5)"),
+    Key("dpn_margin", 1.0, "dpn: margin of the polarization hinge"),
+    Key("dpn_reg", 0.1, "dpn: weight of mean(v^2)"),
+    Key("csq_lambda_q", 0.001, "csq: weight of the quantization term"),
+    Key("csq_scale_c", 1.0, "csq: weight of the hash-centre binary cross-entropy"),
     # optimisation
     Key("learning_rate", 1e-3, "Adam learning rate"),
     Key("adam_eps", 1e-8, "Adam epsilon (as torch; larger values damp near-zero gradients)"),

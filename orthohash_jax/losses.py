@@ -27,11 +27,19 @@ import numpy as np
 import optax
 
 ARC_EPS = 1e-5
-LOSSES = ("orthohash", "ce")  # config.loss: cosine-margin head, or the CE baselines
 MARGIN_TYPES = ("cos", "arc")
 MULTILABEL_LOSSES = ("label_smoothing", "bce")
 QUANTIZATION_KINDS = ("cs", "l1", "l2")
 PADDING_LOGIT = -1e9  # finite, so 0 * log_softmax stays 0 on padding columns
+
+
+def __getattr__(name):
+  """``LOSSES``: the values of ``config.loss``, the names of ``methods.METHODS`` (read lazily:
+  the methods import this module)."""
+  if name == "LOSSES":
+    from orthohash_jax import methods  # pylint: disable=g-import-not-at-top
+    return tuple(methods.METHODS)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_concrete(x):

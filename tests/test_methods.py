@@ -1,15 +1,29 @@
-"""The comparison methods (``orthohash_jax.methods``) against torch re-expressions of
-CISiPLab/cisip-FIRe's losses (``fire_reference``): value and gradients w.r.t. the codes and the
-classifier / projection parameters, single- and multi-label where FIRe takes it, float64."""
+"""The training methods (``orthohash_jax.methods``).
+
+The comparison methods against torch re-expressions of CISiPLab/cisip-FIRe's losses
+(``fire_reference``): value and gradients w.r.t. the codes and the classifier / projection
+parameters, single- and multi-label where FIRe takes it, float64 (skipped without torch). The
+registry: config keys, refusals, and every method training through the trainer and the CLI.
+"""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error, blobs, main_cmd, make_trainer, run_cmd, small_config
+from conftest import train_steps
+from orthohash_jax import config_base, losses, methods
+from orthohash_jax import data as data_lib
 from orthohash_jax.methods import csq, dpn, dtsh, greedyhash, hashnet, jmlh, sdhc
 
-torch = pytest.importorskip("torch")
-import fire_reference as fire  # pylint: disable=g-import-not-at-top,wrong-import-position
+try:
+  import torch  # pylint: disable=g-import-not-at-top
+  import fire_reference as fire  # pylint: disable=g-import-not-at-top
+except ImportError:
+  torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="the FIRe references need torch")
 
 B, K, C, D = 12, 16, 5, 7
 
@@ -101,12 +115,14 @@ CASES = [(m, False) for m in ("hashnet", "dtsh", "sdhc", "greedyhash", "jmlh", "
     (m, True) for m in ("hashnet", "dtsh", "greedyhash", "jmlh", "dpn", "csq")]
 
 
+@needs_torch
 @pytest.mark.parametrize("method,multilabel", CASES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_fire(method, multilabel, seed):
   assert max_relative_error(method, multilabel, seed) < 1e-5
 
 
+@needs_torch
 @pytest.mark.parametrize("method,multilabel", CASES)
 def test_float32_close_to_fire(method, multilabel):
   """The training dtype: value within 1e-4 of the float64 reference."""
@@ -139,3 +155,72 @@ def test_greedyhash_sign_is_exact_and_straight_through():
   np.testing.assert_array_equal(greedyhash.classifier_input(v), [1, -1, 0, 1])
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(greedyhash.classifier_input(x) * 3))(v),
                                 [3, 3, 3, 3])
+
+
+COMPARISON = ("hashnet", "dtsh", "sdhc", "greedyhash", "jmlh", "dpn", "csq")
+
+
+def test_registry_names_and_keys():
+  assert losses.LOSSES == tuple(methods.METHODS) == ("orthohash", "ce", *COMPARISON)
+  for method in methods.METHODS.values():
+    assert set(method.keys) <= set(config_base.KEYS_BY_NAME)
+  assert [n for n, m in methods.METHODS.items() if m.uses_codebook] == ["orthohash", "dpn", "csq"]
+  assert [n for n, m in methods.METHODS.items() if not m.multilabel] == ["sdhc"]
+
+
+@pytest.mark.parametrize("values,multilabel,message", [
+    ({"loss": "hashnet", "codebook": "maxmin"}, None,
+     "codebook is a setting of loss orthohash / dpn / csq, not of 'hashnet'"),
+    ({"loss": "csq", "margin": 0.3}, None, "margin is a setting of loss orthohash, not of 'csq'"),
+    ({"loss": "orthohash", "dtsh_alpha": 2.0}, None, "dtsh_alpha is a setting of loss dtsh,"),
+    ({"loss": "sdhc"}, True, "loss 'sdhc' takes single-label data only; multi-label data takes "
+     "loss orthohash / ce / hashnet / dtsh / greedyhash / jmlh / dpn / csq"),
+    ({"loss": "hinge"}, None, "loss must be one of"),
+])
+def test_check_config_refuses(values, multilabel, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(")) as e:
+    methods.check_config(small_config(**values), multilabel=multilabel)
+  assert "\n" not in str(e.value)
+
+
+def test_check_config_accepts_own_keys():
+  methods.check_config(small_config(loss="dpn", codebook="maxmin", dpn_margin=0.5), True)
+  methods.check_config(small_config(loss="sdhc", sdhc_alpha=2.0), False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", COMPARISON)
+def test_trains_single_and_multilabel(loss):
+  d = blobs()
+  eye = np.eye(4, dtype=np.uint8)
+  multi = data_lib.RetrievalData("multi", 4, d.train_x, eye[d.train_y], d.query_x, eye[d.query_y],
+                                 d.db_x, eye[d.db_y])
+  for data in (d, multi) if methods.METHODS[loss].multilabel else (d,):
+    trainer = make_trainer(small_config(loss=loss), data)
+    _, step_losses = train_steps(trainer, data, trainer.initial_state(), 0, 24)
+    assert np.all(np.isfinite(step_losses)) and step_losses[-4:].mean() < step_losses[:4].mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", COMPARISON)
+def test_cli_trains_on_digits_and_writes_codes(loss, tmp_path):
+  workdir = str(tmp_path / loss)
+  proc = run_cmd(main_cmd(workdir, f"--config.loss={loss}", "--config.num_epochs=2"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with np.load(os.path.join(workdir, "codes.npz")) as codes:
+    assert len(codes.files)
+
+
+def test_cli_refuses_a_key_of_another_method(tmp_path):
+  proc = run_cmd(main_cmd(str(tmp_path / "w"), "--config.loss=hashnet",
+                          "--config.codebook=maxmin"))
+  assert_one_line_error(proc, "codebook is a setting of loss orthohash / dpn / csq")
+
+
+def test_run_grid_takes_the_paper_names():
+  from experiments import run_grid  # pylint: disable=g-import-not-at-top
+  names = "HashNet,DTSH,SDH-C,GreedyHash,JMLH,DPN,CSQ"
+  assert run_grid.parse_methods(None, names) == names.split(",")  # the parser only reports errors
+  assert [run_grid.METHODS[n]["loss"] for n in names.split(",")] == list(COMPARISON)
+  for name in names.split(","):
+    methods.check_config(small_config(**run_grid.METHODS[name]))

@@ -15,9 +15,10 @@ computed as sigmoid(2 v) (the same function, stable where tanh rounds to +-1). N
 import jax
 import jax.numpy as jnp
 
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 LOG_FLOOR = -100.0  # torch.nn.BCELoss clamps its logs here
+RANDOM_CENTRE_STREAM = 0x637371  # fold_in tag of the random centre bits, apart from other draws
 
 
 def item_centres(labels, centres, random_centre):
@@ -47,3 +48,18 @@ def csq_loss(codes, labels, centres, random_centre, *, lambda_q=0.001, scale_c=1
   bce = -jnp.mean(target * log_p + (1.0 - target) * log_not_p)
   quantization = jnp.mean((jnp.abs(jnp.tanh(codes)) - 1.0) ** 2)
   return scale_c * bce + lambda_q * quantization
+
+
+def random_centre(seed: int, num_bits: int):
+  """The run's fixed +-1 (K,) bits for multi-hot items whose centre sum is 0, from ``seed``."""
+  key = jax.random.fold_in(jax.random.key(seed), RANDOM_CENTRE_STREAM)
+  return jnp.where(jax.random.bernoulli(key, 0.5, (num_bits,)), 1.0, -1.0)
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: csq_loss(
+        inputs.codes, inputs.labels, inputs.outputs,
+        random_centre(config.seed, inputs.codes.shape[1]),
+        lambda_q=config.csq_lambda_q, scale_c=config.csq_scale_c),
+    make_head=base.centres_head,
+    keys=("codebook", "csq_lambda_q", "csq_scale_c"))

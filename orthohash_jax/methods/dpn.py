@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from orthohash_jax import losses
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 
 def dpn_loss(codes, labels, targets, *, margin=1.0, reg=0.1):
@@ -33,3 +33,10 @@ def dpn_loss(codes, labels, targets, *, margin=1.0, reg=0.1):
   hinge = jnp.sum(jax.nn.relu(margin - codes[:, None, :] * targets[None].astype(codes.dtype)), -1)
   polarization = jnp.mean(jnp.sum(hinge * y.astype(codes.dtype), axis=1))
   return polarization + reg * jnp.mean(codes ** 2)
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: dpn_loss(inputs.codes, inputs.labels, inputs.outputs,
+                                         margin=config.dpn_margin, reg=config.dpn_reg),
+    make_head=base.centres_head,
+    keys=("codebook", "dpn_margin", "dpn_reg"))

@@ -12,7 +12,7 @@ none has). The quantization term is lambda * mean((v - sign(v))^2). Positives sh
 import jax
 import jax.numpy as jnp
 
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 
 def dtsh_loss(codes, labels, *, alpha=5.0, lmbd=1.0):
@@ -40,3 +40,9 @@ def dtsh_loss(codes, labels, *, alpha=5.0, lmbd=1.0):
   likelihood = jnp.sum(jnp.where(anchors, per_anchor, 0.0)) / jnp.maximum(count, 1)
   quantization = jnp.mean((codes - jnp.sign(codes)) ** 2)
   return likelihood + lmbd * quantization
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: dtsh_loss(inputs.codes, inputs.labels, alpha=config.dtsh_alpha,
+                                          lmbd=config.dtsh_lambda),
+    keys=("dtsh_alpha", "dtsh_lambda"))

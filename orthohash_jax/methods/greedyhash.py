@@ -13,7 +13,7 @@ Multi-label CE: soft targets y / sum(y) (FIRe's ``multiclass``; rows without a l
 import jax.numpy as jnp
 
 from orthohash_jax import losses
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 
 def classifier_input(codes, *, train=False, key=None):
@@ -33,3 +33,11 @@ def greedyhash_loss(codes, logits, labels, *, alpha=1.0, power=3):
   """
   ce = losses.cross_entropy_loss(logits, labels, multilabel=common.is_multilabel(labels))
   return ce + alpha * jnp.mean(jnp.abs((jnp.abs(codes) - 1.0) ** power))
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: greedyhash_loss(inputs.codes, inputs.outputs, inputs.labels,
+                                                alpha=config.greedyhash_alpha,
+                                                power=config.greedyhash_pow),
+    make_head=base.linear_head(classifier_input),
+    keys=("greedyhash_alpha", "greedyhash_pow"))

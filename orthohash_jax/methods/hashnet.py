@@ -15,7 +15,7 @@ FIRe's architecture for it (``dpn``) has no classifier in the loss: no head here
 import jax
 import jax.numpy as jnp
 
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 
 def continuation_scale(epoch, step_continuation: int = 20, dtype=jnp.float32):
@@ -45,3 +45,10 @@ def hashnet_loss(codes, labels, *, epoch, alpha=1.0, step_continuation=20):
   num_similar = similar.sum().astype(codes.dtype)
   weight = jnp.where(similar, total / num_similar, total / (total - num_similar))
   return jnp.sum(pair_loss * weight) / total
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: hashnet_loss(
+        inputs.codes, inputs.labels, epoch=inputs.step // inputs.steps_per_epoch,
+        alpha=config.hashnet_alpha, step_continuation=config.hashnet_step_continuation),
+    keys=("hashnet_alpha", "hashnet_step_continuation"))

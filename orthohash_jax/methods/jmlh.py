@@ -13,11 +13,13 @@ passes to q unchanged. The classifier (linear, with bias) sees b; the loss is
 the KL computed as FIRe with 1e-7 inside every log. Retrieval codes: sign(v) = sign(q - 0.5).
 Multi-label CE: soft targets y / sum(y).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from orthohash_jax import losses
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 LOG_EPS = 1e-7
 
@@ -58,3 +60,15 @@ def jmlh_loss(codes, logits, labels, *, lmbd=0.1):
   """
   ce = losses.cross_entropy_loss(logits, labels, multilabel=common.is_multilabel(labels))
   return ce + lmbd * kl_to_half(jax.nn.sigmoid(codes))
+
+
+def _make_head(config, num_classes, codebook, rngs):
+  transform = functools.partial(classifier_input, stochastic=config.jmlh_stochastic)
+  return base.linear_head(transform)(config, num_classes, codebook, rngs)
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: jmlh_loss(inputs.codes, inputs.outputs, inputs.labels,
+                                          lmbd=config.jmlh_lambda),
+    make_head=_make_head,
+    keys=("jmlh_lambda", "jmlh_stochastic"))

@@ -16,7 +16,7 @@ linear layer with bias on u. Single-label only, as FIRe (it takes the argmax of 
 import jax.numpy as jnp
 
 from orthohash_jax import losses
-from orthohash_jax.methods import common
+from orthohash_jax.methods import base, common
 
 
 def classifier_input(codes, *, train=False, key=None):
@@ -45,3 +45,13 @@ def sdhc_loss(codes, logits, labels, projection, *, lmbd0=0.001, lmbd1=0.001, lm
   orthogonality = jnp.mean((gram - 1.0) ** 2)
   ce = losses.cross_entropy_loss(logits, labels)
   return lmbd0 * quantization - lmbd1 * variance + alpha * ce + lmbd2 * orthogonality
+
+
+METHOD = base.Method(
+    loss=lambda config, inputs: sdhc_loss(
+        inputs.codes, inputs.outputs, inputs.labels, inputs.model.hash_layer.fc.kernel[...],
+        lmbd0=config.sdhc_lambda0, lmbd1=config.sdhc_lambda1, lmbd2=config.sdhc_lambda2,
+        alpha=config.sdhc_alpha),
+    make_head=base.linear_head(classifier_input),
+    keys=("sdhc_lambda0", "sdhc_lambda1", "sdhc_lambda2", "sdhc_alpha"),
+    multilabel=False)
