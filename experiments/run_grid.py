@@ -5,7 +5,8 @@ r"""Runs a grid of (method x bits x seed) trainings and writes a markdown + CSV 
 
 Every run gets its own workdir under --out (a finished run, one with results.json, is not
 redone, so an interrupted grid resumes). Extra --set key=value pairs override config keys for
-every run (e.g. --set num_epochs=10). Methods are the rows of the paper's Table 1 / ablations.
+every run (e.g. --set num_epochs=10). Methods are the rows of the paper's Table 1 / ablations
+and its comparison methods (Tables 2-3: HashNet, DTSH, SDH-C, GreedyHash, JMLH, DPN, CSQ).
 """
 import csv
 import json
@@ -27,6 +28,14 @@ METHODS = {
     "OrthoCos+BN/H": {"loss": "orthohash", "codebook": "hadamard"},
     "OrthoCos+BN+Qcs": {"loss": "orthohash", "quantization_weight": 0.1, "quantization_kind": "cs"},
     "OrthoCos+BN+Ql2": {"loss": "orthohash", "quantization_weight": 0.1, "quantization_kind": "l2"},
+    # the paper's comparison methods (Tables 2-3) with FIRe's defaults: hash layers without BN
+    "HashNet": {"loss": "hashnet", "use_bn": False},
+    "DTSH": {"loss": "dtsh", "use_bn": False},
+    "SDH-C": {"loss": "sdhc", "use_bn": False},
+    "GreedyHash": {"loss": "greedyhash", "use_bn": False},
+    "JMLH": {"loss": "jmlh", "use_bn": False},
+    "DPN": {"loss": "dpn", "use_bn": False},
+    "CSQ": {"loss": "csq", "use_bn": False},
 }
 
 

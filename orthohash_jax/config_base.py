@@ -31,9 +31,10 @@ from ml_collections import config_dict
 @dataclasses.dataclass(frozen=True)
 class Key:
   """A config key. ``allowed``: the values it may take (the owning module's table, e.g.
-  ``losses.LOSSES``; tests/test_config_base.py holds the two equal); ``check``: (predicate of a
-  valid value, what it requires) for keys with a range instead. ``None`` passes both checks
-  where the default is ``None`` (a placeholder)."""
+  ``models.BACKBONES``; tests/test_config_base.py holds the two equal); ``check``: (predicate of
+  a valid value, what it requires) for keys with a range instead. ``None`` passes both checks
+  where the default is ``None`` (a placeholder). ``losses``: the methods that read the key; with
+  another ``loss`` it must keep its default (``methods.METHODS``' keys, held equal by a test)."""
   name: str
   default: Any
   doc: str
@@ -41,6 +42,7 @@ class Key:
   type: type = None  # the placeholder type of a key whose default is None
   allowed: tuple = ()
   check: tuple = ()
+  losses: tuple = ()  # the values of ``loss`` that read this key (empty: every one)
 
   def error(self, value):
     """The one-line message for an invalid ``value``, or None when it is valid."""
@@ -65,6 +67,8 @@ POSITIVE = (_positive, "positive")
 NON_NEGATIVE = (_non_negative, ">= 0")
 AT_LEAST_ONE = (_positive, "at least 1")  # of a count
 IMAGENET_BACKBONES = ("alexnet", "vgg16", "resnet50")  # torchvision's, weights from .pth files
+LOSSES = ("orthohash", "ce", "hashnet", "dtsh", "sdhc", "greedyhash", "jmlh", "dpn", "csq")
+SINGLE_LABEL_LOSSES = ("sdhc",)  # losses that cannot take multi-hot labels
 
 
 def _revisited_list(text):
@@ -122,17 +126,41 @@ KEYS = (
     Key("use_bn", True, "BatchNorm after the hash layer"),
     # loss
     Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / "
-        "CE+BN)", allowed=("orthohash", "ce")),
+        "CE+BN) | the paper's comparison methods, as FIRe", allowed=LOSSES),
     Key("codebook", "bernoulli", "class targets (hadamard: num_bits a power of two)",
-        allowed=("bernoulli", "gaussian", "hadamard", "maxmin")),
+        allowed=("bernoulli", "gaussian", "hadamard", "maxmin"), losses=("orthohash", "dpn", "csq")),
     Key("scale", 8.0, "s of the cosine-margin softmax (the paper uses sqrt(num_bits))",
-        check=POSITIVE),
-    Key("margin", 0.2, "m of the cosine-margin softmax"),
-    Key("margin_type", "cos", "cos: s (cos - m); arc: s cos(theta + m)", allowed=("cos", "arc")),
+        check=POSITIVE, losses=("orthohash",)),
+    Key("margin", 0.2, "m of the cosine-margin softmax", losses=("orthohash",)),
+    Key("margin_type", "cos", "cos: s (cos - m); arc: s cos(theta + m)", allowed=("cos", "arc"),
+        losses=("orthohash",)),
     Key("multilabel_loss", "label_smoothing", "loss of multi-label data",
-        allowed=("label_smoothing", "bce")),
+        allowed=("label_smoothing", "bce"), losses=("orthohash",)),
     Key("quantization_weight", 0.0, "weight of the quantization loss (ablation only)"),
     Key("quantization_kind", "cs", "kind of the quantization loss", allowed=("cs", "l1", "l2")),
+    # comparison methods (FIRe's defaults; each key is read by its loss only)
+    Key("hashnet_alpha", 1.0, "hashnet: scale of the code inner products in the likelihood",
+        losses=("hashnet",)),
+    Key("hashnet_step_continuation", 20, "hashnet: epochs per step of the tanh scale "
+        "sqrt(epoch // this + 1)", losses=("hashnet",), check=POSITIVE),
+    Key("dtsh_alpha", 5.0, "dtsh: triplet margin", losses=("dtsh",)),
+    Key("dtsh_lambda", 1.0, "dtsh: weight of the quantization term", losses=("dtsh",)),
+    Key("sdhc_lambda0", 0.001, "sdhc: weight of the quantization term", losses=("sdhc",)),
+    Key("sdhc_lambda1", 0.001, "sdhc: weight of the bit variance (maximised)", losses=("sdhc",)),
+    Key("sdhc_lambda2", 0.001, "sdhc: weight of the projection's orthogonality term",
+        losses=("sdhc",)),
+    Key("sdhc_alpha", 1.0, "sdhc: weight of the classification cross-entropy", losses=("sdhc",)),
+    Key("greedyhash_alpha", 1.0, "greedyhash: weight of mean(||v| - 1|^pow) (FIRe: 0.1 on "
+        "CIFAR-10)", losses=("greedyhash",)),
+    Key("greedyhash_pow", 3, "greedyhash: exponent of that penalty", losses=("greedyhash",)),
+    Key("jmlh_lambda", 0.1, "jmlh: weight of the KL to Bernoulli(0.5)", losses=("jmlh",)),
+    Key("jmlh_stochastic", True, "jmlh: thresholds eps ~ U[0, 1) while training (False: 0.5)",
+        losses=("jmlh",)),
+    Key("dpn_margin", 1.0, "dpn: margin of the polarization hinge", losses=("dpn",)),
+    Key("dpn_reg", 0.1, "dpn: weight of mean(v^2)", losses=("dpn",)),
+    Key("csq_lambda_q", 0.001, "csq: weight of the quantization term", losses=("csq",)),
+    Key("csq_scale_c", 1.0, "csq: weight of the hash-centre binary cross-entropy",
+        losses=("csq",)),
     # optimisation
     Key("learning_rate", 1e-3, "Adam learning rate", check=POSITIVE),
     Key("adam_eps", 1e-8, "Adam epsilon (as torch; larger values damp near-zero gradients)"),
@@ -231,6 +259,10 @@ def validate(config) -> None:
   for holds, message in _rules(config):
     if not holds:
       raise ValueError(message)
+  for key in KEYS:
+    if key.losses and config.loss not in key.losses and config[key.name] != key.default:
+      raise ValueError(f"{key.name} is a setting of loss {' / '.join(key.losses)}, not of "
+                       f"{config.loss!r}: leave it at its default")
 
 
 def apply_overrides(config, items) -> None:

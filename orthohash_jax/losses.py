@@ -27,7 +27,6 @@ import numpy as np
 import optax
 
 ARC_EPS = 1e-5
-LOSSES = ("orthohash", "ce")  # config.loss: cosine-margin head, or the CE baselines
 MARGIN_TYPES = ("cos", "arc")
 MULTILABEL_LOSSES = ("label_smoothing", "bce")
 QUANTIZATION_KINDS = ("cs", "l1", "l2")
@@ -120,14 +119,16 @@ def orthohash_loss(logits, labels, *, scale=8.0, margin=0.2, margin_type="cos",
 
 
 def cross_entropy_loss(logits, labels, *, multilabel=False):
-  """Plain softmax CE (the CE and CE+BN baselines of the paper's Table 1), float32 scalar.
+  """Plain softmax CE (the CE and CE+BN baselines of the paper's Table 1), a scalar.
 
   ``logits`` (B, C) from an unconstrained linear classifier; multi-hot labels use y / sum(y).
+  Computed in float32, or in float64 for float64 logits.
   """
   if logits.ndim != 2:
     raise ValueError(f"logits must be (B, C), got shape {logits.shape}")
   targets = label_targets(labels, logits.shape[1], multilabel)
-  return soft_target_cross_entropy(logits.astype(jnp.float32), normalise_rows(targets))
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  return soft_target_cross_entropy(logits, normalise_rows(targets.astype(logits.dtype)))
 
 
 def quantization_loss(codes, kind="cs"):

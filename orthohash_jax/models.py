@@ -1,11 +1,16 @@
 """Flax NNX modules: backbones, the hash layer and the cosine-similarity head.
 
-``HashModel(backbone, hash_layer, head)(x, train=...)`` returns ``(codes, logits)``:
+``HashModel(backbone, hash_layer, head)(x, train=..., head_key=None)`` returns
+``(codes, outputs)``:
 * x: float32 (B, ...) inputs: flat vectors for ``MLP``/``Identity``, (B, H, W, C) images for
   ``SmallCNN``.
 * codes: float32 (B, K) continuous codes v (after BatchNorm); binary codes are sign(v) (v > 0 -> 1).
-* logits: float32 (B, C): cosine similarities to the class targets (``CosSimHead``, OrthoHash) or
-  unconstrained scores (``LinearHead``, the CE / CE+BN baselines).
+* outputs: what the method's head gives its loss (``methods.METHODS[config.loss].make_head``):
+  float32 (B, C) cosine similarities to the class targets (``CosSimHead``, OrthoHash), float32
+  (B, C) unconstrained scores (``LinearHead``: CE / CE+BN, and on sign(v), tanh(v) or stochastic
+  bits for GreedyHash, SDH-C, JMLH), the +-1 (C, K) class targets (``Centres``: DPN, CSQ), or
+  None without a head (HashNet, DTSH). Heads take ``(codes, *, train, key)``; ``key`` (a PRNG
+  key) feeds a head's random draws while training (JMLH).
 
 Initialisation (``init``, ``INITS``): "torch" (default) draws the MLP / SmallCNN / LinearHead
 kernels and biases as torch's ``nn.Linear`` / ``nn.Conv2d`` do, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -150,33 +155,54 @@ class CosSimHead(nnx.Module):
     padding = -cb.shape[0] % pad_classes_to
     self.codebook = Codebook(jnp.pad(normalise(jnp.asarray(cb)), ((0, padding), (0, 0))))
 
-  def __call__(self, codes):
+  def __call__(self, codes, *, train: bool = False, key=None):
+    del train, key
     return normalise(codes) @ self.codebook[...].T
 
 
 class LinearHead(nnx.Module):
-  """Unconstrained linear classifier (with bias) for the CE / CE+BN baselines."""
+  """Unconstrained linear classifier (with bias) of the codes (the CE / CE+BN baselines) or of
+  ``transform(codes, train=, key=)`` (B, K), a fixed function such as a binarisation."""
 
-  def __init__(self, num_bits: int, num_classes: int, *, init: str = "torch", rngs: nnx.Rngs):
+  def __init__(self, num_bits: int, num_classes: int, *, init: str = "torch", transform=None,
+               rngs: nnx.Rngs):
     self.fc = nnx.Linear(num_bits, num_classes, **layer_init(init, num_bits), rngs=rngs)
+    self.transform = transform
 
-  def __call__(self, codes):
+  def __call__(self, codes, *, train: bool = False, key=None):
+    if self.transform is not None:
+      codes = self.transform(codes, train=train, key=key)
     return self.fc(codes)
 
 
-class HashModel(nnx.Module):
-  """backbone -> HashLayer -> head; ``__call__(x, train=..., dropout_key=None)`` returns
-  (codes (B, K), logits (B, C)); ``dropout_key`` feeds the backbone's dropout (AlexNet, VGG16)."""
+class Centres(nnx.Module):
+  """Fixed +-1 class targets (C, K) (hash centres) as the head's output, for losses that compare
+  the codes with them (DPN, CSQ)."""
 
-  def __init__(self, backbone: nnx.Module, hash_layer: HashLayer, head: nnx.Module):
+  def __init__(self, codebook):
+    self.targets = Codebook(jnp.asarray(codebook_lib.check_binary(codebook)))
+
+  def __call__(self, codes, *, train: bool = False, key=None):
+    del codes, train, key
+    return self.targets[...]
+
+
+class HashModel(nnx.Module):
+  """backbone -> HashLayer -> head (or None); ``__call__(x, train=..., dropout_key=None,
+  head_key=None)`` returns (codes (B, K), head outputs or None); ``dropout_key`` feeds the
+  backbone's dropout (AlexNet, VGG16), ``head_key`` the head's draws."""
+
+  def __init__(self, backbone: nnx.Module, hash_layer: HashLayer, head):
     self.backbone = backbone
     self.hash_layer = hash_layer
     self.head = head
 
-  def __call__(self, x, *, train: bool, dropout_key=None):
+  def __call__(self, x, *, train: bool, dropout_key=None, head_key=None):
     features = self.backbone(x, train=train, dropout_key=dropout_key)
     codes = self.hash_layer(features.astype(jnp.float32), train=train)
-    return codes, self.head(codes)
+    if self.head is None:
+      return codes, None
+    return codes, self.head(codes, train=train, key=head_key)
 
 
 def _check_image_side(backbone: str, shape, minimum: int) -> None:
@@ -222,16 +248,14 @@ BACKBONES = {
 }
 
 
-def build_model(config, input_shape, num_classes: int, codebook) -> HashModel:
-  """backbone -> HashLayer -> CosSimHead on ``codebook`` (C, K) +-1 (``config.loss`` orthohash;
-  classes padded to a multiple of ``config.model_axis``) or LinearHead (ce). Parameters are
-  initialised from ``config.seed`` as ``config.init`` says."""
+def build_model(config, input_shape, num_classes: int, codebook, make_head=None) -> HashModel:
+  """backbone -> HashLayer -> ``make_head(config, num_classes, codebook, rngs)``, the head of the
+  method of ``config.loss`` (``methods.METHODS[config.loss].make_head``; None: no head;
+  ``codebook`` (C, K) +-1: the class targets of the methods that take them, else None).
+  Parameters are initialised from ``config.seed`` as ``config.init`` says, the head's last."""
   rngs = nnx.Rngs(config.seed)
   backbone = BACKBONES[config.backbone](config, tuple(input_shape), rngs)
   hash_layer = HashLayer(backbone.out_features, config.num_bits, use_bn=config.use_bn,
                          dtype=COMPUTE_DTYPES[config.compute_dtype], rngs=rngs)
-  if config.loss == "orthohash":
-    head = CosSimHead(codebook, pad_classes_to=config.model_axis)
-  else:
-    head = LinearHead(config.num_bits, num_classes, init=config.init, rngs=rngs)
+  head = make_head(config, num_classes, codebook, rngs) if make_head else None
   return HashModel(backbone, hash_layer, head)

@@ -50,6 +50,10 @@ def check_data(config, data) -> None:
   if config.batch_size > data.size("train"):
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({data.size('train')})")
+  if data.multilabel and config.loss in config_base.SINGLE_LABEL_LOSSES:
+    takers = [name for name in config_base.LOSSES if name not in config_base.SINGLE_LABEL_LOSSES]
+    raise ValueError(f"loss {config.loss!r} takes single-label data only; multi-label data "
+                     f"takes loss {' / '.join(takers)}")
   if 2 ** min(config.num_bits, 63) < data.num_classes:
     raise ValueError(f"num_bits {config.num_bits} gives at most {2 ** config.num_bits} distinct "
                      f"codes for {data.num_classes} classes; use num_bits >= "

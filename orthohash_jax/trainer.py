@@ -1,9 +1,10 @@
-"""The compiled functions of one OrthoHash model on a data-parallel device mesh.
+"""The compiled functions of one hashing model on a data-parallel device mesh.
 
 ``Trainer(config, input_shape=, num_classes=, codebook=, total_steps=, mesh=, mean_std=)``
 (``mesh`` None: ``parallel.make_mesh`` of ``num_devices`` and ``model_axis``) owns
 the model definition (an NNX graph), the fixed constants (the codebook, split over the ``model``
-mesh axis), the optimiser and two compiled functions:
+mesh axis), the optimiser and two compiled functions; the head and the loss are those of
+``methods.METHODS[config.loss]`` (a method that takes class targets gets ``codebook`` (C, K)):
 
 * ``run_chunk(state, first_step, xs (S, b, ...), ys (S, b[, C]))``: ``lax.scan`` over S steps of
   forward + loss + grad + Adam update. ``xs``/``ys`` are this process's rows of every global batch
@@ -18,7 +19,8 @@ Inputs: float arrays are used as they are; uint8 images travel as uint8 and are 
 the device with ``mean_std`` ((mean, std) per channel, pixel units) through
 ``data.normalization_table``, bit-equal to normalising on the host with numpy.
 In-memory images are augmented on the device (``augment_crop_pad``) with a key from (seed, step);
-the backbone's dropout (AlexNet, VGG16) gets another key of (seed, step). With
+the backbone's dropout (AlexNet, VGG16), the head's draws (JMLH) and the loss get other keys of
+(seed, step). With
 ``compute_dtype`` bfloat16, convolutions and matmuls run in bfloat16 while parameters, optimiser
 state, BatchNorm, the cosine head and the loss stay float32.
 
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from orthohash_jax import augment, losses, models, parallel
+from orthohash_jax import augment, losses, methods, models, parallel
 from orthohash_jax import data as data_lib
 
 LR_SCHEDULES = ("constant", "step")  # step: x0.1 at 80% of the training steps
@@ -74,13 +76,16 @@ class Trainer:
     if mesh is None:
       mesh = parallel.make_mesh(config.num_devices, config.model_axis)
     self.config, self.mesh, self.num_classes = config, mesh, num_classes
+    self.method = methods.METHODS[config.loss]
+    self.steps_per_epoch = max(total_steps // config.num_epochs, 1)
     num_devices = mesh.shape[parallel.DATA_AXIS]
     if config.batch_size % num_devices:
       raise ValueError(f"batch_size {config.batch_size} is not divisible by the {num_devices} "
                        "devices of the data axis")
     self.eval_batch = -(-config.eval_batch_size // num_devices) * num_devices
     self.norm_table = None if mean_std is None else data_lib.normalization_table(mean_std)
-    model = models.build_model(config, input_shape, num_classes, codebook)
+    model = models.build_model(config, input_shape, num_classes, codebook,
+                               self.method.make_head)
     self.graphdef, params, batch_stats, constants = nnx.split(
         model, nnx.Param, nnx.BatchStat, ...)
     self._init = (nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats))
@@ -126,19 +131,15 @@ class Trainer:
     table = jnp.asarray(self.norm_table)
     return table[x.astype(jnp.int32), jnp.arange(table.shape[1])]
 
-  def _loss(self, params, batch_stats, constants, x, y, dropout_key):
+  def _loss(self, params, batch_stats, constants, x, y, step, key):
     model = nnx.merge(self.graphdef, params, batch_stats, constants)
-    codes, logits = model(x, train=True, dropout_key=dropout_key)
+    codes, outputs = model(x, train=True, dropout_key=jax.random.fold_in(key, 1),
+                           head_key=jax.random.fold_in(key, 2))
     c = self.config
-    multilabel = y.ndim == 2
-    if c.loss == "orthohash":  # classes stay split over the model axis
-      logits = jax.lax.with_sharding_constraint(logits, parallel.logits_sharding(self.mesh))
-      loss = losses.orthohash_loss(logits, y, scale=c.scale, margin=c.margin,
-                                   margin_type=c.margin_type, multilabel=multilabel,
-                                   multilabel_loss=c.multilabel_loss,
-                                   num_classes=self.num_classes)
-    else:
-      loss = losses.cross_entropy_loss(logits, y, multilabel=multilabel)
+    loss = self.method.loss(c, methods.base.Inputs(
+        codes=codes, outputs=outputs, labels=y, step=step, key=jax.random.fold_in(key, 3),
+        model=model, num_classes=self.num_classes, steps_per_epoch=self.steps_per_epoch,
+        mesh=self.mesh))
     if c.quantization_weight:
       loss += c.quantization_weight * losses.quantization_loss(codes, c.quantization_kind)
     return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
@@ -152,7 +153,7 @@ class Trainer:
     if pad and x.ndim == 4:
       x = augment.random_crop_flip(key, x, pad)
     (loss, batch_stats), grads = jax.value_and_grad(self._loss, has_aux=True)(
-        state.params, state.batch_stats, constants, x, y, jax.random.fold_in(key, 1))
+        state.params, state.batch_stats, constants, x, y, state.step, key)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), loss

@@ -3,7 +3,7 @@
 Files (process 0 writes them, each with ``files.atomic_write``; the others only read):
   config.json      the run's config (``read_config``), written with codebook.npy by ``start``
                    once every check passed, before training
-  codebook.npy     float32 (C, K) +-1 class targets of the orthohash loss, written when the run
+  codebook.npy     float32 (C, K) +-1 class targets (orthohash, dpn, csq), written when the run
                    starts and used on every resume, export and evaluation (``codebook``), so the
                    targets never depend on the numpy version that regenerates them
   progress.json    {"step", "train_seconds", "steps_timed"}: training time totals over every
@@ -105,9 +105,10 @@ def check_same_run(workdir: str, config):
 
 
 def codebook(config, num_classes: int, workdir: str = None):
-  """The class targets float32 (C, K) of the orthohash loss (None for ce): those saved in
+  """The class targets float32 (C, K) of a loss that takes them (orthohash, dpn, csq; else
+  None): those saved in
   ``<workdir>/codebook.npy`` when it exists, else generated from (codebook, C, K, seed)."""
-  if config.loss != "orthohash":
+  if config.loss not in config_base.KEYS_BY_NAME["codebook"].losses:
     return None
   file = workdir and path(workdir, CODEBOOK)
   if not file or not os.path.exists(file):

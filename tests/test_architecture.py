@@ -10,7 +10,7 @@ PACKAGE = os.path.join(ROOT, "orthohash_jax")
 LAYERS = [
     {"cli", "config_base", "codebook", "losses", "retrieval", "metrics", "revisited", "parallel",
      "augment", "data", "images", "plots", "summary", "files"},
-    {"models", "backbones", "codes_file", "checkpoint", "reporting"},
+    {"models", "backbones", "codes_file", "checkpoint", "reporting", "methods"},
     {"trainer", "evaluation", "workdir"},
     {"run"},
     {"main", "export", "instance", "search", "weights", "serve"},

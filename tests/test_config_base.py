@@ -2,14 +2,14 @@
 and validation rejects what its declaration forbids (one line, before any data is read)."""
 import pytest
 
-from orthohash_jax import backbones, codebook, config_base, losses, models, trainer
+from orthohash_jax import backbones, codebook, config_base, losses, methods, models, trainer
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import streaming, transforms
 
 # key -> the table of the module that implements its values
 OWNERS = {
     "dataset": data_lib.SOURCES, "backbone": models.BACKBONES, "init": models.INITS,
-    "compute_dtype": models.COMPUTE_DTYPES, "loss": losses.LOSSES, "codebook": codebook.METHODS,
+    "compute_dtype": models.COMPUTE_DTYPES, "loss": methods.METHODS, "codebook": codebook.METHODS,
     "margin_type": losses.MARGIN_TYPES, "multilabel_loss": losses.MULTILABEL_LOSSES,
     "quantization_kind": losses.QUANTIZATION_KINDS, "lr_schedule": trainer.LR_SCHEDULES,
     "train_transform": transforms.KINDS, "image_mode": transforms.MODES,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from orthohash_jax import config_base, models, run
+from orthohash_jax import config_base, methods, models
 
 
 def layers(init):
@@ -59,7 +59,7 @@ def test_config_key_selects_the_init_and_is_validated():
     for backbone, shape in [("mlp", (64,)), ("cnn_gap", (8, 8, 3))]:
       config.backbone = backbone
       config_base.validate(config)
-      model = models.build_model(config, shape, 10, None)
+      model = models.build_model(config, shape, 10, None, methods.METHODS["ce"].make_head)
       first = model.backbone.layers[0] if backbone == "mlp" else model.backbone.convs[0]
       for bias in (first.bias[...], model.head.fc.bias[...]):
         assert np.any(np.asarray(bias) != 0) == (init == "torch")
