@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthohash_jax import retrieval
+from orthohash_jax import hamming_kernel, retrieval
 
 QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
 THREADS = 2  # query chunks ranked concurrently (numpy's sorts release the GIL)
@@ -106,7 +106,7 @@ def _distance_dtype(q):
 
 @functools.partial(jax.jit, static_argnames="dtype")
 def _small_distances_jit(q, planes, dtype):
-  return retrieval.planes_distance(q, planes).astype(dtype)
+  return hamming_kernel.planes_distance(q, planes).astype(dtype)
 
 
 def _small_distances(q, planes, chunk):
@@ -130,7 +130,7 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
 @functools.partial(jax.jit, static_argnames=("multilabel", "dtype"))
 def _distances_relevance_jit(q, planes, q_labels, db_labels, multilabel, dtype):
   """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes."""
-  dist = retrieval.planes_distance(q, planes).astype(dtype)
+  dist = hamming_kernel.planes_distance(q, planes).astype(dtype)
   if multilabel:
     rel = jnp.dot(q_labels, db_labels.T, preferred_element_type=jnp.float32) > 0
   else:
@@ -180,7 +180,7 @@ def label_rows(q_labels, db_labels, multilabel):
 @jax.jit
 def _gathered_relevance(idx, q_rows, db_rows):
   """bool (q, R): database rows idx (q, R) share a label (id or bit) with their query."""
-  got = retrieval.take_items(db_rows, idx)
+  got = hamming_kernel.take_items(db_rows, idx)
   if db_rows.ndim == 1:
     return got == q_rows[:, None]
   return jnp.any((got & q_rows[:, None, :]) != 0, axis=-1)
@@ -190,8 +190,9 @@ def _gathered_relevance(idx, q_rows, db_rows):
 def _ranked_hits(idx, order, q_rows, db_rows):
   """(rel * hits int32 (q, R), relevant count int32 (q,)) of the neighbours idx (q, R), listed in
   index order, in the rank order ``order`` (q, R): hits = relevant items up to each rank."""
-  rel = _gathered_relevance(retrieval.take_rows(idx, order), q_rows, db_rows).astype(jnp.int32)
-  hits = retrieval.prefix_sum(rel, rel.shape[1])
+  ranked = hamming_kernel.take_rows(idx, order)
+  rel = _gathered_relevance(ranked, q_rows, db_rows).astype(jnp.int32)
+  hits = hamming_kernel.prefix_sum(rel, rel.shape[1])
   return rel * hits, hits[:, -1]
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from orthohash_jax import cli, parallel, retrieval
+from orthohash_jax import cli, hamming_kernel, parallel, retrieval
 
 BACKENDS = ("jax", "faiss")
 CHUNK_ROWS = 1 << 22  # rows per streamed chunk of a code file (16 MiB at 64 bits)
@@ -162,22 +162,23 @@ def sharded_topk(queries, codes, k: int, mesh, method=None):
   axes = tuple(mesh.axis_names)
   devices = mesh.devices.size
   n_loc = -(-num_items // devices)
-  n_loc += -n_loc % retrieval.BLOCK
+  n_loc += -n_loc % hamming_kernel.BLOCK
   pad = devices * n_loc - num_items
   k_loc = min(k + pad, n_loc)
   # Blocked word planes (W, 32, N / 32): device d holds blocks [d n_loc / 32, (d + 1) n_loc / 32).
-  planes = np.pad(codes, ((0, pad), (0, 0))).reshape(-1, retrieval.BLOCK, codes.shape[1])
+  planes = np.pad(codes, ((0, pad), (0, 0))).reshape(-1, hamming_kernel.BLOCK,
+                                                      codes.shape[1])
   db = jax.device_put(np.ascontiguousarray(planes.transpose(2, 1, 0)),
                       NamedSharding(mesh, P(None, None, axes)))
 
   def local(q, rows):
-    dist, idx = retrieval.topk_chunk(q, rows, k_loc, n_loc, method)
+    dist, idx = hamming_kernel.topk_chunk(q, rows, k_loc, n_loc, method)
     idx = idx + jax.lax.axis_index(axes) * n_loc
     return jnp.where(idx < num_items, dist, num_bits_max + 1), idx
 
   fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, None, axes)),
                              out_specs=(P(None, axes), P(None, axes))))
-  chunk = retrieval.queries_per_call(n_loc, k_loc, method)
+  chunk = hamming_kernel.queries_per_call(n_loc, k_loc, method)
   parts = []
   for s in range(0, len(queries), chunk):
     q = queries[s:s + chunk]
