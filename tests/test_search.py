@@ -1,4 +1,5 @@
 """Exactness of fast Hamming search, HammingIndex / CLI and counting-based metrics vs numpy."""
+import os
 import subprocess
 import sys
 
@@ -147,14 +148,26 @@ def _export_file(path, rng, n=600, nq=5, num_bits=48):
 
 
 @pytest.mark.slow
-def test_cli_saves_exact_neighbours(tmp_path):
-  codes, out = tmp_path / "codes.npz", tmp_path / "nn.npz"
+def test_cli_saves_exact_neighbours(tmp_path, capsys):
+  """--output is written under exactly its name, which is the one printed; a directory is
+  refused in one line, and nothing is left behind."""
+  codes = tmp_path / "codes.npz"
   db, q = _export_file(codes, np.random.default_rng(6))
-  assert search.main([f"--codes={codes}", "--k=17", f"--output={out}"]) == 0
-  result = np.load(out)
   ref_d, ref_i = _brute_force(q, db, 17)
-  np.testing.assert_array_equal(result["indices"], ref_i)
-  np.testing.assert_array_equal(result["distances"], ref_d)
+  for out in (tmp_path / "nn.npz", tmp_path / "nnout"):
+    assert search.main([f"--codes={codes}", "--k=17", f"--output={out}"]) == 0
+    assert capsys.readouterr().out == f"saved {len(q)} x 17 neighbours to {out}\n"
+    with np.load(out) as result:
+      np.testing.assert_array_equal(result["indices"], ref_i)
+      np.testing.assert_array_equal(result["distances"], ref_d)
+  outdir = tmp_path / "out"
+  outdir.mkdir()
+  assert search.main([f"--codes={codes}", "--k=17", f"--output={outdir}"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err == f"error: {outdir} is a directory; give the path " \
+      "of the .npz file to write\n"
+  assert sorted(os.listdir(tmp_path)) == ["codes.npz", "nn.npz", "nnout", "out"]
+  assert not os.listdir(outdir)
 
 
 @pytest.mark.slow
@@ -242,10 +255,13 @@ def test_cli_prints_labels_and_precision(tmp_path, capsys):
 def test_neighbour_relevance_multilabel():
   db_labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.uint8)
   q_labels = np.array([[0, 1, 0], [1, 0, 1]], np.uint8)
-  rel = search.neighbour_relevance(q_labels, db_labels, np.array([[0, 1, 2], [2, 1, 0]]))
+  rel = metrics.relevance(q_labels, db_labels, np.array([[0, 1, 2], [2, 1, 0]]))
   np.testing.assert_array_equal(rel, [[False, True, False], [False, True, True]])
-  with pytest.raises(ValueError, match="differ in kind"):
-    search.neighbour_relevance(np.array([1, 2]), db_labels, np.array([[0], [1]]))
+  np.testing.assert_array_equal(metrics.relevance(np.array([3, 5]), np.array([5, 3, 3]),
+                                                  np.array([[1, 0], [2, 0]])),
+                                [[True, False], [False, True]])
+  with pytest.raises(ValueError, match="labels must both be"):
+    metrics.relevance(np.array([1, 2]), db_labels, np.array([[0], [1]]))
   lines = search.format_results(np.array([[0, 2]]), np.array([[1, 2]]), db_labels,
                                 q_labels[:1])
   assert lines == ["0 label=1 P@2=0.5000: 1:0:1,2 2:2:-", "mean P@2=0.5000 over 1 queries"]
