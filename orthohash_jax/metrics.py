@@ -4,7 +4,8 @@ Inputs
 * codes: packed uint32 (N, W) (see ``retrieval``), or real / ±1 (N, K), which are packed for you
   (bit = value > 0, ``retrieval.as_packed``).
 * labels: int (N,) class ids (single-label: relevant = same class) or 0/1 (N, C) multi-hot
-  (multi-label: relevant = shares at least one label).
+  (multi-label: relevant = shares at least one label). ``relevance`` gives it for every
+  database item or for given neighbours (e.g. a search's), the one definition used everywhere.
 
 Conventions (recorded in every results file)
 * Ranking by (Hamming distance, database index): ties are broken by database index, stably.
@@ -24,13 +25,12 @@ Computation (exact, same values as a full stable sort; memory O(chunk x N))
   exact integer prefix sums; sum_p rel_p hits_p / p is taken in float64.
 * R = N (mAP@all): per chunk of queries the device computes distances and relevance in one
   fused pass; numpy's stable radix argsort of the 8/16-bit distances ranks by (distance, index),
-  which is exactly the index tie-break (chunks on ``THREADS`` threads). AP from the cumulative
-  sum of the ranked relevance: sum_p rel_p hits_p / p.
+  which is exactly the index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the
+  values do not depend on it). AP from the cumulative sum of the ranked relevance:
+  sum_p rel_p hits_p / p.
 * Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
 * No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS's idle threads keep
   spinning after a call and take cores from XLA, which runs its loops on every core.
-* Relevance (``relevance``): same class id, or at least one shared label of multi-hot rows
-  (compared as bit-packed words, ``label_rows``); of every database item, or of given neighbours.
 """
 import concurrent.futures
 import functools

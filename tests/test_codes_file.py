@@ -7,7 +7,8 @@ import pytest
 from orthohash_jax import codes_file
 
 RESULT = {"query_codes": np.array([[3], [5]], np.uint32),
-          "db_codes": np.array([[1], [2], [255]], np.uint32), "query_labels": np.array([0, 1], np.int32), "db_labels": np.array([1, 0, 1], np.int32)}
+          "db_codes": np.array([[1], [2], [255]], np.uint32),
+          "query_labels": np.array([0, 1], np.int32), "db_labels": np.array([1, 0, 1], np.int32)}
 
 
 def test_save_and_load_round_trip(tmp_path):

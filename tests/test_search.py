@@ -186,7 +186,8 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
   _export_file(codes, np.random.default_rng(8))
   bad_dtype, bad_words, no_key = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
   np.savez(bad_dtype, db_codes=np.zeros((5, 2), np.float32), num_bits=48)
-  np.savez(bad_words, db_codes=np.zeros((5, 1), np.uint32), num_bits=48, query_codes=np.zeros((1, 1), np.uint32))
+  np.savez(bad_words, db_codes=np.zeros((5, 1), np.uint32), num_bits=48,
+           query_codes=np.zeros((1, 1), np.uint32))
   np.savez(no_key, codes=np.zeros((5, 2), np.uint32))
   for argv in ([f"--codes={tmp_path / 'missing.npz'}"], [f"--codes={codes}", "--k=601"],
                [f"--codes={bad_dtype}"], [f"--codes={bad_words}"], [f"--codes={no_key}"],
@@ -252,7 +253,7 @@ def test_cli_prints_labels_and_precision(tmp_path, capsys):
                                       for i, d in zip(ref_i[0, :2], ref_d[0, :2]))
 
 
-def test_neighbour_relevance_multilabel():
+def test_relevance_of_neighbours_multilabel():
   db_labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.uint8)
   q_labels = np.array([[0, 1, 0], [1, 0, 1]], np.uint8)
   rel = metrics.relevance(q_labels, db_labels, np.array([[0, 1, 2], [2, 1, 0]]))
