@@ -136,10 +136,9 @@ def sharded_topk(queries, codes, k: int, mesh, method=None):
   pad = devices * n_loc - num_items
   k_loc = min(k + pad, n_loc)
   # Blocked word planes (W, 32, N / 32): device d holds blocks [d n_loc / 32, (d + 1) n_loc / 32).
-  planes = np.pad(codes, ((0, pad), (0, 0))).reshape(-1, hamming_kernel.BLOCK,
-                                                      codes.shape[1])
-  db = jax.device_put(np.ascontiguousarray(planes.transpose(2, 1, 0)),
-                      NamedSharding(mesh, P(None, None, axes)))
+  padded = np.pad(codes, ((0, pad), (0, 0)))
+  planes = padded.reshape(-1, hamming_kernel.BLOCK, codes.shape[1]).transpose(2, 1, 0)
+  db = jax.device_put(np.ascontiguousarray(planes), NamedSharding(mesh, P(None, None, axes)))
 
   def local(q, rows):
     dist, idx = hamming_kernel.topk_chunk(q, rows, k_loc, n_loc, method)
