@@ -4,8 +4,8 @@ Data: one file of N_max = max(--sizes) random 64-bit codes, uint32 (N_max, 2) ``
 1e9), written once to ``--dir`` and reused; size N searches its first N rows. Q = 100 random
 queries (seed 0), k = 100. Per size, each measurement runs in a fresh child process, so its peak
 RSS (``ru_maxrss``) is its own:
-* ``mmap``: ``search.HammingIndex.open(file).search`` (chunks of ``--chunk_rows`` rows read with
-  pread while the previous chunk is searched, top-k merged exactly);
+* ``mmap``: ``search.FileIndex(file).shard_search`` of rows [0, N) (chunks of ``--chunk_rows``
+  rows read with pread while the previous chunk is searched, top-k merged exactly);
 * ``faiss``: the N rows read into memory, IndexBinaryFlat.add, search (only N <= --faiss_max).
 Reported: seconds (search only; FAISS's add is reported apart), pairs/s = Q N / seconds, peak RSS,
 and whether FAISS's distances equal ours. The page cache is whatever the machine holds: a file
@@ -55,10 +55,10 @@ def child(kind, path, n, chunk_rows):
   q = queries()
   out = {"kind": kind, "N": n}
   if kind == "mmap":
-    codes = search.CodeFile(path, NUM_BITS)
-    codes.search(q, K, 0, min(n, chunk_rows), chunk_rows)  # compile (the one chunk shape)
+    index = search.FileIndex(path, NUM_BITS, chunk_rows)
+    index.shard_search(q, K, 0, min(n, chunk_rows))  # compile (the one chunk shape)
     start = time.perf_counter()
-    dist, _ = codes.search(q, K, 0, n, chunk_rows)
+    dist, _ = index.shard_search(q, K, 0, n)
   else:
     import faiss  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from orthohash_jax import data as data_lib
 from orthohash_jax import (checkpoint, cli, codes_file, config_base, evaluation, images, metrics,
-                           plots, retrieval, run, search)
+                           plots, retrieval, run)
 
 
 def plot_histogram(codes: dict, path: str) -> dict:
@@ -72,7 +72,7 @@ def plot_retrieval(codes: dict, data, path: str, num_queries: int = 8, k: int = 
   dist, idx = (np.asarray(a) for a in retrieval.hamming_topk(
       codes["query_codes"][queries], codes["db_codes"], k))
   q_labels, db_labels = codes["query_labels"][queries], codes["db_labels"][idx]
-  relevant = search.neighbour_relevance(q_labels, codes["db_labels"], idx)
+  relevant = metrics.relevance(q_labels, codes["db_labels"], idx)
   pictures = images.to_pictures(data.eval_rows("db", idx.reshape(-1)))
   fig = plots.retrieval_figure(
       images.to_pictures(data.eval_rows("query", queries)),

@@ -1,67 +1,109 @@
-"""The codes file: packed binary codes and labels of a run in one ``.npz`` (and a FAISS index).
+"""Code files: the one reader and writer of ``.npz`` files of packed binary codes (and a FAISS
+index of a run's database).
 
-File format (written by ``save_codes``, read by ``load_codes`` and ``search.HammingIndex.load``):
-  query_codes  uint32 (Q, ceil(K/32))  packed as in ``retrieval`` (bit j of word w = dim 32w+j)
-  db_codes     uint32 (N, ceil(K/32))
-  query_labels int32 (Q,) or uint8 (Q, C);  db_labels likewise
-  num_bits     int64 scalar K
-  config       str, the run's config as JSON
-The file is written to ``<path>.tmp.npz`` and renamed, so a reader never sees half a file.
+Formats (codes packed as in ``retrieval``: uint32 (N, ceil(K/32)), bit j of word w = dim 32w+j):
+* A run's codes file (``save_codes`` / ``load_codes``, read by ``search`` too):
+    query_codes  uint32 (Q, ceil(K/32))
+    db_codes     uint32 (N, ceil(K/32))
+    query_labels int32 (Q,) or uint8 (Q, C);  db_labels likewise
+    num_bits     int64 scalar K
+    config       str, the run's config as JSON
+* A search index (``save_index``, read by ``search.HammingIndex.load``): ``db_codes``,
+  ``num_bits`` and, if the index has labels, ``db_labels``.
+``read_npz`` reads every array of such a file at once and checks ``num_bits`` (an integer
+scalar) and every ``*_codes`` array against it; a missing or unreadable file (not an archive, a
+damaged member), a missing key or bad codes is one ValueError naming the file. ``write_npz``
+writes a file of exactly the given name (no suffix added) through a temporary file renamed over
+it, so a reader never sees half a file; a directory is refused.
 ``write_faiss_index`` writes the database as a FAISS ``IndexBinaryFlat`` (K divisible by 8).
 """
 import json
 import os
+import zipfile
 
 import numpy as np
 
-from orthohash_jax import retrieval
+from orthohash_jax import files, retrieval
 
 REQUIRED_KEYS = ("query_codes", "db_codes", "query_labels", "db_labels", "num_bits")
+INDEX_KEYS = ("db_codes", "num_bits")
+
+
+def write_npz(path, arrays: dict) -> None:
+  """Writes ``arrays`` to the .npz file ``path`` (exactly that name), atomically."""
+  path = str(path)
+  if os.path.isdir(path):
+    raise ValueError(f"{path} is a directory; give the path of the .npz file to write")
+
+  def write(tmp):
+    with open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+      np.savez(f, **arrays)
+  files.atomic_write(path, write)
+
+
+def read_npz(path, required=(), num_bits=None) -> dict:
+  """Every array of the .npz file ``path``, read now; ``required``: keys it must hold. Its
+  ``num_bits``, if any, is returned as an int and must equal ``num_bits`` if that is given; every
+  ``*_codes`` array is checked against the number of bits (given or the file's)."""
+  try:
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise ValueError("a single array, not an .npz archive")
+    with data:
+      out = {k: data[k] for k in data.files}
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  missing = [k for k in required if k not in out]
+  if missing:
+    raise ValueError(f"{path}: missing keys {missing} (has {sorted(out)})")
+  if "num_bits" in out:
+    stored = out["num_bits"]
+    if stored.shape != () or stored.dtype.kind not in "iu":
+      raise ValueError(f"{path}: num_bits must be an integer scalar, got {stored.dtype} "
+                       f"{stored.shape}")
+    if stored < 1:
+      raise ValueError(f"{path}: num_bits must be >= 1, got {stored}")
+    if num_bits is not None and stored != num_bits:
+      raise ValueError(f"{path}: codes of {stored} bits, {num_bits} bits expected")
+    num_bits = out["num_bits"] = int(stored)
+  for key in out:
+    if key.endswith("_codes") and num_bits is not None:
+      retrieval.check_codes(out[key], num_bits, f"{path}: {key}")
+  return out
 
 
 def save_codes(path: str, result: dict, num_bits: int, config: dict, faiss_index=False) -> None:
   """Writes packed codes and labels (``result`` keys as in REQUIRED_KEYS) to ``path``."""
-  if os.path.isdir(path):
-    raise ValueError(f"{path} is a directory; give the codes file's path (e.g. {path}/codes.npz)")
-  tmp = path + ".tmp.npz"
-  try:
-    np.savez(tmp, query_codes=np.asarray(result["query_codes"], np.uint32),
-             db_codes=np.asarray(result["db_codes"], np.uint32),
-             query_labels=np.asarray(result["query_labels"]),
-             db_labels=np.asarray(result["db_labels"]), num_bits=np.int64(num_bits),
-             config=json.dumps(config))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  write_npz(path, {"query_codes": np.asarray(result["query_codes"], np.uint32),
+                   "db_codes": np.asarray(result["db_codes"], np.uint32),
+                   "query_labels": np.asarray(result["query_labels"]),
+                   "db_labels": np.asarray(result["db_labels"]), "num_bits": np.int64(num_bits),
+                   "config": json.dumps(config)})
   if faiss_index:
     write_faiss_index(os.path.splitext(path)[0] + ".faissbin", result["db_codes"], num_bits)
 
 
 def load_codes(path: str) -> dict:
-  """Reads an export file; raises ValueError (one line) when it is missing or malformed."""
-  if not os.path.exists(path):
-    raise ValueError(f"codes file {path} does not exist")
+  """Reads a run's codes file (``num_bits`` as an int); raises ValueError (one line, "cannot read
+  codes file ...") when it is missing or malformed."""
   try:
-    with np.load(path, allow_pickle=False) as f:
-      out = {k: f[k] for k in f.files}
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"cannot read codes file {path}: {type(e).__name__}: {e}") from None
-  missing = [k for k in REQUIRED_KEYS if k not in out]
-  if missing:
-    raise ValueError(f"codes file {path} lacks {missing}")
-  out["num_bits"] = int(out["num_bits"])
-  for key in ("query_codes", "db_codes"):
-    retrieval.check_codes(out[key], out["num_bits"], f"{path}: {key}")
-  return out
+    return read_npz(path, REQUIRED_KEYS)
+  except ValueError as e:
+    raise ValueError(f"cannot read codes file {e}") from None
+
+
+def save_index(path, db_codes, num_bits: int, db_labels=None) -> None:
+  """Writes a search index: packed ``db_codes``, ``num_bits`` and (if given) ``db_labels``."""
+  arrays = {"db_codes": db_codes, "num_bits": np.int64(num_bits)}
+  if db_labels is not None:
+    arrays["db_labels"] = db_labels
+  write_npz(path, arrays)
 
 
 def write_faiss_index(path: str, db_codes, num_bits: int) -> None:
   """Writes a faiss IndexBinaryFlat of the database (bits must be a multiple of 8)."""
-  try:
-    import faiss  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError("--faiss needs faiss-cpu (pip install faiss-cpu)") from None
+  faiss = retrieval.import_faiss()
   if num_bits % 8:
     raise ValueError(f"a FAISS binary index needs num_bits divisible by 8, got {num_bits}")
   # Our words are little-endian uint32 with dimension 32w+j at bit j, so viewing them as bytes

@@ -68,7 +68,7 @@ def recompute_bn(trainer, state, read, n: int):
 
 
 def _codes_result(data, q_codes, db_codes) -> dict:
-  return {"query_codes": metrics.as_packed(q_codes), "db_codes": metrics.as_packed(db_codes),
+  return {"query_codes": retrieval.as_packed(q_codes), "db_codes": retrieval.as_packed(db_codes),
           "query_labels": data.labels("query"), "db_labels": data.labels("db"),
           "quantization_angle": metrics.quantization_angle(db_codes)}
 
@@ -85,7 +85,7 @@ def evaluate_category(trainer, data, state, progress=None) -> dict:
 
 def ranking(q_codes, db_codes, k=None) -> np.ndarray:
   """Database indices int (Q, k) by (Hamming distance, index) of continuous codes; k=None: all."""
-  q_packed, db_packed = metrics.as_packed(q_codes), metrics.as_packed(db_codes)
+  q_packed, db_packed = retrieval.as_packed(q_codes), retrieval.as_packed(db_codes)
   return np.asarray(retrieval.hamming_topk(q_packed, db_packed, k or len(db_packed))[1])
 
 

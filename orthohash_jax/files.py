@@ -21,7 +21,7 @@ def atomic_write(path: str, write) -> None:
     write(tmp)
     os.replace(tmp, path)
   except OSError as e:
-    raise OSError(f"cannot write {path}: {e.strerror or e}") from None
+    raise OSError(f"cannot write {path} ({e.strerror or e})") from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -2,9 +2,10 @@
 
 Inputs
 * codes: packed uint32 (N, W) (see ``retrieval``), or real / ±1 (N, K), which are packed for you
-  (bit = value > 0).
+  (bit = value > 0, ``retrieval.as_packed``).
 * labels: int (N,) class ids (single-label: relevant = same class) or 0/1 (N, C) multi-hot
-  (multi-label: relevant = shares at least one label).
+  (multi-label: relevant = shares at least one label). ``relevance`` gives it for every
+  database item or for given neighbours (e.g. a search's), the one definition used everywhere.
 
 Conventions (recorded in every results file)
 * Ranking by (Hamming distance, database index): ties are broken by database index, stably.
@@ -24,24 +25,26 @@ Computation (exact, same values as a full stable sort; memory O(chunk x N))
   exact integer prefix sums; sum_p rel_p hits_p / p is taken in float64.
 * R = N (mAP@all): per chunk of queries the device computes distances and relevance in one
   fused pass; numpy's stable radix argsort of the 8/16-bit distances ranks by (distance, index),
-  which is exactly the index tie-break (chunks on ``THREADS`` threads). AP from the cumulative
-  sum of the ranked relevance: sum_p rel_p hits_p / p.
+  which is exactly the index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the
+  values do not depend on it). AP from the cumulative sum of the ranked relevance:
+  sum_p rel_p hits_p / p.
 * Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
-* No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS keeps its idle threads
-  spinning for ~0.1 s after each call and so takes a core from XLA, which runs its loops on
-  every core (measured: mAP@R was 1.3-1.5x slower).
+* No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS's idle threads keep
+  spinning after a call and take cores from XLA, which runs its loops on every core.
 """
 import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthohash_jax import retrieval
+from orthohash_jax import hamming_kernel, retrieval
 
 QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
-THREADS = 2  # query chunks ranked concurrently (numpy's sorts release the GIL)
+# Query chunks ranked concurrently (numpy's sorts release the GIL): one per core, at most 4.
+THREADS = min(4, os.cpu_count() or 1)
 TOPK_QUERY_CHUNK = 512  # queries per top-R call (memory O(chunk x R) plus the database)
 
 
@@ -49,51 +52,58 @@ def _query_chunk(num_db):
   return max(1, min(QUERY_CHUNK, (1 << 20) // max(num_db, 1)))
 
 
-def as_packed(codes):
-  """Packed uint32 codes as numpy; real / ±1 / bool (N, K) codes are packed first."""
-  codes = np.asarray(codes)
-  if codes.dtype == np.uint32:
-    if codes.ndim != 2:
-      raise ValueError(f"packed codes must be (N, W), got shape {codes.shape}")
-    return codes
-  return np.asarray(retrieval.pack_codes(codes))
+def _label_kind(q_labels, db_labels) -> bool:
+  """Whether numpy labels are multi-hot (both (N, C), same C), not class ids (both (N,))."""
+  if q_labels.ndim != db_labels.ndim or q_labels.ndim not in (1, 2):
+    raise ValueError(f"labels must both be (N,) ids or both (N, C) multi-hot, got shapes "
+                     f"{q_labels.shape} and {db_labels.shape}")
+  multilabel = q_labels.ndim == 2
+  if multilabel and q_labels.shape[1] != db_labels.shape[1]:
+    raise ValueError(f"multi-hot labels have {q_labels.shape[1]} vs {db_labels.shape[1]} classes")
+  return multilabel
 
 
 def check_labels(q_labels, db_labels, num_queries, num_db):
   """Validates label arrays; returns them as numpy plus a ``multilabel`` flag."""
   q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
-  if q_labels.ndim != db_labels.ndim or q_labels.ndim not in (1, 2):
-    raise ValueError(f"labels must both be (N,) ids or both (N, C) multi-hot, got shapes "
-                     f"{q_labels.shape} and {db_labels.shape}")
+  multilabel = _label_kind(q_labels, db_labels)
   if len(q_labels) != num_queries or len(db_labels) != num_db:
     raise ValueError(f"{len(q_labels)} query / {len(db_labels)} database labels for "
                      f"{num_queries} / {num_db} codes")
-  multilabel = q_labels.ndim == 2
-  if multilabel and q_labels.shape[1] != db_labels.shape[1]:
-    raise ValueError(f"multi-hot labels have {q_labels.shape[1]} vs {db_labels.shape[1]} classes")
   return q_labels, db_labels, multilabel
 
 
 def _relevance_fn(q_labels, db_labels, multilabel):
-  """fn(rows) -> bool (q, N): which database items share a label with the queries q_labels[rows]
-  (rows: a slice). Multi-hot labels are compared as bit-packed words (``label_rows``, as word
-  planes (W, N) on the host), packed once: 3x faster per chunk than a float matmul at 80 classes,
-  and no BLAS call (see the module notes; measured)."""
+  """fn(rows, items=None) -> bool: whether database items share a label with the queries
+  q_labels[rows] (rows: a slice of queries): (q, N) for every item, or (q, k) for the items
+  ``items`` int (q, k), one row per query. Multi-hot labels are compared as bit-packed words
+  (``label_rows``, as word planes (W, N) on the host), packed once."""
   if not multilabel:
-    return lambda rows: q_labels[rows][:, None] == db_labels[None, :]
+    return lambda rows, items=None: q_labels[rows][:, None] == (
+        db_labels[None, :] if items is None else db_labels[items])
   q_words, db_words = (np.ascontiguousarray(np.asarray(rows).T)
                        for rows in label_rows(q_labels, db_labels, True))
-  return lambda rows: functools.reduce(np.logical_or, [
-      (q[rows][:, None] & d[None]) != 0 for q, d in zip(q_words, db_words)])
+  return lambda rows, items=None: functools.reduce(np.logical_or, [
+      (q[rows][:, None] & (d[None] if items is None else d[items])) != 0
+      for q, d in zip(q_words, db_words)])
 
 
-def relevance(q_labels, db_labels, multilabel):
-  """bool (Q, N): database item shares a label with the query."""
-  return _relevance_fn(q_labels, db_labels, multilabel)(slice(None))
+def relevance(q_labels, db_labels, indices=None):
+  """Whether database items share a label with the queries (same class id, or a shared label of
+  multi-hot rows): bool (Q, N) over the whole database, or with ``indices`` int (Q, k) (e.g. the
+  neighbours of each query) bool (Q, k), whether item indices[q, j] is relevant to query q (only
+  those items' labels are read)."""
+  q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
+  multilabel = _label_kind(q_labels, db_labels)
+  if indices is None:
+    return _relevance_fn(q_labels, db_labels, multilabel)(slice(None))
+  items, at = np.unique(np.asarray(indices), return_inverse=True)
+  return _relevance_fn(q_labels, db_labels[items], multilabel)(slice(None),
+                                                                at.reshape(np.shape(indices)))
 
 
 def _prepare(q_codes, db_codes, q_labels, db_labels):
-  q, db = as_packed(q_codes), as_packed(db_codes)
+  q, db = retrieval.as_packed(q_codes), retrieval.as_packed(db_codes)
   retrieval.check_packed(q, db)
   q_labels, db_labels, multilabel = check_labels(q_labels, db_labels, len(q), len(db))
   return q, db, q_labels, db_labels, multilabel
@@ -106,7 +116,7 @@ def _distance_dtype(q):
 
 @functools.partial(jax.jit, static_argnames="dtype")
 def _small_distances_jit(q, planes, dtype):
-  return retrieval.planes_distance(q, planes).astype(dtype)
+  return hamming_kernel.planes_distance(q, planes).astype(dtype)
 
 
 def _small_distances(q, planes, chunk):
@@ -130,7 +140,7 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
 @functools.partial(jax.jit, static_argnames=("multilabel", "dtype"))
 def _distances_relevance_jit(q, planes, q_labels, db_labels, multilabel, dtype):
   """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes."""
-  dist = retrieval.planes_distance(q, planes).astype(dtype)
+  dist = hamming_kernel.planes_distance(q, planes).astype(dtype)
   if multilabel:
     rel = jnp.dot(q_labels, db_labels.T, preferred_element_type=jnp.float32) > 0
   else:
@@ -142,9 +152,9 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   """[fn(relevance uint8 (q, depth) in (distance, index) order), ...] over query chunks.
 
   The device computes a chunk's distances (uint8; uint16 from K = 255 bits) and relevance;
-  numpy's stable argsort of the distances (a radix sort for 8/16-bit keys, ~7x faster than
-  sorting unique 32-bit keys, measured) ranks by (distance, index), and one flat gather puts the
-  relevance in that order. Chunks run on ``THREADS`` threads (the sorts release the GIL).
+  numpy's stable argsort of the distances (a radix sort for 8/16-bit keys) ranks by
+  (distance, index), and one flat gather puts the relevance in that order. Chunks run on
+  ``THREADS`` threads (the sorts release the GIL).
   """
   chunk = _query_chunk(len(db))
   dtype = _distance_dtype(q)
@@ -180,7 +190,7 @@ def label_rows(q_labels, db_labels, multilabel):
 @jax.jit
 def _gathered_relevance(idx, q_rows, db_rows):
   """bool (q, R): database rows idx (q, R) share a label (id or bit) with their query."""
-  got = retrieval.take_items(db_rows, idx)
+  got = hamming_kernel.take_items(db_rows, idx)
   if db_rows.ndim == 1:
     return got == q_rows[:, None]
   return jnp.any((got & q_rows[:, None, :]) != 0, axis=-1)
@@ -190,8 +200,9 @@ def _gathered_relevance(idx, q_rows, db_rows):
 def _ranked_hits(idx, order, q_rows, db_rows):
   """(rel * hits int32 (q, R), relevant count int32 (q,)) of the neighbours idx (q, R), listed in
   index order, in the rank order ``order`` (q, R): hits = relevant items up to each rank."""
-  rel = _gathered_relevance(retrieval.take_rows(idx, order), q_rows, db_rows).astype(jnp.int32)
-  hits = retrieval.prefix_sum(rel, rel.shape[1])
+  ranked = hamming_kernel.take_rows(idx, order)
+  rel = _gathered_relevance(ranked, q_rows, db_rows).astype(jnp.int32)
+  hits = hamming_kernel.prefix_sum(rel, rel.shape[1])
   return rel * hits, hits[:, -1]
 
 
@@ -246,18 +257,15 @@ def _average_precisions(ranked):
   return np.where(num_rel > 0, prec_sum / np.maximum(num_rel, 1), 0.0)
 
 
-def _check_depth(topk, num_db, name="topk"):
-  if topk is None:
-    return num_db
-  if not 1 <= int(topk) <= num_db:
-    raise ValueError(f"{name} must be in [1, database size {num_db}], got {topk}")
-  return int(topk)
+def _depth(topk, num_db):
+  """R of AP@R: ``topk`` (None: the database size N), in [1, N]."""
+  return num_db if topk is None else retrieval.check_k(topk, num_db, "topk")
 
 
 def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
   """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
-  depth = _check_depth(topk, len(db))
+  depth = _depth(topk, len(db))
   if _uses_topk(depth, len(db)):
     return _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth)
   return np.concatenate(_map_ranked(_average_precisions, q, db, q_labels, db_labels, multilabel,
@@ -290,7 +298,7 @@ def tie_aware_mean_average_precision(q_codes, db_codes, q_labels, db_labels, top
   the ratio of expectations when a tie group straddles R.
   """
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
-  depth = _check_depth(topk, len(db))
+  depth = _depth(topk, len(db))
   max_d = 32 * q.shape[1]
   harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(db) + 1))])
   aps = []
@@ -313,7 +321,7 @@ def tie_aware_mean_average_precision(q_codes, db_codes, q_labels, db_labels, top
 def precision_at_k(q_codes, db_codes, q_labels, db_labels, k: int) -> float:
   """Mean over queries of (relevant items in the top k) / k, ranking by (distance, index)."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
-  k = _check_depth(k, len(db), "k")
+  k = retrieval.check_k(k, len(db))
   if _uses_topk(k, len(db)):
     hits = _topk_hits(q, db, q_labels, db_labels, multilabel, k)
   else:

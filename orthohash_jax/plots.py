@@ -30,15 +30,14 @@ RELEVANT, IRRELEVANT, QUERY = "#2ca02c", "#d62728", "#1f4e99"  # frame colours
 
 def distance_histograms(q_codes, db_codes, q_labels, db_labels):
   """(intra, inter) counts int64 (K_max + 1,) over all query-database pairs; K_max = 32 W."""
-  q_codes, db_codes = metrics.as_packed(q_codes), metrics.as_packed(db_codes)
-  q_labels, db_labels, multilabel = metrics.check_labels(q_labels, db_labels, len(q_codes),
-                                                         len(db_codes))
+  q_codes, db_codes = retrieval.as_packed(q_codes), retrieval.as_packed(db_codes)
+  q_labels, db_labels, _ = metrics.check_labels(q_labels, db_labels, len(q_codes), len(db_codes))
   bins = retrieval.WORD_BITS * db_codes.shape[1] + 1
   intra, inter = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
   for start in range(0, len(q_codes), QUERY_BLOCK):
     block = slice(start, start + QUERY_BLOCK)
     dist = np.asarray(retrieval.hamming_distance(q_codes[block], db_codes))
-    rel = metrics.relevance(q_labels[block], db_labels, multilabel)
+    rel = metrics.relevance(q_labels[block], db_labels)
     intra += np.bincount(dist[rel], minlength=bins)
     inter += np.bincount(dist[~rel], minlength=bins)
   return intra, inter

@@ -1,18 +1,20 @@
-"""Exact Hamming-distance search over packed codes: ``HammingIndex`` and a command line tool.
+"""Exact Hamming-distance search over packed codes: ``HammingIndex`` (in memory), ``FileIndex``
+(a streamed code file) and a command line tool.
 
-File formats. Index / export ``.npz`` (shared with export): ``db_codes`` uint32 (N, W) packed as
-in ``retrieval`` (bit j of word w = dimension 32 w + j, unused high bits 0), ``num_bits`` int
-scalar K with W = ceil(K / 32), optional ``db_labels`` (N,) or (N, C); export files also hold
-``query_codes`` uint32 (Q, W), ``query_labels`` and ``config``, which ``HammingIndex.load``
-ignores. Code file ``.npy``: a bare little-endian uint32 (N, W) C-order array, never loaded whole
-(``CodeFile`` reads row chunks with ``os.pread``: unlike ``np.memmap``, the pages read do not
-stay mapped, so resident memory stays bounded by the chunk, whatever N).
+File formats. Index / export ``.npz``: read and written by ``codes_file`` (``db_codes`` uint32
+(N, W) packed as in ``retrieval``, ``num_bits`` K, optional ``db_labels`` (N,) or (N, C); a run's
+codes file also holds ``query_codes``, ``query_labels`` and ``config``, which
+``HammingIndex.load`` does not use). Code file ``.npy``: a bare little-endian uint32 (N, W)
+C-order array, never loaded whole (``CodeFile`` reads row chunks with ``os.pread``: unlike
+``np.memmap``, the pages read do not stay mapped, so resident memory stays bounded by the chunk,
+whatever N). Both index classes offer ``search``, ``shard_search``, ``len``, ``num_bits`` and
+``labels``; queries are packed uint32 (Q, W) or real / ±1 / bool (Q, K) (``retrieval.as_packed``).
 
 Results: (distances int32 (Q, k), indices int32 (Q, k)) ordered by (Hamming distance, database
 index), identical for every path:
 * in memory, backend "jax" (``retrieval.hamming_topk``) or "faiss" (IndexBinaryFlat, ties
   re-chosen in index order);
-* a code file (``HammingIndex.open``): top-k of each chunk of ``chunk_rows`` rows, merged;
+* a code file (``FileIndex``): top-k of each chunk of ``chunk_rows`` rows, merged;
 * a mesh (``search(..., mesh=)``): rows split over all mesh devices, local top-k per device in one
   ``shard_map`` call, merged on the host;
 * several processes (``search_process_shard``): process p holds rows [offset_p, offset_p + n_p),
@@ -26,22 +28,23 @@ list holds its own first k, so the merged list is the global first k, ties inclu
 
 searches ``query_codes`` (of ``--queries`` if given, else of ``--codes``; a ``.npy`` holds packed
 query codes) against the database and prints one line per query, or saves ``indices``,
-``distances`` and ``k`` to ``--output``. Printed lines (Q = query row, I = database row, D =
-Hamming distance, L = label: a class id, or the classes of a multi-hot row joined by commas):
+``distances`` and ``k`` to the .npz file ``--output`` (exactly that name; a directory is refused:
+``codes_file.write_npz``). Printed lines (Q = query row, I = database row, D = Hamming
+distance, L = label: a class id, or the classes of a multi-hot row joined by commas):
   no labels:                          ``Q: I:D I:D ...``
   database labels (``db_labels``):    ``Q: I:D:L I:D:L ...``
   and query labels (``query_labels``): ``Q label=L P@k=0.9000: I:D:L ...`` (P@k: the share of the
-  k neighbours relevant to the query, i.e. of its class / sharing a label with it), then a last
-  line ``mean P@k=0.9123 over Q queries``. A ``.npy`` database needs
-``--num_bits`` and is streamed; with ``--num_processes`` each process streams its own contiguous
-share of its rows and process 0 prints or saves the merged result. Bad input (unreadable file,
-wrong dtype or shape, file size not a whole number of rows, bits mismatch, k outside [1, N]): one
+  k neighbours relevant to the query, i.e. of its class / sharing a label with it:
+  ``metrics.relevance``), then a last line ``mean P@k=0.9123 over Q queries``. A ``.npy``
+  database needs ``--num_bits`` and is streamed.
+With ``--num_processes`` each process streams its own contiguous share of the rows and process 0
+prints or saves the merged result. Bad input (unreadable file, wrong dtype or shape, file size
+not a whole number of rows, bits mismatch, k outside [1, N], an output directory): one
 ``error:`` line on stderr, exit status 2.
 """
 import concurrent.futures
 import os
 import sys
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +52,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from orthohash_jax import cli, parallel, retrieval
+from orthohash_jax import cli, codes_file, hamming_kernel, metrics, parallel, retrieval
 
 BACKENDS = ("jax", "faiss")
 CHUNK_ROWS = 1 << 22  # rows per streamed chunk of a code file (16 MiB at 64 bits)
@@ -60,12 +63,6 @@ def merge_topk(dist, idx, k: int):
   order = np.lexsort((idx, dist), axis=1)[:, :k]
   return (np.take_along_axis(dist, order, 1).astype(np.int32),
           np.take_along_axis(idx, order, 1).astype(np.int32))
-
-
-def check_k(k, num_items):
-  if not 1 <= int(k) <= num_items:
-    raise ValueError(f"k must be in [1, database size {num_items}], got {k}")
-  return int(k)
 
 
 class CodeFile:
@@ -106,37 +103,10 @@ class CodeFile:
   def read(self, start: int, stop: int):
     """Rows [start, stop) as uint32 (stop - start, W), checked (zero padding bits)."""
     with open(self.path, "rb") as f:
-      buf = os.pread(f.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+      buf = os.pread(f.fileno(), (stop - start) * self.row_bytes,
+                     self.offset + start * self.row_bytes)
     rows = np.frombuffer(buf, "<u4").reshape(-1, self.shape[1])
     return retrieval.check_codes(rows, self.num_bits, f"{self.path}: rows {start}:{stop}")
-
-  def search(self, queries, k: int, start=0, stop=None, chunk_rows=CHUNK_ROWS, method=None):
-    """Exact top-k of rows [start, stop) streamed in chunks; indices are file row numbers.
-
-    The next chunk is read (pread releases the GIL) while the current one is searched; memory is
-    O(chunk_rows + Q k). Where the rows are fewer than k (a process's shard), the list is padded
-    with distance K + 1 and index -1.
-    """
-    stop = len(self) if stop is None else stop
-    bounds = [(s, min(s + chunk_rows, stop)) for s in range(start, stop, chunk_rows)]
-    best = None
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      pending = pool.submit(self.read, *bounds[0]) if bounds else None
-      for i, (s, _) in enumerate(bounds):
-        rows = pending.result()
-        if i + 1 < len(bounds):
-          pending = pool.submit(self.read, *bounds[i + 1])
-        # The last, shorter chunk is padded to the common shape: no second compilation.
-        fill = bounds[0][1] - bounds[0][0] - len(rows)
-        padded = np.pad(rows, ((0, fill), (0, 0))) if fill else rows
-        dist, idx = retrieval.hamming_topk(queries, padded, min(k, len(rows)), method,
-                                           num_items=len(rows))
-        dist, idx = np.asarray(dist), np.asarray(idx) + np.int32(s)
-        if best is not None:
-          dist, idx = merge_topk(np.concatenate([best[0], dist], 1),
-                                 np.concatenate([best[1], idx], 1), k)
-        best = dist, idx
-    return pad_topk(best, len(queries), k, self.num_bits)
 
 
 def pad_topk(result, num_queries, k, num_bits):
@@ -157,27 +127,27 @@ def sharded_topk(queries, codes, k: int, mesh, method=None):
   """
   queries, codes = np.asarray(queries), np.asarray(codes)
   num_items, num_bits_max = len(codes), retrieval.WORD_BITS * codes.shape[1]
-  k = check_k(k, num_items)
+  k = retrieval.check_k(k, num_items)
   method = method or retrieval.default_method()
   axes = tuple(mesh.axis_names)
   devices = mesh.devices.size
   n_loc = -(-num_items // devices)
-  n_loc += -n_loc % retrieval.BLOCK
+  n_loc += -n_loc % hamming_kernel.BLOCK
   pad = devices * n_loc - num_items
   k_loc = min(k + pad, n_loc)
   # Blocked word planes (W, 32, N / 32): device d holds blocks [d n_loc / 32, (d + 1) n_loc / 32).
-  planes = np.pad(codes, ((0, pad), (0, 0))).reshape(-1, retrieval.BLOCK, codes.shape[1])
-  db = jax.device_put(np.ascontiguousarray(planes.transpose(2, 1, 0)),
-                      NamedSharding(mesh, P(None, None, axes)))
+  padded = np.pad(codes, ((0, pad), (0, 0)))
+  planes = padded.reshape(-1, hamming_kernel.BLOCK, codes.shape[1]).transpose(2, 1, 0)
+  db = jax.device_put(np.ascontiguousarray(planes), NamedSharding(mesh, P(None, None, axes)))
 
   def local(q, rows):
-    dist, idx = retrieval.topk_chunk(q, rows, k_loc, n_loc, method)
+    dist, idx = hamming_kernel.topk_chunk(q, rows, k_loc, n_loc, method)
     idx = idx + jax.lax.axis_index(axes) * n_loc
     return jnp.where(idx < num_items, dist, num_bits_max + 1), idx
 
   fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, None, axes)),
                              out_specs=(P(None, axes), P(None, axes))))
-  chunk = retrieval.queries_per_call(n_loc, k_loc, method)
+  chunk = hamming_kernel.queries_per_call(n_loc, k_loc, method)
   parts = []
   for s in range(0, len(queries), chunk):
     q = queries[s:s + chunk]
@@ -201,11 +171,64 @@ def search_process_shard(search_shard, k: int):
   return merge_topk(dist, idx, k) if jax.process_index() == 0 else None
 
 
-class HammingIndex:
-  """Packed binary codes (and optional labels) with exact top-k search.
+class FileIndex:
+  """An index over a ``.npy`` code file (``CodeFile``), streamed in chunks of ``chunk_rows`` rows
+  (jax top-k only, no labels): the interface of ``HammingIndex`` without ``add``."""
 
-  In memory (``add`` / ``load``), or backed by a ``.npy`` code file (``open``, streamed).
-  """
+  labels = None
+
+  def __init__(self, path, num_bits: int, chunk_rows: int = CHUNK_ROWS, method=None):
+    if int(chunk_rows) < 1:
+      raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    self.file = CodeFile(path, num_bits)
+    self.num_bits, self.chunk_rows, self.method = self.file.num_bits, int(chunk_rows), method
+
+  def __len__(self):
+    return len(self.file)
+
+  def search(self, queries, k: int, mesh=None):
+    """Exact k nearest: (distances int32 (Q, k), indices int32 (Q, k)), by (distance, index)."""
+    queries = retrieval.as_packed(queries, self.num_bits, "query codes")
+    k = retrieval.check_k(k, len(self))
+    if mesh is not None:
+      raise ValueError("a file-backed index is streamed on one device; mesh is not supported")
+    return self._stream(queries, k, 0, len(self))
+
+  def shard_search(self, queries, k: int, start: int, stop: int):
+    """This process's share: top-k of rows [start, stop) (file row numbers), padded to k."""
+    return self._stream(retrieval.as_packed(queries, self.num_bits, "query codes"), k, start,
+                        stop)
+
+  def _stream(self, queries, k: int, start: int, stop: int):
+    """Exact top-k of rows [start, stop) streamed in chunks; indices are file row numbers.
+
+    The next chunk is read (pread releases the GIL) while the current one is searched; memory is
+    O(chunk_rows + Q k). Where the rows are fewer than k (a process's shard), the list is padded
+    with distance K + 1 and index -1.
+    """
+    bounds = [(s, min(s + self.chunk_rows, stop)) for s in range(start, stop, self.chunk_rows)]
+    best = None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      pending = pool.submit(self.file.read, *bounds[0]) if bounds else None
+      for i, (s, _) in enumerate(bounds):
+        rows = pending.result()
+        if i + 1 < len(bounds):
+          pending = pool.submit(self.file.read, *bounds[i + 1])
+        # The last, shorter chunk is padded to the common shape: no second compilation.
+        fill = bounds[0][1] - bounds[0][0] - len(rows)
+        padded = np.pad(rows, ((0, fill), (0, 0))) if fill else rows
+        dist, idx = retrieval.hamming_topk(queries, padded, min(k, len(rows)), self.method,
+                                           num_items=len(rows))
+        dist, idx = np.asarray(dist), np.asarray(idx) + np.int32(s)
+        if best is not None:
+          dist, idx = merge_topk(np.concatenate([best[0], dist], 1),
+                                 np.concatenate([best[1], idx], 1), k)
+        best = dist, idx
+    return pad_topk(best, len(queries), k, self.num_bits)
+
+
+class HammingIndex:
+  """Packed binary codes (and optional labels) in memory with exact top-k search."""
 
   def __init__(self, num_bits: int, backend: str = "jax", method=None):
     if int(num_bits) < 1:
@@ -216,10 +239,9 @@ class HammingIndex:
     self._codes = np.zeros((0, retrieval.num_words(num_bits)), np.uint32)
     self._labels = None
     self._faiss = self._blocked = None  # built on the first search, dropped by ``add``
-    self._file, self.chunk_rows = None, CHUNK_ROWS
 
   def __len__(self):
-    return len(self._file) if self._file is not None else len(self._codes)
+    return len(self._codes)
 
   @property
   def codes(self):
@@ -229,25 +251,9 @@ class HammingIndex:
   def labels(self):
     return self._labels
 
-  @classmethod
-  def open(cls, path, num_bits: int, chunk_rows: int = CHUNK_ROWS, method=None):
-    """An index over a ``.npy`` code file, searched in chunks of ``chunk_rows`` rows (jax only)."""
-    if int(chunk_rows) < 1:
-      raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    index = cls(num_bits, "jax", method)
-    index._file, index.chunk_rows = CodeFile(path, num_bits), int(chunk_rows)
-    return index
-
   def add(self, codes, labels=None):
     """Appends codes: packed uint32 (n, W) or real / ±1 / bool (n, K) (bit = value > 0)."""
-    if self._file is not None:
-      raise ValueError("cannot add codes to an index backed by a code file")
-    codes = np.asarray(codes)
-    if codes.dtype != np.uint32:
-      if codes.ndim != 2 or codes.shape[1] != self.num_bits:
-        raise ValueError(f"unpacked codes must be (n, {self.num_bits}), got shape {codes.shape}")
-      codes = np.asarray(retrieval.pack_codes(codes))
-    codes = retrieval.check_codes(codes, self.num_bits, "codes")
+    codes = retrieval.as_packed(codes, self.num_bits)
     if labels is not None:
       labels = np.asarray(labels)
       if len(labels) != len(codes):
@@ -260,33 +266,18 @@ class HammingIndex:
     self._codes = np.concatenate([self._codes, codes])
     self._faiss = self._blocked = None
 
-  def check_queries(self, queries):
-    """Packed uint32 (Q, W) queries (real / ±1 / bool (Q, K) are packed), checked."""
-    queries = np.asarray(queries)
-    if queries.dtype != np.uint32:
-      if queries.ndim != 2 or queries.shape[1] != self.num_bits:
-        raise ValueError(f"query codes must be packed uint32 or (Q, {self.num_bits}), got "
-                         f"{queries.dtype} {queries.shape}")
-      queries = np.asarray(retrieval.pack_codes(queries))
-    return retrieval.check_codes(queries, self.num_bits, "query codes")
-
   def search(self, queries, k: int, mesh=None):
     """Exact k nearest: (distances int32 (Q, k), indices int32 (Q, k)), by (distance, index).
 
-    ``mesh``: split the (in-memory) database over its devices.
+    ``mesh``: split the database over its devices.
     """
-    queries = self.check_queries(queries)
-    k = check_k(k, len(self))
-    if self._file is not None:
-      if mesh is not None:
-        raise ValueError("a file-backed index is streamed on one device; mesh is not supported")
-      return self._file.search(queries, k, chunk_rows=self.chunk_rows, method=self.method)
+    queries = retrieval.as_packed(queries, self.num_bits, "query codes")
+    k = retrieval.check_k(k, len(self))
     if mesh is not None:
       return sharded_topk(queries, self._codes, k, mesh, self.method)
     if self.backend == "faiss":
       if self._faiss is None:
-        import faiss  # pylint: disable=import-outside-toplevel
-        self._faiss = faiss.IndexBinaryFlat(retrieval.WORD_BITS * self._codes.shape[1])
+        self._faiss = retrieval.import_faiss().IndexBinaryFlat(retrieval.WORD_BITS * self._codes.shape[1])
         self._faiss.add(self._codes.view(np.uint8))
       return retrieval.faiss_topk(queries, self._codes, k, self._faiss)
     if self._blocked is None:
@@ -296,9 +287,7 @@ class HammingIndex:
 
   def shard_search(self, queries, k: int, start: int, stop: int):
     """This process's share: top-k of rows [start, stop) (global indices), padded to k."""
-    queries = self.check_queries(queries)
-    if self._file is not None:
-      return self._file.search(queries, k, start, stop, self.chunk_rows, self.method)
+    queries = retrieval.as_packed(queries, self.num_bits, "query codes")
     rows = self._codes[start:stop]
     if not len(rows):
       return pad_topk(None, len(queries), k, self.num_bits)
@@ -307,45 +296,16 @@ class HammingIndex:
                     self.num_bits)
 
   def save(self, path):
-    """Writes ``db_codes``, ``num_bits`` and (if any) ``db_labels`` to an .npz file."""
-    arrays = {"db_codes": self._codes, "num_bits": np.int64(self.num_bits)}
-    if self._labels is not None:
-      arrays["db_labels"] = self._labels
-    np.savez(path, **arrays)
+    """Writes the index to the .npz file ``path`` (``codes_file.save_index``)."""
+    codes_file.save_index(path, self._codes, self.num_bits, self._labels)
 
   @classmethod
   def load(cls, path, backend: str = "jax", method=None):
-    """Reads an index or export .npz file (other keys are ignored)."""
-    data = _read_npz(path)
-    for key in ("db_codes", "num_bits"):
-      if key not in data:
-        raise ValueError(f"{path}: missing key {key!r} (has {sorted(data)})")
-    index = cls(_num_bits(data, path), backend, method)
-    codes = retrieval.check_codes(data["db_codes"], index.num_bits, f"{path}: db_codes")
-    index.add(codes, data.get("db_labels"))
+    """Reads an index or a run's codes file (``codes_file``; the query arrays are not used)."""
+    data = codes_file.read_npz(path, codes_file.INDEX_KEYS)
+    index = cls(data["num_bits"], backend, method)
+    index.add(data["db_codes"], data.get("db_labels"))
     return index
-
-
-def _num_bits(data, path):
-  num_bits = data["num_bits"]
-  if num_bits.shape != () or num_bits.dtype.kind not in "iu":
-    raise ValueError(f"{path}: num_bits must be an integer scalar, got {num_bits.dtype} "
-                     f"{num_bits.shape}")
-  return int(num_bits)
-
-
-def _read_npz(path) -> dict:
-  """Every array of an .npz file, read now, so a damaged member (bad CRC) or a file that is no
-  archive is one ValueError naming the file."""
-  try:
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-      raise ValueError("a single array, not an .npz archive")
-    with data:
-      return {k: data[k] for k in data.files}
-  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-    raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def load_queries(path, num_bits):
@@ -358,29 +318,11 @@ def load_queries(path, num_bits):
     except (OSError, ValueError) as e:
       raise ValueError(f"{path}: not a readable .npy file ({e})") from None
     return retrieval.check_codes(codes, num_bits, f"{path}: query codes"), None
-  data = _read_npz(path)
-  if "query_codes" not in data:
-    raise ValueError(f"{path}: missing key 'query_codes' (has {sorted(data)})")
-  if "num_bits" in data and _num_bits(data, path) != num_bits:
-    raise ValueError(f"{path}: queries have {_num_bits(data, path)} bits, the database "
-                     f"{num_bits}")
-  codes = retrieval.check_codes(data["query_codes"], num_bits, f"{path}: query_codes")
-  labels = data.get("query_labels")
+  data = codes_file.read_npz(path, ("query_codes",), num_bits)
+  codes, labels = data["query_codes"], data.get("query_labels")
   if labels is not None and len(labels) != len(codes):
     raise ValueError(f"{path}: {len(labels)} query_labels for {len(codes)} query_codes")
   return codes, labels
-
-
-def neighbour_relevance(query_labels, db_labels, indices) -> np.ndarray:
-  """bool (Q, k): database row ``indices[q, j]`` is relevant to query q (same class id, or a
-  shared label of multi-hot rows)."""
-  query_labels, found = np.asarray(query_labels), np.asarray(db_labels)[indices]
-  if query_labels.ndim != found.ndim - 1 or query_labels.shape[1:] != found.shape[2:]:
-    raise ValueError(f"query labels {query_labels.shape[1:]} and database labels "
-                     f"{found.shape[2:]} per item differ in kind")
-  if query_labels.ndim == 2:
-    return np.any((query_labels[:, None, :] > 0) & (found > 0), axis=-1)
-  return query_labels[:, None] == found
 
 
 def format_results(dist, idx, db_labels=None, query_labels=None):
@@ -392,7 +334,7 @@ def format_results(dist, idx, db_labels=None, query_labels=None):
           for row_i, row_d in zip(idx, dist)]
   if query_labels is None:
     return [f"{qi}: {row}" for qi, row in enumerate(rows)]
-  precision = neighbour_relevance(query_labels, db_labels, idx).mean(1)
+  precision = metrics.relevance(query_labels, db_labels, idx).mean(1)
   k = idx.shape[1]
   return [f"{qi} label={cli.label_text(label)} P@{k}={p:.4f}: {row}"
           for qi, (label, p, row) in enumerate(zip(query_labels, precision, rows))] + [
@@ -405,10 +347,11 @@ def _open_index(args):
       raise ValueError("a .npy code file needs --num_bits")
     if args.backend != "jax":
       raise ValueError("a .npy code file is streamed with --backend=jax")
-    return HammingIndex.open(args.codes, args.num_bits, args.chunk_rows)
+    return FileIndex(args.codes, args.num_bits, args.chunk_rows)
   index = HammingIndex.load(args.codes, args.backend)
   if args.num_bits is not None and args.num_bits != index.num_bits:
-    raise ValueError(f"--num_bits={args.num_bits} but {args.codes} holds {index.num_bits}-bit codes")
+    raise ValueError(f"--num_bits={args.num_bits} but {args.codes} holds {index.num_bits}-bit "
+                     "codes")
   return index
 
 
@@ -418,7 +361,7 @@ def _search(args):
   if args.queries is None and args.codes.endswith(".npy"):
     raise ValueError("a .npy code file needs --queries")
   queries, query_labels = load_queries(args.queries or args.codes, index.num_bits)
-  k = check_k(args.k, len(index))
+  k = retrieval.check_k(args.k, len(index))
   if args.num_processes > 1:
     n, p, count = len(index), args.process_id, args.num_processes
     start, stop = n * p // count, n * (p + 1) // count
@@ -440,7 +383,8 @@ def main(argv=None):
   parser.add_argument("--k", type=int, default=100, help="neighbours per query")
   parser.add_argument("--queries", help=".npz with query_codes or .npy (default: --codes)")
   parser.add_argument("--num_bits", type=int, help="code length K (required for a .npy database)")
-  parser.add_argument("--output", help="save indices/distances to this .npz instead of printing")
+  parser.add_argument("--output", help="save indices/distances to this .npz file (exactly this "
+                      "name) instead of printing")
   parser.add_argument("--backend", choices=BACKENDS, default="jax")
   parser.add_argument("--chunk_rows", type=int, default=CHUNK_ROWS,
                       help="rows per streamed chunk of a .npy database")
@@ -449,33 +393,25 @@ def main(argv=None):
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   args = parser.parse_args(argv)
-  try:
+
+  def body():
     if args.num_processes > 1:
       if not args.coordinator or not 0 <= args.process_id < args.num_processes:
         raise ValueError("multi-process search needs --coordinator and 0 <= --process_id < "
                          "--num_processes")
       parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     result = _search(args)
-    if result is None:
-      return 0
+    if result is None:  # another process reports
+      return
     dist, idx, db_labels, query_labels = result
     if args.output:
-      np.savez(args.output, indices=idx, distances=dist, k=np.int64(args.k))
-    else:
-      lines = format_results(dist, idx, db_labels, query_labels)
-  except (OSError, ValueError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.output:
-    print(f"saved {idx.shape[0]} x {idx.shape[1]} neighbours to {args.output}")
-    return 0
-  try:
-    for line in lines:
+      codes_file.write_npz(args.output, {"indices": idx, "distances": dist,
+                                         "k": np.int64(args.k)})
+      cli.say(f"saved {idx.shape[0]} x {idx.shape[1]} neighbours to {args.output}")
+      return
+    for line in format_results(dist, idx, db_labels, query_labels):
       print(line)
-    sys.stdout.flush()
-  except BrokenPipeError:  # e.g. piped into head: stop quietly
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-  return 0
+  return cli.run_tool(body)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ class SearchService:
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.codes = codes_file.load_codes(os.path.join(workdir, "codes.npz"))
-    self.index = search.HammingIndex.load(os.path.join(workdir, "codes.npz"))
+    self.index = search.HammingIndex(self.codes["num_bits"])
+    self.index.add(self.codes["db_codes"])
     self.trainer, self.data, self.state, self.step = run.restore_run(workdir)
     config = self.trainer.config
     if config.num_bits != self.codes["num_bits"]:
@@ -108,7 +109,7 @@ class SearchService:
     except (TypeError, ValueError):
       raise RequestError(400, f"k must be an integer, got {k!r}") from None
     try:
-      return search.check_k(k, len(self.index))
+      return retrieval.check_k(k, len(self.index))
     except ValueError as e:
       raise RequestError(400, str(e)) from None
 
@@ -118,7 +119,7 @@ class SearchService:
     bucket = min(len(self.index), max(MIN_BUCKET, 1 << (k - 1).bit_length()))
     with self._lock:
       dist, idx = (a[:, :k] for a in self.index.search(query_code, bucket))
-    relevant = (search.neighbour_relevance(query_label[None], self.codes["db_labels"], idx)[0]
+    relevant = (metrics.relevance(query_label[None], self.codes["db_labels"], idx)[0]
                 if query_label is not None else [None] * k)
     return [{"index": int(i), "distance": int(d),
              "label": _label(self.codes["db_labels"][i]) if self.labelled else None,
@@ -291,28 +292,26 @@ def main(argv=None) -> int:
                       help="interface to listen on (127.0.0.1: this machine only)")
   parser.add_argument("--verbose", action="store_true", help="log every request on stderr")
   args = parser.parse_args(argv)
-  try:
+
+  def body():
     if not 0 <= args.port < 65536:
       raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     service = SearchService(args.workdir)
-  except (ValueError, OSError) as e:
-    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    return 2
-  try:
-    server = Server(service, args.host, args.port, args.verbose)
-  except OSError as e:
-    service.close()
-    print(f"error: cannot listen on {args.host}:{args.port} ({e.strerror})", file=sys.stderr)
-    return 2
-  cli.say(f"serving {args.workdir} on {server.url} (Ctrl-C stops)")
-  try:
-    server.serve_forever()
-  except KeyboardInterrupt:
-    pass
-  finally:
-    server.server_close()
-    service.close()
-  return 0
+    try:
+      try:
+        server = Server(service, args.host, args.port, args.verbose)
+      except OSError as e:
+        raise OSError(f"cannot listen on {args.host}:{args.port} ({e.strerror})") from None
+      cli.say(f"serving {args.workdir} on {server.url} (Ctrl-C stops)")
+      try:
+        server.serve_forever()
+      except KeyboardInterrupt:
+        pass
+      finally:
+        server.server_close()
+    finally:
+      service.close()
+  return cli.run_tool(body)
 
 
 if __name__ == "__main__":

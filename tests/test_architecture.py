@@ -8,8 +8,8 @@ from conftest import ROOT
 PACKAGE = os.path.join(ROOT, "orthohash_jax")
 # Lower layers never import higher ones (a module may import its own layer or lower).
 LAYERS = [
-    {"cli", "config_base", "codebook", "losses", "retrieval", "metrics", "revisited", "parallel",
-     "augment", "data", "images", "plots", "summary", "files"},
+    {"cli", "config_base", "codebook", "losses", "hamming_kernel", "retrieval", "metrics",
+     "revisited", "parallel", "augment", "data", "images", "plots", "summary", "files"},
     {"models", "backbones", "codes_file", "checkpoint", "reporting", "methods"},
     {"trainer", "evaluation", "workdir"},
     {"run"},

@@ -149,7 +149,7 @@ def test_fashion_idx_errors(tmp_path):
     (["--config=BROKEN"], "cannot load the config .*: NameError: name 'undefined_name'"),
     (["--config.num_bitz=3"], "unknown config key 'num_bitz'; did you mean 'num_bits'"),
     (["--config.num_bits", "many"], "bad value for num_bits: 'many'"),
-    (["--config.loss=hinge"], r"loss must be one of \['orthohash', 'ce'\], got 'hinge'"),
+    (["--config.loss=hinge"], r"loss must be one of \['orthohash', 'ce', .*\], got 'hinge'"),
     (["stray"], "unrecognized arguments: stray"),
 ])
 def test_main_bad_command_lines_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args,

@@ -8,7 +8,6 @@ from PIL import Image
 from conftest import config_of
 from orthohash_jax import augment
 from orthohash_jax import data as data_lib
-from orthohash_jax.data import listfile
 
 SIZE = 8
 

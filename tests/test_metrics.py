@@ -152,7 +152,7 @@ def test_map_multilabel_many_classes_matches_brute_force(topk):
   dl[:, 35] |= rng.random(130) < 0.3
   dist, orders = ranking(qb, db)
   rel = relevant(ql, dl)
-  np.testing.assert_array_equal(metrics.relevance(ql, dl, True), rel)  # bit-packed words
+  np.testing.assert_array_equal(metrics.relevance(ql, dl), rel)  # bit-packed words
   expected = [brute_ap(rel[i][o], topk) for i, o in enumerate(orders)]
   np.testing.assert_allclose(metrics.average_precisions(qb, db, ql, dl, topk), expected,
                              rtol=0, atol=1e-12)

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from orthohash_jax import retrieval
+from orthohash_jax import hamming_kernel, retrieval
 
 BITS = [16, 32, 48, 64, 128, 2048]
 
@@ -75,7 +75,7 @@ def test_threshold_search_from_any_guess():
   values = rng.binomial(64, 0.3, (6, 32, 40)).astype(np.uint8)  # many ties, range ~8..32
   values[0] = 0  # one query with every value equal
   flat = np.sort(values.reshape(6, -1), axis=1)
-  search = jax.jit(lambda v, g, k: retrieval._threshold(v, k, max_value, g))
+  search = jax.jit(lambda v, g, k: hamming_kernel._threshold(v, k, max_value, g))
   for k in (1, 5, 37, 300, 1280):
     u_ref = flat[:, k - 1].astype(np.int32)
     for offset in (None, -9, -4, -3, -2, -1, 0, 1, 2, 3, 5, 40):

@@ -1,4 +1,5 @@
 """Exactness of fast Hamming search, HammingIndex / CLI and counting-based metrics vs numpy."""
+import os
 import subprocess
 import sys
 
@@ -147,14 +148,26 @@ def _export_file(path, rng, n=600, nq=5, num_bits=48):
 
 
 @pytest.mark.slow
-def test_cli_saves_exact_neighbours(tmp_path):
-  codes, out = tmp_path / "codes.npz", tmp_path / "nn.npz"
+def test_cli_saves_exact_neighbours(tmp_path, capsys):
+  """--output is written under exactly its name, which is the one printed; a directory is
+  refused in one line, and nothing is left behind."""
+  codes = tmp_path / "codes.npz"
   db, q = _export_file(codes, np.random.default_rng(6))
-  assert search.main([f"--codes={codes}", "--k=17", f"--output={out}"]) == 0
-  result = np.load(out)
   ref_d, ref_i = _brute_force(q, db, 17)
-  np.testing.assert_array_equal(result["indices"], ref_i)
-  np.testing.assert_array_equal(result["distances"], ref_d)
+  for out in (tmp_path / "nn.npz", tmp_path / "nnout"):
+    assert search.main([f"--codes={codes}", "--k=17", f"--output={out}"]) == 0
+    assert capsys.readouterr().out == f"saved {len(q)} x 17 neighbours to {out}\n"
+    with np.load(out) as result:
+      np.testing.assert_array_equal(result["indices"], ref_i)
+      np.testing.assert_array_equal(result["distances"], ref_d)
+  outdir = tmp_path / "out"
+  outdir.mkdir()
+  assert search.main([f"--codes={codes}", "--k=17", f"--output={outdir}"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err == f"error: {outdir} is a directory; give the path " \
+      "of the .npz file to write\n"
+  assert sorted(os.listdir(tmp_path)) == ["codes.npz", "nn.npz", "nnout", "out"]
+  assert not os.listdir(outdir)
 
 
 @pytest.mark.slow
@@ -173,7 +186,8 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
   _export_file(codes, np.random.default_rng(8))
   bad_dtype, bad_words, no_key = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
   np.savez(bad_dtype, db_codes=np.zeros((5, 2), np.float32), num_bits=48)
-  np.savez(bad_words, db_codes=np.zeros((5, 1), np.uint32), num_bits=48, query_codes=np.zeros((1, 1), np.uint32))
+  np.savez(bad_words, db_codes=np.zeros((5, 1), np.uint32), num_bits=48,
+           query_codes=np.zeros((1, 1), np.uint32))
   np.savez(no_key, codes=np.zeros((5, 2), np.uint32))
   for argv in ([f"--codes={tmp_path / 'missing.npz'}"], [f"--codes={codes}", "--k=601"],
                [f"--codes={bad_dtype}"], [f"--codes={bad_words}"], [f"--codes={no_key}"],
@@ -239,13 +253,16 @@ def test_cli_prints_labels_and_precision(tmp_path, capsys):
                                       for i, d in zip(ref_i[0, :2], ref_d[0, :2]))
 
 
-def test_neighbour_relevance_multilabel():
+def test_relevance_of_neighbours_multilabel():
   db_labels = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.uint8)
   q_labels = np.array([[0, 1, 0], [1, 0, 1]], np.uint8)
-  rel = search.neighbour_relevance(q_labels, db_labels, np.array([[0, 1, 2], [2, 1, 0]]))
+  rel = metrics.relevance(q_labels, db_labels, np.array([[0, 1, 2], [2, 1, 0]]))
   np.testing.assert_array_equal(rel, [[False, True, False], [False, True, True]])
-  with pytest.raises(ValueError, match="differ in kind"):
-    search.neighbour_relevance(np.array([1, 2]), db_labels, np.array([[0], [1]]))
+  np.testing.assert_array_equal(metrics.relevance(np.array([3, 5]), np.array([5, 3, 3]),
+                                                  np.array([[1, 0], [2, 0]])),
+                                [[True, False], [False, True]])
+  with pytest.raises(ValueError, match="labels must both be"):
+    metrics.relevance(np.array([1, 2]), db_labels, np.array([[0], [1]]))
   lines = search.format_results(np.array([[0, 2]]), np.array([[1, 2]]), db_labels,
                                 q_labels[:1])
   assert lines == ["0 label=1 P@2=0.5000: 1:0:1,2 2:2:-", "mean P@2=0.5000 over 1 queries"]

@@ -43,7 +43,7 @@ def fixture_data(tmp_path):
 @pytest.mark.parametrize("k,chunk_rows", [(1, 500), (37, 256), (300, 1000), (3001, 4096)])
 def test_code_file_matches_in_memory(data, k, chunk_rows):
   path, db, db_bits, q, q_bits = data
-  index = search.HammingIndex.open(path, 40, chunk_rows=chunk_rows)
+  index = search.FileIndex(path, 40, chunk_rows=chunk_rows)
   assert len(index) == 3001
   dist, idx = index.search(q, k)
   ref_d, ref_i = _brute_force(q_bits, db_bits, k)
@@ -56,7 +56,7 @@ def test_code_file_matches_in_memory(data, k, chunk_rows):
 
 def test_shard_search_pads_and_offsets(data):
   path, db, db_bits, q, q_bits = data
-  index = search.HammingIndex.open(path, 40, chunk_rows=7)
+  index = search.FileIndex(path, 40, chunk_rows=7)
   dist, idx = index.shard_search(q, 20, 2990, 3001)  # 11 rows: 9 padding columns
   ref_d, ref_i = _brute_force(q_bits, db_bits[2990:], 11)
   np.testing.assert_array_equal(idx[:, :11], ref_i + 2990)
@@ -151,4 +151,4 @@ def test_code_file_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (argv, err)
   with pytest.raises(ValueError, match="query codes"):
-    search.HammingIndex.open(good, 64).search(db[:2, :1], 3)
+    search.FileIndex(good, 64).search(db[:2, :1], 3)
