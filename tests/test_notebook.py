@@ -1,11 +1,15 @@
-"""experiments/notebooks/quickstart.ipynb runs top to bottom (2 epochs) in a fresh kernel."""
+"""experiments/notebooks/quickstart.ipynb runs top to bottom (2 epochs) in a fresh kernel; its
+Colab install cell stops at once while the repository URL is the placeholder."""
 import json
 import os
 import re
+import sys
+import types
 
 import nbclient
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 
 from conftest import ROOT
 
@@ -31,3 +35,32 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   p_at_8, reference = map(float, re.search(
       r"precision@8 ([\d.]+) \(metrics.precision_at_k: ([\d.]+)\)", text).groups())
   assert p_at_8 == reference and p_at_8 > 0.5
+
+
+def colab_install_cell(monkeypatch, repo=None):
+  """Runs the notebook's first cell as Colab would (``!`` lines through a recording shell);
+  returns the shell commands it ran."""
+  source = "".join(nbformat.read(NOTEBOOK, as_version=4).cells[1].source)
+  if repo:
+    source = source.replace("https://github.com/OWNER/orthohash-jax", repo)
+  commands, namespace = [], {}
+
+  class Shell:
+    def system(self, command):  # IPython expands {name} from the cell's variables
+      commands.append(command.format(**namespace))
+  namespace["get_ipython"] = Shell
+  monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+  monkeypatch.chdir(ROOT)  # no orthohash-jax folder here: the install runs
+  exec(TransformerManager().transform_cell(source), namespace)  # pylint: disable=exec-used
+  return commands
+
+
+def test_colab_cell_stops_at_once_while_repo_is_the_placeholder(monkeypatch):
+  with pytest.raises(SystemExit, match="Set REPO in this cell to the URL of this repository"):
+    colab_install_cell(monkeypatch)
+
+
+def test_colab_cell_installs_the_pinned_requirements(monkeypatch):
+  commands = colab_install_cell(monkeypatch, "https://example.org/me/orthohash-jax")
+  assert commands == ["git clone -q https://example.org/me/orthohash-jax orthohash-jax",
+                      "pip install -q -r orthohash-jax/requirements.txt -e orthohash-jax"]
