@@ -41,10 +41,26 @@ def write_npz(path, arrays: dict) -> None:
   files.atomic_write(path, write)
 
 
+MAGIC = {".npz": (b"PK\x03\x04", b"PK\x05\x06"), ".npy": (b"\x93NUMPY",)}  # how files start
+
+
+def check_format(path, kind: str) -> None:
+  """Raises ValueError (one line) unless ``path`` starts as a ``kind`` (".npz" / ".npy") file
+  does, so that a text file or another format is named as such, not by numpy's pickle hint."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(6)
+  except OSError as e:
+    raise ValueError(f"{path}: not a readable {kind} file ({e.strerror or e})") from None
+  if not any(head.startswith(m) for m in MAGIC[kind]):
+    raise ValueError(f"{path}: not a {kind} file (it starts with {head!r})")
+
+
 def read_npz(path, required=(), num_bits=None) -> dict:
   """Every array of the .npz file ``path``, read now; ``required``: keys it must hold. Its
   ``num_bits``, if any, is returned as an int and must equal ``num_bits`` if that is given; every
   ``*_codes`` array is checked against the number of bits (given or the file's)."""
+  check_format(path, ".npz")
   try:
     data = np.load(path, allow_pickle=False)
     if not isinstance(data, np.lib.npyio.NpzFile):

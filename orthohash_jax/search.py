@@ -313,6 +313,7 @@ def load_queries(path, num_bits):
   any) of an .npz file (whose ``num_bits``, if any, must equal ``num_bits``) or a bare .npy array
   (no labels), checked against ``num_bits``."""
   if str(path).endswith(".npy"):
+    codes_file.check_format(path, ".npy")
     try:
       codes = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:

@@ -49,7 +49,7 @@ def test_read_errors_are_one_line_naming_the_file(tmp_path):
     assert str(e.value).startswith(f"{tmp_path / name}: ") and message in str(e.value), e.value
     assert "\n" not in str(e.value)
   np.save(tmp_path / "array.npy", RESULT["db_codes"])
-  with pytest.raises(ValueError, match="not a readable .npz file"):
+  with pytest.raises(ValueError, match=r"not a .npz file \(it starts with b'\\x93NUMPY'\)"):
     codes_file.read_npz(tmp_path / "array.npy")
   np.savez(tmp_path / "q.npz", query_codes=RESULT["query_codes"], num_bits=8)
   with pytest.raises(ValueError, match="codes of 8 bits, 16 bits expected"):
@@ -74,3 +74,15 @@ def test_codes_file_errors(tmp_path):
   (tmp_path / "text.npz").write_text("not a zip")
   with pytest.raises(ValueError, match=f"cannot read codes file {tmp_path / 'text.npz'}"):
     codes_file.load_codes(str(tmp_path / "text.npz"))
+
+
+def test_a_text_file_is_named_as_such_not_by_numpy_pickle_hint(tmp_path):
+  for kind in (".npz", ".npy"):
+    text = tmp_path / f"codes{kind}"
+    text.write_text("0 1 0 1\n")
+    with pytest.raises(ValueError, match=rf"codes\{kind}: not a \{kind} file \(it starts with "
+                       r"b'0 1 0 '\)") as e:
+      codes_file.check_format(str(text), kind)
+    assert "pickle" not in str(e.value)
+  with pytest.raises(ValueError, match="not a .npz file"):
+    codes_file.load_codes(str(tmp_path / "codes.npz"))

@@ -281,7 +281,8 @@ def test_search_cli_reads_damaged_code_files_in_one_line(tmp_path, capsys):
   raw[150:154] = b"\xff\xff\xff\xff"  # a CRC mismatch inside the first member
   open(path, "wb").write(bytes(raw))
   (tmp_path / "text.npz").write_text("not a zip")
-  for bad in (path, str(tmp_path / "text.npz")):
+  for bad, message in ((path, "not a readable .npz file"),
+                       (str(tmp_path / "text.npz"), "not a .npz file (it starts with b'not a ')")):
     assert search.main([f"--codes={bad}", "--k=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {bad}: not a readable .npz file"), err
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: {message}"), err
