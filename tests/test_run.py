@@ -220,3 +220,18 @@ def test_rerunning_a_finished_run_adds_no_event_file(tmp_path, fake_load):
   again = run.train_and_evaluate(small_config(num_epochs=1), str(tmp_path))
   assert sorted(p.name for p in tmp_path.glob("events.out.tfevents.*")) == events
   assert again["mAP"] == first["mAP"]
+
+
+def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, fake_load):
+  d = blobs(dim=16 * 16 * 3)
+  images = data_lib.RetrievalData("images", 4, *(a.reshape(-1, 16, 16, 3) if a.ndim == 2 else a
+                                                 for a in (d.train_x, d.train_y, d.query_x,
+                                                           d.query_y, d.db_x, d.db_y)))
+  fake_load(images)
+  workdir = tmp_path / "w"
+  with pytest.raises(ValueError, match="backbone alexnet needs images of at least 63x63 "
+                     r"pixels, got 16x16 \(set image_size >= 63\)"):
+    run.train_and_evaluate(small_config(backbone="alexnet", num_epochs=1), str(workdir))
+  assert not workdir.exists()
+  run.train_and_evaluate(small_config(num_epochs=1), str(workdir))  # the mlp takes 16x16
+  assert (workdir / "results.json").exists()
