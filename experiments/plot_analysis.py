@@ -107,7 +107,7 @@ def analysis_record(trainer, data, state, epoch) -> dict:
   histogram's)."""
   q_codes = evaluation.encode_split(trainer, data, state, "query")
   db_codes = evaluation.encode_split(trainer, data, state, "db")
-  q_packed, db_packed = metrics.as_packed(q_codes), metrics.as_packed(db_codes)
+  q_packed, db_packed = retrieval.as_packed(q_codes), retrieval.as_packed(db_codes)
   q_labels, db_labels = data.labels("query"), data.labels("db")
   intra, inter = plots.distance_histograms(q_packed, db_packed, q_labels, db_labels)
   return {"epoch": epoch,
@@ -126,7 +126,7 @@ def train_with_analysis(config, workdir: str, every_epochs: int) -> list:
   try:
     if data.multilabel or data.protocol != "category":
       raise ValueError("the Figure-4 metrics need single-label category data")
-    steps_per_epoch = run.training_steps(config, data)[0]
+    steps_per_epoch = run.step_counts(config, data)[0]
   finally:
     data.close()
   config.checkpoint_every_steps = every_epochs * steps_per_epoch

@@ -14,7 +14,7 @@ plain softmax cross-entropy (CE / CE+BN). Adam (lr ``config.learning_rate``, eps
 
 Shared with orthohash-jax, so that only the framework differs: the data split and the device
 normalisation (``orthohash_jax.data``), the codebook (``codebook.make_codebook`` of the run's
-seed, as ``run.run_codebook``), the batches of every step (``data.step_indices``) and the metric
+seed, as ``workdir.codebook``), the batches of every step (``data.step_indices``) and the metric
 (``metrics.mean_average_precision`` on sign(v), v > 0 -> 1). Parameters are drawn by torch from
 ``torch.manual_seed(seed)``. Runs with ``torch.set_num_threads(--threads)``; writes
 ``{"mAP": float, "seconds": float}`` to ``--output``. Needs torch (the ``bench`` extra).

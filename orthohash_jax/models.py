@@ -18,7 +18,7 @@ kernels and biases as torch's ``nn.Linear`` / ``nn.Conv2d`` do, U(-1/sqrt(fan_in
 defaults (LeCun-normal kernels, zero biases). The hash layer is W ~ N(0, 0.01^2) without bias under
 both, as the authors'. The torchvision backbones (alexnet, vgg16, resnet50) are pretrained or
 initialised as torchvision's modules (see ``backbones``), which is what "torch" means for them;
-``run.validate_config`` rejects "flax" with them.
+``config_base.validate`` rejects "flax" with them.
 
 BatchNorm running statistics are ``nnx.BatchStat`` state: ``train=True`` normalises with the batch
 statistics of the whole (global) batch and updates the running averages (momentum 0.9 in Flax

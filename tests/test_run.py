@@ -228,10 +228,10 @@ def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, 
                                                  for a in (d.train_x, d.train_y, d.query_x,
                                                            d.query_y, d.db_x, d.db_y)))
   fake_load(images)
-  workdir = tmp_path / "w"
+  new = tmp_path / "w"
   with pytest.raises(ValueError, match="backbone alexnet needs images of at least 63x63 "
                      r"pixels, got 16x16 \(set image_size >= 63\)"):
-    run.train_and_evaluate(small_config(backbone="alexnet", num_epochs=1), str(workdir))
-  assert not workdir.exists()
-  run.train_and_evaluate(small_config(num_epochs=1), str(workdir))  # the mlp takes 16x16
-  assert (workdir / "results.json").exists()
+    run.train_and_evaluate(small_config(backbone="alexnet", num_epochs=1), str(new))
+  assert not new.exists()
+  run.train_and_evaluate(small_config(num_epochs=1), str(new))  # the mlp takes 16x16
+  assert (new / "results.json").exists()
