@@ -28,10 +28,10 @@ def child(steps: int, num_bits: int) -> None:
   d = data.load(config)
   trainer = run.make_trainer(config, d, parallel.make_mesh(-1, n))
   state = trainer.initial_state()
-  state, losses = run.train_chunk(trainer, d, state, 0, steps)  # compile
+  state, losses = trainer.run_chunk(state, *data.host_batch(config, d, 0, steps))  # compile
   losses.block_until_ready()
   t0 = time.perf_counter()
-  state, losses = run.train_chunk(trainer, d, state, steps, 2 * steps)
+  state, losses = trainer.run_chunk(state, *data.host_batch(config, d, steps, 2 * steps))
   losses.block_until_ready()
   elapsed = time.perf_counter() - t0
   shard = trainer.constants["head"]["codebook"].addressable_shards[0].data

@@ -97,13 +97,6 @@ def make_trainer(config, data, mesh=None, codebook=None) -> trainer_lib.Trainer:
       total_steps=step_counts(config, data)[1], mesh=mesh, mean_std=data.mean_std)
 
 
-def train_chunk(trainer, data, state, start: int, stop: int, train_labels=None):
-  """Dispatches training of the global steps [start, stop) in one compiled call; returns
-  (state, losses (stop - start,)) as device arrays, without waiting for them."""
-  xs, ys = data_lib.host_batch(trainer.config, data, start, stop, train_labels)
-  return trainer.run_chunk(state, xs, ys)
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir;
   returns the results."""
@@ -167,7 +160,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       pending, step = None, start  # pending: (begin, stop, losses) not read yet
       while step < total_steps:
         stop = min(step + chunk, total_steps)
-        state, losses = train_chunk(trainer, data, state, step, stop, train_labels)
+        state, losses = trainer.run_chunk(
+            state, *data_lib.host_batch(config, data, step, stop, train_labels))
         if pending:
           finish(*pending)
         pending, step = (step, stop, losses), stop

@@ -70,7 +70,7 @@ def make_trainer(config, data, num_devices=1, model_axis=1):
 
 def train_steps(trainer, data, state, start, stop):
   """(state, losses numpy (stop - start,)) after training global steps [start, stop)."""
-  state, losses = run.train_chunk(trainer, data, state, start, stop)
+  state, losses = trainer.run_chunk(state, *data_lib.host_batch(trainer.config, data, start, stop))
   return state, np.asarray(losses)
 
 
