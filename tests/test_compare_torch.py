@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from orthohash_jax import losses
 
 torch = pytest.importorskip("torch")
@@ -59,9 +60,9 @@ def test_table_only_reads_finished_runs(tmp_path):
   (tmp_path / "torch" / "CE+BN_64b_s0.json").write_text('{"mAP": 0.73, "seconds": 1.0}')
   (tmp_path / "torch" / "CE+BN_64b_s1.json").write_text('{"mAP": 0.75, "seconds": 1.0}')
   proc = subprocess.run(
-      [sys.executable, compare_torch.__file__, "--dataset=fashion_mnist", "--methods=CE+BN",
-       "--bits=64", f"--out={tmp_path}", "--table_only"], capture_output=True, text=True,
-      check=False)
+      [sys.executable, "-m", "experiments.compare_torch", "--dataset=fashion_mnist",
+       "--methods=CE+BN", "--bits=64", f"--out={tmp_path}", "--table_only"], cwd=ROOT,
+      capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr
   table = (tmp_path / "table.md").read_text()
   assert "| CE+BN | 64 | 1 / 2 | 0.7100 | 0.7400 ± 0.0141 | -0.0300 | n/a |" in table
