@@ -1,7 +1,7 @@
 """Load test of the search page server: the old standard-library server against the current one,
 in one run, on the same finished run and machine.
 
-  python -m experiments.bench_serve --workdir=/tmp/serve_digits [--requests=3000 --seconds=15] \
+  flock /tmp/bench.lock python -m experiments.bench_serve --workdir=/tmp/serve_digits [--requests=3000 --seconds=15] \
       [--held=500 --hold_seconds=30 --uploads=16] [--output=bench_serve.json]
 
 The old server is ``orthohash_jax/serve.py`` of ``--old_rev`` (default: the parent of the last
@@ -200,13 +200,17 @@ def big_png(side=6300) -> bytes:
 
 
 async def uploads(port, png, num):
+  """Status codes of ``num`` concurrent uploads of ``png`` (0: the connection failed)."""
   async def one():
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-      return (await asyncio.wait_for(request(reader, writer, b"/api/upload?k=10", b"POST", png),
-                                     300))[0]
-    finally:
-      writer.close()
+      reader, writer = await asyncio.open_connection("127.0.0.1", port)
+      try:
+        return (await asyncio.wait_for(request(reader, writer, b"/api/upload?k=10", b"POST",
+                                               png), 300))[0]
+      finally:
+        writer.close()
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+      return 0
   return await asyncio.gather(*(one() for _ in range(num)))
 
 
@@ -228,40 +232,38 @@ def peak_rss_during(child, fn):
 
 
 def bench(child, args, num_queries, png):
-  rows = []
+  """The rows of one server (a generator: each as soon as it is measured)."""
   for k in (10, 100):
     for clients in (16, 64):
       before = child.rss()
       n, bad, seconds, lat = asyncio.run(load(child.port, k, clients, num_queries,
                                               args.requests, args.seconds))
       p50, p99, worst = percentiles(lat)
-      rows.append({"server": child.name, "test": f"load k={k} c={clients}",
-                   "req/s": n / seconds, "p50 ms": p50, "p99 ms": p99, "max ms": worst,
-                   "errors": bad, "RSS MB": f"{before:.0f} -> {child.rss():.0f}"})
+      yield {"server": child.name, "test": f"load k={k} c={clients}", "req/s": n / seconds,
+             "p50 ms": p50, "p99 ms": p99, "max ms": worst, "errors": bad,
+             "RSS MB": f"{before:.0f} -> {child.rss():.0f}"}
   lat = []
   for k in NEW_KS:
     start = time.perf_counter()
     get_json(child.port, f"/api/search?query=0&k={k}", timeout=120)
     lat.append(time.perf_counter() - start)
-  rows.append({"server": child.name, "test": f"first request of k={','.join(map(str, NEW_KS))}",
-               "p50 ms": percentiles(lat)[0], "max ms": percentiles(lat)[2]})
+  yield {"server": child.name, "test": f"first request of k={','.join(map(str, NEW_KS))}",
+         "p50 ms": percentiles(lat)[0], "max ms": percentiles(lat)[2]}
   for slow in (True, False):
     before = child.rss()
     lat, failed = asyncio.run(held(child.port, args.held, args.hold_seconds, slow))
     p50, _, worst = percentiles(lat)
-    rows.append({"server": child.name, "test": f"probe, {args.held} held "
-                 f"{'slow-header' if slow else 'idle'} connections {args.hold_seconds:g} s",
-                 "p50 ms": p50, "max ms": worst, "errors": failed,
-                 "RSS MB": f"{before:.0f} -> {child.rss():.0f}"})
+    yield {"server": child.name, "test": f"probe, {args.held} held "
+           f"{'slow-header' if slow else 'idle'} connections {args.hold_seconds:g} s",
+           "p50 ms": p50, "max ms": worst, "errors": failed,
+           "RSS MB": f"{before:.0f} -> {child.rss():.0f}"}
   before = child.rss()
   start = time.perf_counter()
   statuses, peak = peak_rss_during(child, lambda: asyncio.run(uploads(child.port, png,
                                                                       args.uploads)))
-  rows.append({"server": child.name, "test": f"{args.uploads} concurrent 6300x6300 uploads",
-               "seconds": time.perf_counter() - start,
-               "errors": sum(s != 200 for s in statuses),
-               "RSS MB": f"{before:.0f} -> peak {peak:.0f}"})
-  return rows
+  yield {"server": child.name, "test": f"{args.uploads} concurrent 6300x6300 uploads",
+         "seconds": time.perf_counter() - start, "errors": sum(s != 200 for s in statuses),
+         "RSS MB": f"{before:.0f} -> peak {peak:.0f}"}
 
 
 def table(rows) -> str:
@@ -289,7 +291,7 @@ def main(argv=None) -> int:
   with open(os.path.join(args.workdir, "results.json")) as f:
     num_queries = json.load(f)["num_queries"]
   png = big_png()
-  rows = []
+  rows, load_start = [], os.getloadavg()[0]
   with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(tmp, "old_serve.py"), "w") as f:
       f.write(old_server_source(args.old_rev))
@@ -302,11 +304,13 @@ def main(argv=None) -> int:
         ready = child.wait_ready(health)
         rows.append({"server": name, "test": "start-up (until every size is compiled)"
                      if health else "start-up", "seconds": ready, "RSS MB": f"{child.rss():.0f}"})
-        rows.extend(bench(child, args, num_queries, png))
+        for row in bench(child, args, num_queries, png):
+          rows.append(row)
+          print(json.dumps(row), flush=True)
       finally:
         child.stop()
-  print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end, {os.cpu_count()} CPUs; "
-        f"PNG of {len(png)} bytes")
+  print(f"load average (1 min) {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the "
+        f"end; {os.cpu_count()} CPUs; PNG of {len(png)} bytes")
   print(table(rows))
   if args.output:
     with open(args.output, "w") as f:

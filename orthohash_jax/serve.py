@@ -114,7 +114,7 @@ class Limits:
                            "decoded; then 413")
   max_uploads: int = _limit(2, "request bodies read and decoded at once (uploads, JSON batches); "
                             "the others wait for a slot")
-  queue_timeout: float = _limit(30.0, "seconds a body waits for a slot; then 503")
+  queue_timeout: float = _limit(60.0, "seconds a body waits for a slot; then 503")
 
   def check(self) -> "Limits":
     """self, when every limit is > 0 (else ValueError)."""
