@@ -26,6 +26,7 @@ Prints a markdown table (and writes the rows as JSON to ``--output``).
 """
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import random
@@ -139,7 +140,7 @@ async def load(port, k, clients, num_queries, count, seconds):
 
 
 async def held(port, num, seconds, slow: bool):
-  """Probe latencies and failures while ``num`` slow-header (or idle) connections are held."""
+  """Holds ``num`` slow-header (or idle) connections for ``seconds``, reopening closed ones."""
   stop = time.monotonic() + seconds
 
   async def holder():
@@ -166,26 +167,39 @@ async def held(port, num, seconds, slow: bool):
       finally:
         writer.close()
 
-  async def probes():
-    latencies, failed = [], 0
-    await asyncio.sleep(1.0)  # the holders connect first
-    while time.monotonic() < stop:
+  await asyncio.gather(*(holder() for _ in range(num)))
+
+
+def probe_while(port, hold):
+  """(latencies, failures) of probes (a new connection, GET /api/info, every 0.25 s) on a thread
+  of their own (so that the holders' event loop does not delay them) while ``hold()`` runs."""
+  latencies, failed, done = [], [0], threading.Event()
+
+  def probes():
+    done.wait(1.0)  # the holders connect first
+    while not done.is_set():
       start = time.perf_counter()
       try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
-          status, _ = await asyncio.wait_for(request(reader, writer, b"/api/info"), 10)
+          conn.request("GET", "/api/info")
+          status = conn.getresponse().status
           latencies.append(time.perf_counter() - start)
-          failed += status != 200
+          failed[0] += status != 200
         finally:
-          writer.close()
-      except (OSError, asyncio.TimeoutError):
-        failed += 1
-      await asyncio.sleep(0.25)
-    return latencies, failed
+          conn.close()
+      except OSError:
+        failed[0] += 1
+      done.wait(0.25)
 
-  results = await asyncio.gather(probes(), *(holder() for _ in range(num)))
-  return results[0]
+  thread = threading.Thread(target=probes)
+  thread.start()
+  try:
+    hold()
+  finally:
+    done.set()
+    thread.join()
+  return latencies, failed[0]
 
 
 def big_png(side=6300) -> bytes:
@@ -251,7 +265,8 @@ def bench(child, args, num_queries, png):
          "p50 ms": percentiles(lat)[0], "max ms": percentiles(lat)[2]}
   for slow in (True, False):
     before = child.rss()
-    lat, failed = asyncio.run(held(child.port, args.held, args.hold_seconds, slow))
+    lat, failed = probe_while(child.port, lambda: asyncio.run(
+        held(child.port, args.held, args.hold_seconds, slow)))
     p50, _, worst = percentiles(lat)
     yield {"server": child.name, "test": f"probe, {args.held} held "
            f"{'slow-header' if slow else 'idle'} connections {args.hold_seconds:g} s",
