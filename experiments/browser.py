@@ -106,6 +106,11 @@ class Browser:
     return [e[ELEMENT] for e in self._session_call(
         "POST", "/elements", {"using": "css selector", "value": css})]
 
+  def count(self, css: str) -> int:
+    """How many elements match ``css`` now (no wait, unlike ``find_all``)."""
+    return self._session_call("POST", "/execute/sync", {
+        "script": "return document.querySelectorAll(arguments[0]).length", "args": [css]})
+
   def click(self, element: str) -> None:
     self._session_call("POST", f"/element/{element}/click", {})
 

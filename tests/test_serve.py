@@ -1,19 +1,28 @@
 """The search page (``serve``): its JSON API against a real server on a free local port (equal to
-the search CLI, errors as one-line JSON), uploads, pictures, and the page in headless Chromium."""
+the search CLI, errors as one-line JSON), batch and code queries, uploads, pictures, each limit
+(timeouts, connection cap, body and header size, upload slots, decompression bombs), no
+compilation after start-up, the Host allow-list, and the page in headless Chromium."""
+import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
+import logging
 import os
+import socket
+import struct
 import threading
 import urllib.error
 import urllib.request
+import zlib
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import ROOT, write_idx
-from orthohash_jax import config_base, images, metrics, run, search, serve
+from orthohash_jax import config_base, images, metrics, retrieval, run, search, serve
 
 from experiments import browser as browser_lib
 
@@ -43,14 +52,24 @@ def server(tmp_path_factory):
                 hidden=(32,), num_bits=16, num_epochs=3, batch_size=32, eval_batch_size=128,
                 num_devices=1)
   run.train_and_evaluate(config, str(workdir))
-  service = serve.SearchService(str(workdir))
-  httpd = serve.Server(service, port=0)
+  # no background warm-up: test_no_compilation_after_start_up compiles the other sizes itself
+  service = serve.SearchService(str(workdir), warm_up=False)
+  with serving(service) as httpd:
+    yield httpd, workdir
+  service.close()
+
+
+@contextlib.contextmanager
+def serving(service, **kwargs):
+  """A ``serve.Server`` of ``service`` on a free port, serving on a thread while in the block."""
+  httpd = serve.Server(service, port=0, **kwargs)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
-  yield httpd, workdir
-  httpd.shutdown()
-  httpd.server_close()
-  service.close()
+  try:
+    yield httpd
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
 
 
 def get(httpd, path):
@@ -72,6 +91,26 @@ def post(httpd, path, body: bytes, headers=None):
     return response.status, json.loads(response.read())
   finally:
     conn.close()
+
+
+def raw(httpd, data: bytes) -> bytes:
+  """Everything the server sends on one connection for ``data`` until it closes the connection
+  (each read waits 30 s at most)."""
+  answer = b""
+  with socket.create_connection(httpd.server_address[:2], timeout=30) as s:
+    s.sendall(data)
+    while chunk := s.recv(65536):
+      answer += chunk
+  return answer
+
+
+def status_and_error(answer: bytes):
+  """(status, the "error" of the JSON body) of a raw HTTP answer."""
+  head, _, body = answer.partition(b"\r\n\r\n")
+  assert b"content-type: application/json" in head.lower(), head
+  error = json.loads(body)["error"]
+  assert "\n" not in error
+  return int(head.split()[1]), error
 
 
 def cli_neighbours(workdir, tmp_path, k):
@@ -128,7 +167,7 @@ def test_bad_requests_get_one_line_json_errors(server):
   assert status == 400 and "not a readable image" in body["error"]
   # an oversized upload is refused from its Content-Length, before its body is read
   status, body = post(httpd, "/api/upload?k=5", b"",
-                      {"Content-Length": str(serve.MAX_UPLOAD_BYTES + 1)})
+                      {"Content-Length": str(serve.Limits().max_body_bytes + 1)})
   assert status == 413 and "larger than" in body["error"]
   status, body = post(httpd, "/api/upload?k=0", b"x")
   assert status == 400 and "k must be" in body["error"]
@@ -172,11 +211,25 @@ def test_page_in_headless_chromium(server, tmp_path):
     assert cards == [(int(i), int(d), str(bool(r)).lower())
                      for i, d, r in zip(idx[12], dist[12], relevant[12])]
     assert "query 12" in browser.text(browser.find("#query-text"))
-    # an error is shown in the page, and the next search works
+    assert browser.count("link[rel=icon]") == 1
+    # an error is shown in the page, the previous results are gone, and the next search works
     browser.type(browser.find("#k"), "0")
     browser.click(browser.find("#search"))
     browser.find("#results[data-done=error]")
     assert "k must be in" in browser.text(browser.find("#error"))
+    assert browser.count(".neighbour") == 0 and browser.count("#query *") == 0
+    # while a search runs (held here by the service's lock) the page says so, without old results
+    browser.type(browser.find("#k"), "7")
+    browser.click(browser.find("#search"))
+    browser.find("#results[data-done=true]")
+    with httpd.service.lock:
+      browser.type(browser.find("#query-index"), "5")
+      browser.click(browser.find("#search"))
+      browser.find("#results[data-done=false]")
+      assert "searching" in browser.text(browser.find("#status"))
+      assert browser.count(".neighbour") == 0 and browser.text(browser.find("#error")) == ""
+    browser.find("#results[data-done=true][data-query='5']")
+    assert browser.text(browser.find("#status")) == ""
     cards = browser_lib.search_in_page(browser, httpd.url, 3, 7)
     assert [c[0] for c in cards] == idx[3].tolist()
     # upload the picture of query 3: same neighbours
@@ -192,3 +245,241 @@ def test_page_in_headless_chromium(server, tmp_path):
       assert img.format == "PNG" and img.size[0] > 500
   finally:
     browser.close()
+
+
+def png_header(width: int, height: int) -> bytes:
+  """A PNG that declares width x height 8-bit grey pixels and holds one empty row (a bomb)."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data))
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
+                                                            0, 0))
+          + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.slow
+def test_batch_and_code_queries_equal_the_search_cli(server, tmp_path):
+  httpd, workdir = server
+  idx, dist = cli_neighbours(workdir, tmp_path, 20)
+  with np.load(workdir / "codes.npz") as f:
+    q_codes, num_bits = f["query_codes"], int(f["num_bits"])
+  queries = [5, 0, 29, 5]
+  status, answer = post(httpd, "/api/search", json.dumps({"k": 20, "queries": queries}).encode())
+  assert status == 200 and answer["k"] == 20
+  for q, result in zip(queries, answer["results"]):
+    assert result == get(httpd, f"/api/search?query={q}&k=20")[1]
+    assert [n["index"] for n in result["neighbours"]] == idx[q].tolist()
+  signs = np.where(np.asarray(retrieval.unpack_codes(q_codes, num_bits)) > 0, 1, -1)
+  for codes in ([[f"{w:x}" for w in q_codes[q]] for q in queries],
+                [signs[q].tolist() for q in queries]):
+    status, answer = post(httpd, "/api/search", json.dumps({"k": 20, "codes": codes}).encode())
+    assert status == 200, answer
+    for q, result in zip(queries, answer["results"]):
+      assert [n["index"] for n in result["neighbours"]] == idx[q].tolist()
+      assert [n["distance"] for n in result["neighbours"]] == dist[q].tolist()
+  for body, pattern in ((b"[1]", "JSON object"), (b"{not json", "JSON object"),
+                        (b'{"queries": [1]}', "missing parameter k"),
+                        (b'{"k": 3}', "either queries"),
+                        (b'{"k": 3, "queries": [30]}', "unknown query 30"),
+                        (b'{"k": 3, "queries": []}', "list of 1 to"),
+                        (b'{"k": 3, "codes": [["zz"]]}', "code 0 must be"),
+                        (b'{"k": 3, "codes": [["ffffffffff"]]}', "code 0 must be"),
+                        (json.dumps({"k": 3, "codes": [[0] * num_bits]}).encode(), "+1 / -1")):
+    status, error = post(httpd, "/api/search", body)
+    assert status in (400, 404) and pattern in error["error"], (body, error)
+  status, health = get(httpd, "/healthz")
+  assert status == 200 and health["status"] == "ok" and NUM_DB in health["compiled"]
+
+
+@pytest.mark.slow
+def test_no_compilation_after_start_up(server):
+  """Every search, upload and picture after start-up runs compiled code; before the background
+  warm-up a k of an uncompiled size is answered by the database-size search, cut to k."""
+  httpd, _ = server
+  service = httpd.service
+  compiles = []
+
+  def listener(event, seconds, **_):
+    if "backend_compile" in event:
+      compiles.append(threading.current_thread().name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    before = list(service.compiled)
+    for k in (1, 16, 100, NUM_DB):
+      assert get(httpd, f"/api/search?query=3&k={k}")[0] == 200
+    assert compiles == [] and service.compiled == before
+    service.compile_sizes()  # the background warm-up, here on this thread
+    assert service.compiled == [16, 32, 64, 128, 256, NUM_DB] and len(compiles) > 0
+    compiles.clear()
+    _, png = get(httpd, "/image/query/2.png")
+    for k in (1, 17, 33, 64, 65, 200, 300, NUM_DB):
+      assert get(httpd, f"/api/search?query=2&k={k}")[0] == 200
+      assert post(httpd, f"/api/upload?k={k}", png)[0] == 200
+      assert post(httpd, "/api/search",
+                  json.dumps({"k": k, "queries": list(range(k % 7 + 1))}).encode())[0] == 200
+    assert get(httpd, "/image/db/100.png")[0] == 200
+    assert compiles == []
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.slow
+def test_malformed_requests_are_json_4xx(server):
+  httpd, _ = server
+  huge = "9" * 5000
+  assert get(httpd, f"/image/db/{huge}.png") == (404, {"error": f"unknown db row '{huge[:36]}..."})
+  assert get(httpd, f"/api/search?query=1&k={huge}")[0] == 400
+  assert get(httpd, "/api/search?query=%D9%A3&k=3")[0] == 400  # an Arabic-Indic digit
+  assert get(httpd, "/image/other/1.png") == (404, {"error": "no such page: /image/other/1.png"})
+  for length in ("9" * 5001, "１２", "12x"):
+    answer = raw(httpd, f"POST /api/upload?k=3 HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}"
+                 "\r\n\r\n".encode())
+    assert status_and_error(answer)[0] == 400, (length, answer)
+  assert status_and_error(raw(httpd, b"NOT HTTP\r\n\r\n"))[0] == 400
+  # HTTP/1.0 with keep-alive: a whole answer and a closed connection (raw reads to the close)
+  answer = raw(httpd, b"GET /api/search?query=1&k=2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+  head, _, body = answer.partition(b"\r\n\r\n")
+  assert b" 200 " in head.split(b"\r\n")[0] and len(json.loads(body)["neighbours"]) == 2
+  status, error = post(httpd, "/api/upload?k=3", png_header(20000, 20000))
+  assert status == 413 and "decompression bomb" in error["error"]
+  status, error = post(httpd, "/api/upload?k=3", png_header(7000, 7000))
+  assert status == 413 and "larger than 40000000 pixels" in error["error"]
+  status, error = post(httpd, "/api/search?k=3", b"x", {"Content-Type": "text/plain"})
+  assert status == 400 and "JSON object" in error["error"]
+  assert post(httpd, "/nothing", b"x")[1] == {"error": "no such endpoint: POST /nothing"}
+  assert post(httpd, "/api/info", b"x")[0] == 405
+
+
+def test_allowed_hosts():
+  assert serve.allowed_hosts("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+  assert serve.allowed_hosts("10.1.2.3", ["Search.Example"]) >= {"10.1.2.3", "search.example"}
+  assert serve.allowed_hosts("0.0.0.0", ["*"]) is None
+  with pytest.raises(ValueError, match="--allowed_hosts"):
+    serve.allowed_hosts("0.0.0.0")
+  assert serve.main(["--workdir=/nonexistent", "--host=::"]) == 2
+  with pytest.raises(ValueError, match="--max_uploads must be > 0"):
+    serve.Limits(max_uploads=0).check()
+
+
+@pytest.mark.slow
+def test_host_header_allow_list(server):
+  httpd, _ = server
+  with serving(httpd.service, hosts=serve.allowed_hosts("0.0.0.0", ["search.example"])) as other:
+    for host, status in (("search.example:8000", 200), ("localhost", 200), ("[::1]:80", 200),
+                         ("evil.example", 400), ("search.example.evil", 400)):
+      answer = raw(other, f"GET /api/info HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                   .encode())
+      assert int(answer.split()[1]) == status, (host, answer)
+    assert "not allowed" in status_and_error(raw(
+        other, b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"))[1]
+
+
+@pytest.mark.slow
+def test_timeouts_and_size_limits(server):
+  """Slow headers, slow bodies, idle keep-alive connections and oversized headers or bodies are
+  answered (JSON 408 / 413 / 431) and closed by the server (``raw`` returns at the close)."""
+  httpd, _ = server
+  limits = serve.Limits(header_timeout=0.3, body_timeout=0.3, keep_alive_timeout=0.3,
+                        max_header_bytes=4096, max_body_bytes=1000)
+  with serving(httpd.service, limits=limits) as small:
+    assert status_and_error(raw(small, b""))[0] == 408  # a connection that sends nothing
+    status, error = status_and_error(raw(small, b"GET /api/info HTTP/1.1\r\nHost: localhost\r\n"))
+    assert status == 408 and "--header_timeout" in error
+    status, error = status_and_error(raw(small, b"POST /api/upload?k=1 HTTP/1.1\r\nHost: localhost\r\n"
+                                          b"Content-Length: 100\r\n\r\n0123456789"))
+    assert status == 408 and "--body_timeout" in error, error
+    # an idle keep-alive connection: one whole answer, then the server closes
+    answer = raw(small, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"}")
+    # a second request after a first one must complete its headers in time too
+    answer = raw(small, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\n")
+    assert answer.startswith(b"HTTP/1.1 200") and b"--header_timeout" in answer
+    status, error = status_and_error(raw(small, b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+                                          + b"a" * 5000 + b"\r\n\r\n"))
+    assert status == 431 and "--max_header_bytes" in error
+    status, error = post(small, "/api/upload?k=1", b"x" * 1001)
+    assert status == 413 and "--max_body_bytes" in error["error"]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (300, b"x" * 300) for _ in range(4)) + b"0\r\n\r\n"
+    status, error = status_and_error(raw(small, b"POST /api/search HTTP/1.1\r\nHost: localhost\r\n"
+                                          b"Transfer-Encoding: chunked\r\n\r\n" + chunked))
+    assert status == 413
+    assert get(small, "/api/search?query=1&k=2")[0] == 200  # still serving
+
+
+@pytest.mark.slow
+def test_connection_cap(server):
+  httpd, _ = server
+  with serving(httpd.service, limits=serve.Limits(max_connections=3)) as capped:
+    held = [http.client.HTTPConnection(*capped.server_address[:2], timeout=30) for _ in range(3)]
+    try:
+      for conn in held:  # answered, so accepted and counted
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+      status, error = get(capped, "/api/info")
+      assert status == 503 and "--max_connections" in error["error"]
+      held.pop().close()
+      for _ in range(1000):  # until the server has seen the close
+        status, _ = get(capped, "/api/info")
+        if status == 200:
+          break
+      assert status == 200
+    finally:
+      for conn in held:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_upload_slots_bound_concurrent_decodes(server):
+  """With one upload slot, an upload waits for it while another holds it (blocked here in the
+  encoder by the service's lock) and gets a 503 after --queue_timeout; pixels past --max_pixels
+  are refused from the image header."""
+  httpd, _ = server
+  _, png = get(httpd, "/image/query/1.png")
+  limits = serve.Limits(max_uploads=1, queue_timeout=0.3, max_pixels=28 * 28)
+  with serving(httpd.service, limits=limits) as one, \
+      concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with httpd.service.lock:
+      uploads = [pool.submit(post, one, "/api/upload?k=4", png) for _ in range(2)]
+      done, _ = concurrent.futures.wait(uploads, timeout=60,
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+      status, error = done.pop().result()
+      assert status == 503 and "--queue_timeout" in error["error"]
+    assert sorted(u.result()[0] for u in uploads) == [200, 503]
+    status, error = post(one, "/api/upload?k=4", png_header(29, 28))
+    assert status == 413 and "larger than 784 pixels" in error["error"]
+
+
+class Seen(logging.Handler):
+  """Keeps every log record; ``seen`` is set once a message contains ``text``."""
+
+  def __init__(self, text):
+    super().__init__()
+    self.text, self.records, self.seen = text, [], threading.Event()
+
+  def emit(self, record):
+    self.records.append(record)
+    if self.text in record.getMessage():
+      self.seen.set()
+
+
+@pytest.mark.slow
+def test_access_log_and_clients_that_go_away(server, caplog):
+  """One access-log line per request, and none of warning level or with a traceback for a client
+  that left before its answer."""
+  httpd, _ = server
+  caplog.set_level(logging.INFO, logger="orthohash_jax.serve")
+  seen = Seen("/api/search?query=1&k=3 ")
+  logging.getLogger().addHandler(seen)
+  try:
+    with httpd.service.lock:  # the search waits, so the client is gone before the answer
+      with socket.create_connection(httpd.server_address[:2], timeout=30) as s:
+        s.sendall(b"GET /api/search?query=1&k=3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert seen.seen.wait(60)
+    get(httpd, "/api/info")
+  finally:
+    logging.getLogger().removeHandler(seen)
+  lines = [r.getMessage() for r in seen.records if r.name == "orthohash_jax.serve"]
+  assert sum("/api/search?query=1&k=3 HTTP/1.1" in line for line in lines) == 1
+  assert sum('"GET /api/info HTTP/1.1" 200' in line for line in lines) == 1
+  assert not [r for r in seen.records if r.levelno >= logging.WARNING or r.exc_info]
