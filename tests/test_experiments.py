@@ -92,9 +92,9 @@ def _fake_run(path, num_bits, seed):
   q, db = rng.normal(size=(10, num_bits)), rng.normal(size=(30, num_bits))
   q_y, db_y = np.arange(10) % 3, np.arange(30) % 3
   path.mkdir()
-  codes_file.save_codes(str(path / "codes.npz"),
-                        {"query_codes": retrieval.pack_codes(q), "db_codes": retrieval.pack_codes(db),
-                         "query_labels": q_y, "db_labels": db_y}, num_bits, {})
+  packed = {"query_codes": retrieval.pack_codes(q), "db_codes": retrieval.pack_codes(db)}
+  codes_file.save_codes(str(path / "codes.npz"), {**packed, "query_labels": q_y, "db_labels": db_y},
+                        num_bits, {})
   return q > 0, db > 0, q_y, db_y
 
 
