@@ -4,6 +4,11 @@ r"""Analysis plots of a run (paper Figures 3 and 4, and the PR curve), written a
   # <workdir>/codes.npz (pictures through the run's data, read with its config.json)
   python -m experiments.plot_analysis --workdir=runs/digits --out=runs/digits/plots
 
+  # Figure 3 of several finished runs side by side, a panel each (hamming_histograms.png; the
+  # means and separability of each in histograms.json)
+  python -m experiments.plot_analysis --workdirs=runs/a,runs/b,runs/c \
+      --labels=OrthoCos+BN,HashNet,GreedyHash --out=runs/figure3
+
   # train a config as a run in <out>/run (checkpoints every N epochs kept), then mAP and the
   # Figure-4 metrics of the initial state and of each checkpoint (analysis.json, figure4.png)
   # and the three plots above from the run's codes.npz
@@ -39,9 +44,31 @@ from orthohash_jax import (checkpoint, cli, codes_file, config_base, evaluation,
 def plot_histogram(codes: dict, path: str) -> dict:
   """Figure 3 from packed codes (``codes_file.load_codes`` keys) to ``path``; returns the two
   means and the separability."""
-  intra, inter = plots.distance_histograms(codes["query_codes"], codes["db_codes"],
-                                           codes["query_labels"], codes["db_labels"])
+  intra, inter = distance_histograms(codes)
   save(plots.histogram_figure(intra, inter, codes["num_bits"]), path)
+  return histogram_means(intra, inter)
+
+
+def plot_histograms(codes_by_label: dict, path: str) -> dict:
+  """Figure 3 of several runs side by side ({label: packed codes}, a panel each, in order) to
+  ``path``; returns {label: ``histogram_means``}."""
+  panels, means = [], {}
+  for label, codes in codes_by_label.items():
+    intra, inter = distance_histograms(codes)
+    panels.append((f"{label} ({codes['num_bits']} bits)", intra, inter, codes["num_bits"]))
+    means[label] = histogram_means(intra, inter)
+  save(plots.histograms_figure(panels), path)
+  return means
+
+
+def distance_histograms(codes: dict):
+  """``plots.distance_histograms`` of packed codes (``codes_file.load_codes`` keys)."""
+  return plots.distance_histograms(codes["query_codes"], codes["db_codes"], codes["query_labels"],
+                                   codes["db_labels"])
+
+
+def histogram_means(intra, inter) -> dict:
+  """The mean intra- and inter-class distances of two histograms and their separability."""
   values = np.arange(len(intra))
   return {"intra-class": float(values @ intra / intra.sum()),
           "inter-class": float(values @ inter / inter.sum()),
@@ -170,6 +197,25 @@ def plot_figure4(records, path: str) -> None:
   save(fig, path)
 
 
+def compare_histograms(workdirs: str, labels, out: str) -> dict:
+  """Figure 3 of the comma-separated finished runs ``workdirs`` side by side, titled by the
+  comma-separated ``labels`` (default: the workdirs' names), to ``out``/hamming_histograms.png,
+  their means to ``out``/histograms.json; returns those means ({label: ``histogram_means``})."""
+  workdirs = workdirs.split(",")
+  labels = (labels.split(",") if labels is not None
+            else [os.path.basename(os.path.normpath(w)) for w in workdirs])
+  if len(labels) != len(workdirs):
+    raise ValueError(f"--labels has {len(labels)} names for {len(workdirs)} --workdirs")
+  if len(set(labels)) != len(labels) or not all(labels) or not all(workdirs):
+    raise ValueError(f"--workdirs and --labels need distinct non-empty names, got {labels}")
+  codes = {label: codes_file.load_codes(os.path.join(w, "codes.npz"))
+           for label, w in zip(labels, workdirs)}
+  means = plot_histograms(codes, os.path.join(out, "hamming_histograms.png"))
+  with open(os.path.join(out, "histograms.json"), "w") as f:
+    json.dump(means, f, indent=2)
+  return means
+
+
 def load_run_data(workdir: str):
   """The input interface of a finished run's data (its ``config.json``)."""
   path = os.path.join(workdir, "config.json")
@@ -185,17 +231,28 @@ def main(argv=None) -> int:
   source.add_argument("--workdir", help="a finished run (reads codes.npz)")
   source.add_argument("--config", help="train this config in <out>/run and plot the Figure-4 "
                       "metrics of its checkpoints")
+  source.add_argument("--workdirs", help="finished runs, comma-separated: their Figure 3 side by "
+                      "side (hamming_histograms.png, histograms.json)")
+  parser.add_argument("--labels", help="with --workdirs: the panels' titles, comma-separated "
+                      "(default: the workdirs' names)")
   parser.add_argument("--every_epochs", type=int, default=5)
   parser.add_argument("--num_queries", type=int, default=8, help="rows of the retrieval grid")
   parser.add_argument("--k", type=int, default=10, help="neighbours per row of the grid")
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
+  if args.labels is not None and not args.workdirs:
+    parser.error("--labels goes with --workdirs")
   data = None
   try:
     if args.num_queries < 1 or args.k < 1:
       raise ValueError(f"--num_queries and --k must be positive, got {args.num_queries}, {args.k}")
     os.makedirs(args.out, exist_ok=True)
+    if args.workdirs:
+      for label, means in compare_histograms(args.workdirs, args.labels, args.out).items():
+        print(f"{label}: {json.dumps(means)}")
+      print(f"wrote plots to {args.out}")
+      return 0
     workdir = args.workdir
     if args.config:
       if args.every_epochs < 1:

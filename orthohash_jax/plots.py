@@ -11,6 +11,7 @@ in threads and without a display).
   of ``experiments/plot_analysis.py`` all use query-database pairs.
 * ``histogram_figure(intra, inter, num_bits)``: paper Figure 3, each histogram normalised to
   sum 1, dashed lines at the means, an arrow between them labelled with the separability.
+  ``histograms_figure(panels)``: the same for several runs, one panel each, side by side.
 * ``retrieval_figure(query_pictures, neighbour_pictures, ...)``: a grid, one row per query:
   the query, then its neighbours in rank order, each framed green (relevant) or red (not), its
   Hamming distance above and its label below; the row's precision under the query.
@@ -56,8 +57,22 @@ def separability(intra, inter) -> float:
 
 def histogram_figure(intra, inter, num_bits: int) -> Figure:
   """Figure 3 of distance counts (see the module docstring)."""
-  fig = Figure(figsize=(6, 4))
-  ax = fig.subplots()
+  return histograms_figure([(f"Query-database Hamming distances ({num_bits} bits)", intra, inter,
+                             num_bits)])
+
+
+def histograms_figure(panels) -> Figure:
+  """Figure 3 of several runs side by side: one panel per (title, intra, inter, num_bits), each
+  drawn as ``histogram_figure``'s."""
+  fig = Figure(figsize=(6 * len(panels), 4))
+  for ax, (title, intra, inter, num_bits) in zip(fig.subplots(1, len(panels), squeeze=False)[0],
+                                                 panels):
+    _draw_histogram(ax, intra, inter, num_bits, title)
+  fig.tight_layout()
+  return fig
+
+
+def _draw_histogram(ax, intra, inter, num_bits: int, title: str) -> None:
   means = {}
   for name, counts, colour in (("intra-class", intra, "tab:blue"),
                                ("inter-class", inter, "tab:orange")):
@@ -72,10 +87,8 @@ def histogram_figure(intra, inter, num_bits: int) -> Figure:
   ax.text((means["intra-class"] + means["inter-class"]) / 2, 0.92 * top,
           f"separability {separability(intra, inter):.2f}", ha="center")
   ax.set(xlabel="Hamming distance", ylabel="fraction of pairs", xlim=(-0.5, num_bits + 0.5),
-         title=f"Query-database Hamming distances ({num_bits} bits)")
+         title=title)
   ax.legend(loc="center right")
-  fig.tight_layout()
-  return fig
 
 
 def _show(ax, picture, colour, width):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from experiments import plot_analysis, run_grid
-from orthohash_jax import retrieval
+from orthohash_jax import codes_file, retrieval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,6 +71,79 @@ def test_plots_from_workdir(grid, tmp_path):
     np.testing.assert_array_equal(shown["indices"][row], order)
     np.testing.assert_array_equal(shown["distances"][row], dist[qi, order])
     np.testing.assert_array_equal(shown["relevant"][row], same[qi, order])
+
+
+@pytest.mark.slow
+def test_histograms_of_grid_runs_side_by_side(grid, tmp_path):
+  runs = [grid / "runs" / f"{m}_16b_s0" for m in ("CE+BN", "OrthoCos+BN")]
+  assert plot_analysis.main([f"--workdirs={runs[0]},{runs[1]}", "--labels=CE,Ortho",
+                             f"--out={tmp_path}"]) == 0
+  means = json.loads((tmp_path / "histograms.json").read_text())
+  assert list(means) == ["CE", "Ortho"]
+  for label, workdir in zip(means, runs):  # each panel as the run's own histogram
+    codes = codes_file.load_codes(str(workdir / "codes.npz"))
+    assert means[label] == plot_analysis.plot_histogram(codes, str(tmp_path / "one.png"))
+
+
+def _fake_run(path, num_bits, seed):
+  """A workdir with a codes.npz of random codes (10 queries, 30 database items, 3 classes);
+  returns (unpacked query codes, db codes, query labels, db labels)."""
+  rng = np.random.default_rng(seed)
+  q, db = rng.normal(size=(10, num_bits)), rng.normal(size=(30, num_bits))
+  q_y, db_y = np.arange(10) % 3, np.arange(30) % 3
+  path.mkdir()
+  packed = {"query_codes": retrieval.pack_codes(q), "db_codes": retrieval.pack_codes(db)}
+  codes_file.save_codes(str(path / "codes.npz"), {**packed, "query_labels": q_y, "db_labels": db_y},
+                        num_bits, {})
+  return q > 0, db > 0, q_y, db_y
+
+
+def test_histograms_of_several_runs(tmp_path, capsys):
+  runs = {"a": (16, 0), "b": (32, 1), "c": (16, 2)}
+  expected = {}
+  for name, (num_bits, seed) in runs.items():
+    q, db, q_y, db_y = _fake_run(tmp_path / name, num_bits, seed)
+    dist, same = (q[:, None] != db[None]).sum(-1), q_y[:, None] == db_y[None]
+    expected[name] = {"intra-class": dist[same].mean(), "inter-class": dist[~same].mean()}
+  workdirs = ",".join(str(tmp_path / name) for name in runs)
+  assert plot_analysis.main([f"--workdirs={workdirs}", "--labels=C,B,A",
+                             f"--out={tmp_path}/o"]) == 0
+  means = json.loads((tmp_path / "o" / "histograms.json").read_text())
+  assert list(means) == ["C", "B", "A"]
+  for label, name in zip(means, runs):
+    assert means[label]["intra-class"] == pytest.approx(expected[name]["intra-class"])
+    assert means[label]["inter-class"] == pytest.approx(expected[name]["inter-class"])
+    assert means[label]["separability"] == pytest.approx(
+        expected[name]["inter-class"] - expected[name]["intra-class"])
+  with Image.open(tmp_path / "o" / "hamming_histograms.png") as img:
+    assert img.size == (1800, 400)  # three 6 x 4 inch panels at 100 dpi
+  assert "B: {" in capsys.readouterr().out
+  # without --labels the panels are named after the workdirs
+  assert plot_analysis.main([f"--workdirs={workdirs}", f"--out={tmp_path}/p"]) == 0
+  assert list(json.loads((tmp_path / "p" / "histograms.json").read_text())) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--workdirs={a},{b}", "--labels=x"], "--labels has 1 names for 2 --workdirs"),
+    (["--workdirs={a},{b}", "--labels=x,x"], "distinct non-empty names"),
+    (["--workdirs={a},{a}/missing"], "codes.npz"),
+])
+def test_histograms_of_several_runs_bad_input(tmp_path, capsys, flags, message):
+  _fake_run(tmp_path / "a", 16, 0)
+  _fake_run(tmp_path / "b", 16, 1)
+  flags = [f.format(a=tmp_path / "a", b=tmp_path / "b") for f in flags]
+  assert plot_analysis.main([*flags, f"--out={tmp_path}/o"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+  assert not (tmp_path / "o" / "hamming_histograms.png").exists()
+
+
+def test_labels_need_workdirs(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    plot_analysis.main([f"--workdir={tmp_path}", "--labels=a", f"--out={tmp_path}/o"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and "--labels goes with --workdirs" in err[0]
 
 
 @pytest.mark.slow

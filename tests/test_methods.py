@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, blobs, main_cmd, make_trainer, run_cmd, small_config
-from conftest import train_steps
+from conftest import (assert_one_line_error, blobs, final_params, main_cmd, make_trainer, run_cmd,
+                      sigterm_during_step, small_config, train_steps)
 from orthohash_jax import config_base, methods, run
 from orthohash_jax import data as data_lib
 from experiments import run_grid
@@ -221,6 +221,30 @@ def test_cli_trains_on_digits_and_writes_codes(loss, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   with np.load(os.path.join(workdir, "codes.npz")) as codes:
     assert len(codes.files)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("values", [
+    {"loss": "jmlh"},  # stochastic thresholds: a key per step
+    {"loss": "hashnet", "hashnet_step_continuation": 1},  # beta grows every epoch
+], ids=["jmlh", "hashnet"])
+def test_resume_after_sigterm_is_identical(values, tmp_path, fake_load, monkeypatch):
+  """A run stopped by SIGTERM in its third epoch and resumed ends as the uninterrupted run."""
+  fake_load(blobs())  # 8 steps per epoch
+  config = small_config(num_epochs=5, checkpoint_every_steps=1000, **values)
+  whole = run.train_and_evaluate(config, str(tmp_path / "whole"))
+  original = sigterm_during_step(monkeypatch, data_lib.RetrievalData, 17)
+  with pytest.raises(run.Interrupted, match="interrupted at step 24; checkpoint saved"):
+    run.train_and_evaluate(config, str(tmp_path / "cut"))
+  monkeypatch.setattr(data_lib.RetrievalData, "train_rows", original)
+  cut = run.train_and_evaluate(config, str(tmp_path / "cut"))
+  assert cut["mAP"] == whole["mAP"]
+  (step_a, a), (step_b, b) = (final_params(str(tmp_path / w)) for w in ("whole", "cut"))
+  assert step_a == step_b == 40
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  with np.load(tmp_path / "whole" / "codes.npz") as x, np.load(tmp_path / "cut" / "codes.npz") as y:
+    for name in ("query_codes", "db_codes"):
+      np.testing.assert_array_equal(x[name], y[name])
 
 
 def test_cli_refuses_a_key_of_another_method(tmp_path):
