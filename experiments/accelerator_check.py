@@ -1,0 +1,304 @@
+r"""One command for a GPU or TPU: device tests, training speed with MFU, retrieval, input pipeline.
+
+  python -m experiments.accelerator_check --out=DIR [--quick]
+
+Writes DIR/accelerator_check.json and DIR/accelerator_check.md (one table per section):
+* tests: the device-relevant pytest selections (mesh training, bfloat16, backbones, retrieval),
+  each in a subprocess with a time limit (``--test_timeout``), slow tests included;
+* train: ``experiments.bench_train``'s JAX side (the real training loop, first epoch excluded)
+  on Fashion-MNIST (needs its IDX files, ``--data_dir``);
+* backbones: ``experiments.bench_backbones``' training step of AlexNet, VGG16 and ResNet-50 at
+  batch 256, 224x224, float32 and bfloat16: images/s and model FLOPs utilisation, the FLOPs of
+  the compiled step by XLA's cost analysis / (step time x the chip's peak, ``PEAKS``);
+* retrieval: ``experiments.bench_retrieval``'s paper section (mAP@R at the three paper sizes)
+  and one exact top-k search (Q = 1,000, N = 1e6, k = 1,000, 64 bits);
+* input: ``experiments.bench_input``'s training pipeline (decode + RandomResizedCrop(224) +
+  flip) on generated JPEGs, as images/s and images per second of one CPU core (1000 / CPU ms
+  per image, all threads counted).
+On CPU (``jax.default_backend() == "cpu"``) or with ``--quick`` it runs a reduced mode, each
+part seconds: one named test per selection, digits for one epoch, AlexNet at batch 2 and
+64x64, the ImageNet100 size / 50, 320 images. On CPU the peak is the measured 2048^3 float32
+matmul (``bench_train.matmul_gflops``). A section that fails records its error and the others
+still run; the exit status is 1 when a section or a test failed. About 8 minutes on one H100
+(estimated: not run here, no accelerator was available).
+"""
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+import jax
+import numpy as np
+
+from experiments import bench_backbones, bench_input, bench_retrieval, bench_train
+from orthohash_jax import cli, config_base
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Peak:
+  """Public dense peak figures of one chip (per chip, not per board or pod)."""
+  name: str
+  bf16_flops: float
+  fp32_flops: float  # non-tensor-core float32; None: the chip has no separate figure
+  memory_bytes_per_s: float
+  source: str
+
+
+# device_kind substring -> its peak; the first match wins (H100 PCIe before H100)
+PEAKS = (
+    ("H100 PCIe", Peak("H100 PCIe", 756e12, 51e12, 2.0e12, "NVIDIA H100 datasheet, PCIe")),
+    ("H100", Peak("H100 SXM", 989e12, 67e12, 3.35e12, "NVIDIA H100 datasheet, SXM5")),
+    ("H200", Peak("H200 SXM", 989e12, 67e12, 4.8e12, "NVIDIA H200 datasheet")),
+    ("A100", Peak("A100 SXM 80GB", 312e12, 19.5e12, 2.04e12, "NVIDIA A100 datasheet")),
+    ("TPU v5 lite", Peak("TPU v5e", 197e12, None, 819e9, "Google Cloud TPU v5e docs")),
+    ("TPU v6 lite", Peak("TPU v6e", 918e12, None, 1640e9, "Google Cloud TPU v6e docs")),
+)
+
+# name, pytest arguments of the full check, of the quick one (node ids of fast tests)
+TEST_GROUPS = (
+    ("mesh training", ["tests/test_parallel.py"], ["tests/test_parallel.py::test_mesh_errors"]),
+    ("bfloat16", ["tests/test_backbones.py", "-k", "bfloat16"],
+     ["tests/test_backbones.py", "-k", "bfloat16 and alexnet"]),
+    ("backbones", ["tests/test_backbones.py"],
+     ["tests/test_backbones.py::test_out_features_and_unknown_arch"]),
+    ("retrieval", ["tests/test_retrieval.py", "tests/test_metrics.py"],
+     ["tests/test_retrieval.py::test_topk_bad_input"]),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  archs: tuple = ("alexnet", "vgg16", "resnet50")
+  dtypes: tuple = ("float32", "bfloat16")
+  batch: int = 256
+  image_size: int = 224
+  steps: int = 5
+  train_config: str = "configs/fashion_mnist.py"
+  train_epochs: int = 3
+  paper_sizes: tuple = bench_retrieval.PAPER_SIZES
+  search: tuple = (1000, 1_000_000, 1000)  # Q, N, k
+  input_images: int = 1024
+  input_workers: tuple = (1, 4)
+
+
+QUICK = Sizes(archs=("alexnet",), batch=2, image_size=64, steps=1,
+              train_config="configs/digits.py", train_epochs=1,
+              paper_sizes=tuple((name, q // 50, n // 50, r // 50, c, m)
+                                for name, q, n, r, c, m in bench_retrieval.PAPER_SIZES[:1]),
+              search=(100, 20_000, 10), input_images=320, input_workers=(1,))
+
+
+def device_peak():
+  """The ``Peak`` of device 0: from ``PEAKS``, or on CPU the measured float32 matmul rate."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    flops = bench_train.matmul_gflops("jax") * 1e9
+    return Peak("CPU", flops, flops, None, "measured: 2048^3 float32 matmul, this machine")
+  for key, peak in PEAKS:
+    if key in device.device_kind:
+      return peak
+  return None
+
+
+def cost_of(compiled):
+  """(FLOPs, bytes accessed) of a compiled computation by XLA's cost analysis."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
+
+
+def step_costs(arch, dtype, batch, size):
+  """{"train": (FLOPs, bytes), "encode": (FLOPs, bytes)} of ``bench_backbones``' training step
+  and eval-mode forward of ``arch`` at ``batch`` x size x size x 3, from compiling them on
+  abstract inputs (nothing is materialised or run)."""
+  step, encode, init_state = bench_backbones.jax_train_step(arch, dtype)
+  params, stats, opt_state = jax.eval_shape(init_state)
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), np.float32)
+  y = jax.ShapeDtypeStruct((batch,), np.int32)
+  return {"train": cost_of(step.lower(params, stats, opt_state, x, y, 0).compile()),
+          "encode": cost_of(encode.lower(params, stats, x).compile())}
+
+
+def backbone_row(arch, dtype, sizes, peak):
+  """Images/s of ``bench_backbones``' training step, its FLOPs and bytes per step by cost
+  analysis, and the model FLOPs utilisation against ``peak``."""
+  step, _, init_state = bench_backbones.jax_train_step(arch, dtype)
+  x, y = bench_backbones.batch(types.SimpleNamespace(batch=sizes.batch, size=sizes.image_size))
+  state = init_state()
+  compiled = step.lower(*state, x, y, 0).compile()
+  flops, bytes_accessed = cost_of(compiled)
+  images_per_s, loss = bench_backbones.time_steps(compiled, state, x, y, sizes.steps)
+  peak_flops = peak and (peak.bf16_flops if dtype == "bfloat16" else peak.fp32_flops)
+  achieved = flops * images_per_s / sizes.batch
+  return {"arch": arch, "dtype": dtype, "batch": sizes.batch, "size": sizes.image_size,
+          "images_per_s": images_per_s, "step_flops": flops, "step_bytes": bytes_accessed,
+          "achieved_flops_per_s": achieved, "mfu": achieved / peak_flops if peak_flops else None,
+          "last_loss": loss}
+
+
+def run_tests(args, quick):
+  rows = []
+  for name, full, reduced in TEST_GROUPS:
+    command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "",
+               *(reduced if quick else full)]
+    start = time.perf_counter()
+    try:
+      proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            timeout=args.test_timeout, check=False)
+      lines = proc.stdout.strip().splitlines()
+      summary = lines[-1] if lines else proc.stderr.strip()[-200:]
+      counts = {kind: int(n) for n, kind in
+                re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary)}
+      ok = proc.returncode == 0 or (proc.returncode == 5 and not counts.get("failed"))
+    except subprocess.TimeoutExpired:
+      summary, counts, ok = f"stopped after {args.test_timeout} s", {}, False
+    rows.append({"group": name, "pytest": shlex.join(command[3:]), "ok": ok, "counts": counts,
+                 "summary": summary, "seconds": time.perf_counter() - start})
+  return rows
+
+
+def run_train(args, sizes):
+  config = config_base.load_config_file(os.path.join(ROOT, sizes.train_config))
+  if args.data_dir:
+    config.data_dir = args.data_dir
+  steps_per_second, loss = bench_train.bench_jax(config, sizes.train_epochs)
+  return {"config": sizes.train_config, "epochs_timed": sizes.train_epochs,
+          "batch_size": config.batch_size, "steps_per_second": steps_per_second,
+          "last_loss": loss}
+
+
+def run_retrieval(sizes):
+  rng = np.random.default_rng(0)
+  rows = [bench_retrieval.bench_paper(rng, *spec, repeats=2) for spec in sizes.paper_sizes]
+  num_q, n, k = sizes.search
+  rows.append(bench_retrieval.bench_search(rng, "ties", n, num_q, k, 64, repeats=2))
+  return rows
+
+
+def run_input(sizes):
+  with tempfile.TemporaryDirectory() as directory:
+    lists = bench_input.make_files(directory, sizes.input_images)
+    order = np.random.default_rng(0).permutation(sizes.input_images)
+    order = order[:len(order) // bench_input.BATCH * bench_input.BATCH]
+    rows = []
+    for workers in sizes.input_workers:
+      rate, cpu_ms = bench_input.ours_images_per_s(lists, workers, order)
+      rows.append({"workers": workers, "images_per_s": rate, "cpu_ms_per_image": cpu_ms,
+                   "images_per_s_per_core": 1000 / cpu_ms})
+  return rows
+
+
+def _fmt(value, spec):
+  return "-" if value is None else format(value, spec)
+
+
+def markdown(report):
+  peak = report["peak"]
+  out = [f"# accelerator_check: {report['device']} ({report['backend']}"
+         f"{', quick mode' if report['quick'] else ''})", "",
+         f"Load average at start {report['load_start']}, at end {report['load_end']}; "
+         f"{report['seconds']:.0f} s in all. Peak: "
+         + (f"{peak['name']}, bf16 {peak['bf16_flops'] / 1e12:.3g} TFLOP/s, fp32 "
+            f"{_fmt(peak['fp32_flops'] and peak['fp32_flops'] / 1e12, '.3g')} TFLOP/s "
+            f"({peak['source']})" if peak else "unknown device kind: no MFU") + ".", ""]
+  for name, section in report["sections"].items():
+    out.append(f"## {name}")
+    out.append("")
+    if "error" in section:
+      out += [f"error: {section['error']}", ""]
+      continue
+    rows = section["rows"]
+    if name == "tests":
+      out += ["| selection | result | seconds | pytest |", "| --- | --- | ---: | --- |"]
+      out += [f"| {r['group']} | {'ok' if r['ok'] else 'FAILED'}: {r['summary']} | "
+              f"{r['seconds']:.0f} | `{r['pytest']}` |" for r in rows]
+    elif name == "train":
+      out += ["| config | batch | steps/s | last loss |", "| --- | ---: | ---: | ---: |"]
+      out += [f"| {r['config']} | {r['batch_size']} | {r['steps_per_second']:.1f} | "
+              f"{r['last_loss']:.4f} |" for r in rows]
+    elif name == "backbones":
+      out += ["| arch | dtype | batch | images/s | GFLOP per step | GB per step | MFU |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+      out += [f"| {r['arch']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | "
+              f"{r['step_flops'] / 1e9:.1f} | {r['step_bytes'] / 1e9:.2f} | "
+              f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}% |" for r in rows]
+    elif name == "retrieval":
+      out += ["| case | Q | N | R / k | ours s | mAP |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+      out += [f"| {r['data']} | {r['Q']} | {r['N']} | {r.get('R', r.get('k'))} | "
+              f"{r['ours_s']:.3f} | {_fmt(r.get('map'), '.4f')} |" for r in rows]
+    elif name == "input":
+      out += ["| workers | images/s | CPU ms per image | images/s per core |",
+              "| ---: | ---: | ---: | ---: |"]
+      out += [f"| {r['workers']} | {r['images_per_s']:.1f} | {r['cpu_ms_per_image']:.2f} | "
+              f"{r['images_per_s_per_core']:.1f} |" for r in rows]
+    out.append("")
+  return "\n".join(out)
+
+
+def check(args):
+  quick = args.quick or jax.default_backend() == "cpu"
+  sizes = QUICK if quick else Sizes()
+  os.makedirs(args.out, exist_ok=True)
+  start = time.perf_counter()
+  report = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+            "quick": quick, "load_start": os.getloadavg(), "sizes": dataclasses.asdict(sizes)}
+  cli.say(f"accelerator_check on {report['device']} ({'quick' if quick else 'full'}); "
+          f"load average {report['load_start']}")
+  peak = device_peak()
+  report["peak"] = peak and dataclasses.asdict(peak)
+  parts = {
+      "tests": lambda: run_tests(args, quick),
+      "train": lambda: [run_train(args, sizes)],
+      "backbones": lambda: [backbone_row(arch, dtype, sizes, peak)
+                            for arch in sizes.archs for dtype in sizes.dtypes],
+      "retrieval": lambda: run_retrieval(sizes),
+      "input": lambda: run_input(sizes),
+  }
+  report["sections"] = {}
+  for name, part in parts.items():
+    part_start = time.perf_counter()
+    try:
+      section = {"rows": part()}
+    except Exception as e:  # pylint: disable=broad-except
+      # a failed part is part of the report; the other parts still run
+      section = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+    section["seconds"] = time.perf_counter() - part_start
+    report["sections"][name] = section
+    cli.say(f"{name}: {'error: ' + section['error'] if 'error' in section else 'done'} "
+            f"({section['seconds']:.1f} s)")
+  report["load_end"] = os.getloadavg()
+  report["seconds"] = time.perf_counter() - start
+  with open(os.path.join(args.out, "accelerator_check.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(args.out, "accelerator_check.md"), "w", encoding="utf-8") as f:
+    f.write(markdown(report) + "\n")
+  failed = [name for name, s in report["sections"].items()
+            if "error" in s or (name == "tests" and not all(r["ok"] for r in s["rows"]))]
+  cli.say(f"wrote {args.out}/accelerator_check.json and .md"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+  return 1 if failed else 0
+
+
+def main(argv=None):
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True, help="directory of the JSON and markdown reports")
+  parser.add_argument("--quick", action="store_true", help="the reduced mode (always on CPU)")
+  parser.add_argument("--data_dir", default="", help="Fashion-MNIST IDX directory (train)")
+  parser.add_argument("--test_timeout", type=int, default=90,
+                      help="seconds per pytest selection")
+  args = parser.parse_args(argv)
+  if args.test_timeout < 1:
+    parser.error(f"--test_timeout must be at least 1, got {args.test_timeout}")
+  return cli.run_tool(lambda: check(args))
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
