@@ -200,6 +200,45 @@ def _fmt(value, spec):
   return "-" if value is None else format(value, spec)
 
 
+def _percent(value):
+  return "-" if value is None else f"{100 * value:.1f}%"
+
+
+# section -> its table's columns: (header, right-aligned, the cell of a row)
+COLUMNS = {
+    "tests": [("selection", False, lambda r: r["group"]),
+              ("result", False, lambda r: f"{'ok' if r['ok'] else 'FAILED'}: {r['summary']}"),
+              ("seconds", True, lambda r: f"{r['seconds']:.0f}"),
+              ("pytest", False, lambda r: f"`{r['pytest']}`")],
+    "train": [("config", False, lambda r: r["config"]),
+              ("batch", True, lambda r: str(r["batch_size"])),
+              ("steps/s", True, lambda r: f"{r['steps_per_second']:.1f}"),
+              ("last loss", True, lambda r: f"{r['last_loss']:.4f}")],
+    "backbones": [("arch", False, lambda r: r["arch"]), ("dtype", False, lambda r: r["dtype"]),
+                  ("batch", True, lambda r: str(r["batch"])),
+                  ("images/s", True, lambda r: f"{r['images_per_s']:.1f}"),
+                  ("GFLOP per step", True, lambda r: f"{r['step_flops'] / 1e9:.1f}"),
+                  ("GB per step", True, lambda r: f"{r['step_bytes'] / 1e9:.2f}"),
+                  ("MFU", True, lambda r: _percent(r["mfu"]))],
+    "retrieval": [("case", False, lambda r: r["data"]), ("Q", True, lambda r: str(r["Q"])),
+                  ("N", True, lambda r: str(r["N"])),
+                  ("R / k", True, lambda r: str(r.get("R", r.get("k")))),
+                  ("ours s", True, lambda r: f"{r['ours_s']:.3f}"),
+                  ("mAP", True, lambda r: _fmt(r.get("map"), ".4f"))],
+    "input": [("workers", True, lambda r: str(r["workers"])),
+              ("images/s", True, lambda r: f"{r['images_per_s']:.1f}"),
+              ("CPU ms per image", True, lambda r: f"{r['cpu_ms_per_image']:.2f}"),
+              ("images/s per core", True, lambda r: f"{r['images_per_s_per_core']:.1f}")],
+}
+
+
+def table(columns, rows):
+  """Markdown lines of a table of ``rows`` (dicts) with ``columns`` (as ``COLUMNS``')."""
+  return (["| " + " | ".join(c[0] for c in columns) + " |",
+           "| " + " | ".join("---:" if c[1] else "---" for c in columns) + " |"]
+          + ["| " + " | ".join(c[2](r) for c in columns) + " |" for r in rows])
+
+
 def markdown(report):
   peak = report["peak"]
   out = [f"# accelerator_check: {report['device']} ({report['backend']}"
@@ -215,30 +254,7 @@ def markdown(report):
     if "error" in section:
       out += [f"error: {section['error']}", ""]
       continue
-    rows = section["rows"]
-    if name == "tests":
-      out += ["| selection | result | seconds | pytest |", "| --- | --- | ---: | --- |"]
-      out += [f"| {r['group']} | {'ok' if r['ok'] else 'FAILED'}: {r['summary']} | "
-              f"{r['seconds']:.0f} | `{r['pytest']}` |" for r in rows]
-    elif name == "train":
-      out += ["| config | batch | steps/s | last loss |", "| --- | ---: | ---: | ---: |"]
-      out += [f"| {r['config']} | {r['batch_size']} | {r['steps_per_second']:.1f} | "
-              f"{r['last_loss']:.4f} |" for r in rows]
-    elif name == "backbones":
-      out += ["| arch | dtype | batch | images/s | GFLOP per step | GB per step | MFU |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-      out += [f"| {r['arch']} | {r['dtype']} | {r['batch']} | {r['images_per_s']:.1f} | "
-              f"{r['step_flops'] / 1e9:.1f} | {r['step_bytes'] / 1e9:.2f} | "
-              f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}% |" for r in rows]
-    elif name == "retrieval":
-      out += ["| case | Q | N | R / k | ours s | mAP |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-      out += [f"| {r['data']} | {r['Q']} | {r['N']} | {r.get('R', r.get('k'))} | "
-              f"{r['ours_s']:.3f} | {_fmt(r.get('map'), '.4f')} |" for r in rows]
-    elif name == "input":
-      out += ["| workers | images/s | CPU ms per image | images/s per core |",
-              "| ---: | ---: | ---: | ---: |"]
-      out += [f"| {r['workers']} | {r['images_per_s']:.1f} | {r['cpu_ms_per_image']:.2f} | "
-              f"{r['images_per_s_per_core']:.1f} |" for r in rows]
+    out += table(COLUMNS[name], section["rows"])
     out.append("")
   return "\n".join(out)
 
