@@ -6,7 +6,8 @@ Writes DIR/accelerator_check.json and DIR/accelerator_check.md (one table per se
 * tests: the device-relevant pytest selections (mesh training, bfloat16, backbones, retrieval),
   each in a subprocess with a time limit (``--test_timeout``), slow tests included;
 * train: ``experiments.bench_train``'s JAX side (the real training loop, first epoch excluded)
-  on Fashion-MNIST (needs its IDX files, ``--data_dir``);
+  on Fashion-MNIST (needs its IDX files, ``--data_dir``; ``--train_config=configs/digits.py``
+  needs none);
 * backbones: ``experiments.bench_backbones``' training step of AlexNet, VGG16 and ResNet-50 at
   batch 256, 224x224, float32 and bfloat16: images/s and model FLOPs utilisation, the FLOPs of
   the compiled step by XLA's cost analysis / (step time x the chip's peak, ``PEAKS``);
@@ -15,7 +16,9 @@ Writes DIR/accelerator_check.json and DIR/accelerator_check.md (one table per se
 * input: ``experiments.bench_input``'s training pipeline (decode + RandomResizedCrop(224) +
   flip) on generated JPEGs, as images/s and images per second of one CPU core (1000 / CPU ms
   per image, all threads counted).
-On CPU (``jax.default_backend() == "cpu"``) or with ``--quick`` it runs a reduced mode, each
+The tests run first, before this process touches the device (a TPU admits one process; on a
+GPU no process preallocates its memory). On CPU (``jax.default_backend() == "cpu"``) or with
+``--quick`` it runs a reduced mode, each
 part seconds: one named test per selection, digits for one epoch, AlexNet at batch 2 and
 64x64, the ImageNet100 size / 50, 320 images. On CPU the peak is the measured 2048^3 float32
 matmul (``bench_train.matmul_gflops``). A section that fails records its error and the others
@@ -33,11 +36,15 @@ import tempfile
 import time
 import types
 
-import jax
-import numpy as np
+# The test selections run in child processes on the same GPU: no process takes 75% of its
+# memory up front (JAX's default), so that the children's allocations fit next to the parent's.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from experiments import bench_backbones, bench_input, bench_retrieval, bench_train
-from orthohash_jax import cli, config_base
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from experiments import bench_backbones, bench_input, bench_retrieval, bench_train  # pylint: disable=wrong-import-position
+from orthohash_jax import cli, config_base  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -166,11 +173,12 @@ def run_tests(args, quick):
 
 
 def run_train(args, sizes):
-  config = config_base.load_config_file(os.path.join(ROOT, sizes.train_config))
+  name = args.train_config or sizes.train_config
+  config = config_base.load_config_file(os.path.join(ROOT, name))
   if args.data_dir:
     config.data_dir = args.data_dir
   steps_per_second, loss = bench_train.bench_jax(config, sizes.train_epochs)
-  return {"config": sizes.train_config, "epochs_timed": sizes.train_epochs,
+  return {"config": name, "epochs_timed": sizes.train_epochs,
           "batch_size": config.batch_size, "steps_per_second": steps_per_second,
           "last_loss": loss}
 
@@ -259,37 +267,52 @@ def markdown(report):
   return "\n".join(out)
 
 
+def probe():
+  """(backend, device kind) of device 0, asked in a child process: the parent leaves the
+  accelerator free for the test selections' processes (a TPU admits one process at a time)."""
+  proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend()); "
+                         "print(jax.devices()[0].device_kind)"],
+                        capture_output=True, text=True, check=True)
+  return tuple(proc.stdout.strip().splitlines()[-2:])
+
+
+def run_section(name, part):
+  """{"rows": part(), "seconds": s}, or {"error": its one line, "seconds": s}."""
+  start = time.perf_counter()
+  try:
+    section = {"rows": part()}
+  except Exception as e:  # pylint: disable=broad-except
+    # a failed part is part of the report; the other parts still run
+    text = str(e).strip()
+    section = {"error": f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"}
+  section["seconds"] = time.perf_counter() - start
+  cli.say(f"{name}: {'error: ' + section['error'] if 'error' in section else 'done'} "
+          f"({section['seconds']:.1f} s)")
+  return section
+
+
 def check(args):
-  quick = args.quick or jax.default_backend() == "cpu"
+  backend, device = probe()
+  quick = args.quick or backend == "cpu"
   sizes = QUICK if quick else Sizes()
   os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
-  report = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-            "quick": quick, "load_start": os.getloadavg(), "sizes": dataclasses.asdict(sizes)}
-  cli.say(f"accelerator_check on {report['device']} ({'quick' if quick else 'full'}); "
+  report = {"device": device, "backend": backend, "quick": quick,
+            "load_start": os.getloadavg(), "sizes": dataclasses.asdict(sizes)}
+  cli.say(f"accelerator_check on {device} ({'quick' if quick else 'full'}); "
           f"load average {report['load_start']}")
-  peak = device_peak()
+  report["sections"] = {"tests": run_section("tests", lambda: run_tests(args, quick))}
+  peak = device_peak()  # this process's first use of the device: after the tests' processes
   report["peak"] = peak and dataclasses.asdict(peak)
   parts = {
-      "tests": lambda: run_tests(args, quick),
       "train": lambda: [run_train(args, sizes)],
       "backbones": lambda: [backbone_row(arch, dtype, sizes, peak)
                             for arch in sizes.archs for dtype in sizes.dtypes],
       "retrieval": lambda: run_retrieval(sizes),
       "input": lambda: run_input(sizes),
   }
-  report["sections"] = {}
   for name, part in parts.items():
-    part_start = time.perf_counter()
-    try:
-      section = {"rows": part()}
-    except Exception as e:  # pylint: disable=broad-except
-      # a failed part is part of the report; the other parts still run
-      section = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
-    section["seconds"] = time.perf_counter() - part_start
-    report["sections"][name] = section
-    cli.say(f"{name}: {'error: ' + section['error'] if 'error' in section else 'done'} "
-            f"({section['seconds']:.1f} s)")
+    report["sections"][name] = run_section(name, part)
   report["load_end"] = os.getloadavg()
   report["seconds"] = time.perf_counter() - start
   with open(os.path.join(args.out, "accelerator_check.json"), "w", encoding="utf-8") as f:
@@ -307,7 +330,10 @@ def main(argv=None):
   parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="directory of the JSON and markdown reports")
   parser.add_argument("--quick", action="store_true", help="the reduced mode (always on CPU)")
-  parser.add_argument("--data_dir", default="", help="Fashion-MNIST IDX directory (train)")
+  parser.add_argument("--data_dir", default="", help="data_dir of the train section's config")
+  parser.add_argument("--train_config", default="",
+                      help="config of the train section (default: configs/fashion_mnist.py; "
+                      "quick: configs/digits.py, which needs no files)")
   parser.add_argument("--test_timeout", type=int, default=90,
                       help="seconds per pytest selection")
   args = parser.parse_args(argv)
