@@ -66,8 +66,16 @@ def natural_image(rng, size=256):
   return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def _write_image(path, i):
-  Image.fromarray(natural_image(np.random.default_rng([7, i]))).save(path, quality=90)
+def _write_image(path, seed):
+  Image.fromarray(natural_image(np.random.default_rng(seed))).save(path, quality=90)
+
+
+def write_images(paths, seeds):
+  """Writes ``natural_image(np.random.default_rng(seed))`` to each path (JPEG quality 90 or PNG,
+  by the name) in processes spawned, not forked: the caller may have started JAX's threads."""
+  with concurrent.futures.ProcessPoolExecutor(
+      os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+    list(pool.map(_write_image, paths, seeds, chunksize=64))
 
 
 def make_files(directory, n):
@@ -78,11 +86,7 @@ def make_files(directory, n):
   names = [f"images/{i:06d}.jpg" for i in range(n + 100)]
   missing = [i for i, name in enumerate(names)
              if not os.path.exists(os.path.join(directory, name))]
-  # spawned, not forked: the caller may have started JAX's threads
-  with concurrent.futures.ProcessPoolExecutor(
-      os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
-    list(pool.map(_write_image, [os.path.join(directory, names[i]) for i in missing], missing,
-                  chunksize=64))
+  write_images([os.path.join(directory, names[i]) for i in missing], [[7, i] for i in missing])
   rows = [f"../{name} " + " ".join("1" if c == i % 10 else "0" for c in range(10))
           for i, name in enumerate(names)]
   lists = os.path.join(directory, f"n{n}")

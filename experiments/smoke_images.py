@@ -12,19 +12,13 @@ multi-label NUS-WIDE and MS-COCO, every other row with a second label. The defau
 images: 640 training images (20 steps of the small variant's batch 32), 120 queries, a
 240-image database. Labels are random, so the mAP of a run on them means nothing.
 """
-import concurrent.futures
 import os
 
 import numpy as np
-from PIL import Image
 
 from experiments import bench_input
 from orthohash_jax import cli
 from orthohash_jax.data import listfile
-
-
-def _write_image(path, seed):
-  Image.fromarray(bench_input.natural_image(np.random.default_rng(seed))).save(path)
 
 
 def label_rows(rng, n, num_classes, multilabel):
@@ -49,8 +43,7 @@ def write(dataset, out, sizes, seed=0):
     with open(os.path.join(out, filename), "w", encoding="utf-8") as f:
       f.writelines(f"{name} {' '.join(map(str, row))}\n" for name, row in zip(names, rows))
     jobs += [(os.path.join(out, name), [seed, len(jobs) + i]) for i, name in enumerate(names)]
-  with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
-    list(pool.map(_write_image, *zip(*jobs), chunksize=32))
+  bench_input.write_images(*zip(*jobs))
   return f"{out}: {len(jobs)} images, " + ", ".join(
       f"{listfile.SPLIT_FILES[s]} {n}" for s, n in sizes.items())
 

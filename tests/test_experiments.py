@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from experiments import accelerator_check, plot_analysis, predict_accelerators, run_grid
+from experiments import smoke_images
 from orthohash_jax import retrieval
+from orthohash_jax.data import listfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,3 +160,19 @@ def test_accelerator_scripts_report_bad_flags_in_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+@pytest.mark.parametrize("dataset,classes,multilabel", [("imagenet100", 100, False),
+                                                        ("nuswide", 21, True)])
+def test_smoke_images_write_a_paper_datasets_layout(dataset, classes, multilabel, tmp_path):
+  assert smoke_images.main([f"--dataset={dataset}", f"--out={tmp_path}", "--train=3",
+                            "--test=2", "--database=2"]) == 0
+  labels_per_row = set()
+  for filename, n in (("train.txt", 3), ("test.txt", 2), ("database.txt", 2)):
+    names, _, rows = listfile.parse_list(str(tmp_path / filename), classes)
+    assert len(names) == n and [os.path.splitext(p)[1] for p in names][:2] == [".jpg", ".png"]
+    labels_per_row |= set(rows.sum(axis=1).tolist())
+    for name in names:
+      with Image.open(tmp_path / name) as img:
+        assert img.size == (256, 256) and img.format == ("JPEG" if name.endswith("jpg") else "PNG")
+  assert labels_per_row == ({1, 2} if multilabel else {1})
