@@ -37,8 +37,12 @@ def batch(args):
   return x, rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32)
 
 
-def bench_jax(arch, dtype, args):
-  """Images/s of jitted train steps (params, BN stats and Adam state donated)."""
+def jax_train_step(arch, dtype):
+  """(step, encode, init_state) of our ``arch`` in ``dtype`` (a name): ``step(params, stats,
+  opt_state, x, y, i)`` is the jitted training step (params, BN stats and Adam state donated;
+  dropout keyed by ``i``) returning them updated and the loss; ``encode(params, stats, x)`` the
+  jitted eval-mode backbone features; ``init_state()`` (jitted) the initial (params, stats,
+  opt_state), whose shapes ``jax.eval_shape(init_state)`` gives without materialising them."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -54,11 +58,15 @@ def bench_jax(arch, dtype, args):
     def __call__(self, x, key):
       return self.head(self.backbone(x, train=True, dropout_key=key))
 
-  model = nnx.jit(lambda: Classifier(nnx.Rngs(0)))()
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)  # as the trainer does
+  make = lambda: Classifier(nnx.Rngs(0))
+  graphdef = nnx.graphdef(nnx.eval_shape(make))
   tx = optax.adam(1e-4)
-  opt_state = tx.init(params)
+
+  @jax.jit
+  def init_state():
+    _, params, stats = nnx.split(make(), nnx.Param, nnx.BatchStat)
+    params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)  # as the trainer does
+    return params, stats, tx.init(params)
 
   def loss_fn(params, stats, x, y, key):
     m = nnx.merge(graphdef, params, stats)
@@ -73,14 +81,32 @@ def bench_jax(arch, dtype, args):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, loss
 
-  x, y = map(jnp.asarray, batch(args))
-  params, stats, opt_state, loss = step(params, stats, opt_state, x, y, 0)
+  @jax.jit
+  def encode(params, stats, x):
+    return nnx.merge(graphdef, params, stats).backbone(x, train=False)
+
+  return step, encode, init_state
+
+
+def time_steps(step, state, x, y, steps):
+  """Images/s of ``steps`` calls of ``step`` after one warm-up call (compilation, when ``step``
+  is not compiled yet), and the last loss."""
+  import jax  # pylint: disable=g-import-not-at-top
+  params, stats, opt_state, loss = step(*state, x, y, 0)
   loss.block_until_ready()
   t0 = time.perf_counter()
-  for i in range(1, args.steps + 1):
+  for i in range(1, steps + 1):
     params, stats, opt_state, loss = step(params, stats, opt_state, x, y, i)
-  loss.block_until_ready()
-  return args.steps * args.batch / (time.perf_counter() - t0), float(loss)
+  jax.block_until_ready(loss)
+  return steps * len(x) / (time.perf_counter() - t0), float(loss)
+
+
+def bench_jax(arch, dtype, args):
+  """Images/s of jitted train steps (params, BN stats and Adam state donated)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  step, _, init_state = jax_train_step(arch, dtype)
+  x, y = map(jnp.asarray, batch(args))
+  return time_steps(step, init_state(), x, y, args.steps)
 
 
 def bench_torch(arch, dtype, args):

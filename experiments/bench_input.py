@@ -24,16 +24,17 @@ import argparse
 import concurrent.futures
 import json
 import math
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import time
 
-import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
+from orthohash_jax import config_base
 from orthohash_jax.data import streaming, transforms
 
 BATCH = 64
@@ -65,8 +66,16 @@ def natural_image(rng, size=256):
   return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def _write_image(path, i):
-  Image.fromarray(natural_image(np.random.default_rng([7, i]))).save(path, quality=90)
+def _write_image(path, seed):
+  Image.fromarray(natural_image(np.random.default_rng(seed))).save(path, quality=90)
+
+
+def write_images(paths, seeds):
+  """Writes ``natural_image(np.random.default_rng(seed))`` to each path (JPEG quality 90 or PNG,
+  by the name) in processes spawned, not forked: the caller may have started JAX's threads."""
+  with concurrent.futures.ProcessPoolExecutor(
+      os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+    list(pool.map(_write_image, paths, seeds, chunksize=64))
 
 
 def make_files(directory, n):
@@ -77,9 +86,7 @@ def make_files(directory, n):
   names = [f"images/{i:06d}.jpg" for i in range(n + 100)]
   missing = [i for i, name in enumerate(names)
              if not os.path.exists(os.path.join(directory, name))]
-  with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
-    list(pool.map(_write_image, [os.path.join(directory, names[i]) for i in missing], missing,
-                  chunksize=64))
+  write_images([os.path.join(directory, names[i]) for i in missing], [[7, i] for i in missing])
   rows = [f"../{name} " + " ".join("1" if c == i % 10 else "0" for c in range(10))
           for i, name in enumerate(names)]
   lists = os.path.join(directory, f"n{n}")
@@ -92,12 +99,14 @@ def make_files(directory, n):
 
 
 def source_config(directory, workers):
-  return ml_collections.ConfigDict({
+  config = config_base.base_config()
+  config.update({
       "dataset": "listfile", "data_dir": directory, "num_classes": 10, "seed": 0,
       "data_workers": workers, "skip_bad_images": False, "image_size": 224, "image_mode": "RGB",
       "train_transform": "random_resized_crop", "train_resize": 256,
       "eval_transform": "resize_center_crop", "eval_resize": 224, "jpeg_draft": False,
       "pixel_norm": "imagenet"})
+  return config
 
 
 def _cpu_s(who):

@@ -117,6 +117,8 @@ KEYS = (
     Key("hidden", (512, 512), "MLP widths"),
     Key("init", "torch", "layer initialisation (torch: as the PyTorch modules; flax: Flax's "
         "defaults, mlp / cnn / cnn_gap only)", allowed=("torch", "flax")),
+    Key("stem_stride", 1, "cnn / cnn_gap: average-pool k x k blocks before the first convolution "
+        "(1: none; the image configs' small variant: 8)", check=POSITIVE),
     Key("pretrained", None, "alexnet / vgg16 / resnet50: directory of weights converted by "
         "python -m orthohash_jax.weights (None: random init)", type=str),
     Key("pretrained_required", False, "fail up front when pretrained is unset (paper configs)"),
@@ -238,6 +240,8 @@ def _rules(c):
       (c.init == "torch" or not imagenet,
        f"init {c.init!r} is for mlp / cnn / cnn_gap: backbone {c.backbone} is initialised as "
        "torchvision's (init 'torch')"),
+      (c.stem_stride == 1 or c.backbone in ("cnn", "cnn_gap"),
+       f"stem_stride is a setting of backbone cnn / cnn_gap, not {c.backbone!r}: leave it at 1"),
       (not c.export_faiss or c.num_bits % 8 == 0,
        f"export_faiss needs num_bits divisible by 8, got {c.num_bits}"),
       (c.codebook != "hadamard" or c.num_bits & (c.num_bits - 1) == 0,
@@ -332,9 +336,10 @@ def paper_image_config(dataset: str, eval_topk,
   1e-4, weight decay 5e-4, lr x0.1 at 80% of 100 epochs, s = 8, m = 0.2 cos, Bernoulli
   codebook. ``variant`` "alexnet" (the paper's): an ImageNet-pretrained AlexNet (``pretrained``
   required: torchvision's alexnet-owt-7be5be79.pth converted by ``python -m
-  orthohash_jax.weights``), backbone lr x0.1, batch 256. "small": a small CNN with global average pooling
-  trained from scratch at batch 32 (CPU smoke runs; mAP not comparable with the paper's). ``data_dir`` stays unset: the
-  loader reports it."""
+  orthohash_jax.weights``), backbone lr x0.1, batch 256. "small": a small CNN with global
+  average pooling behind an 8x8 average-pool stem (its convolutions at 28x28), trained from
+  scratch at batch 32 (CPU smoke runs; mAP not comparable with the paper's). ``data_dir`` stays
+  unset: the loader reports it."""
   if variant not in ("alexnet", "small"):
     raise ValueError(f"image configs take the variant 'alexnet' or 'small', got {variant!r}")
   c = base_config()
@@ -353,4 +358,6 @@ def paper_image_config(dataset: str, eval_topk,
   if variant == "alexnet":
     c.update(backbone="alexnet", pretrained_required=True, backbone_lr_scale=0.1,
              batch_size=256, eval_batch_size=256, steps_per_chunk=2)
+  else:
+    c.stem_stride = 8  # the convolutions at 28 x 28: a 224 x 224 epoch in seconds on CPU
   return c

@@ -73,13 +73,17 @@ class MLP(nnx.Module):
 class SmallCNN(nnx.Module):
   """conv(3x3)+ReLU+maxpool(2) stages and a ReLU dense layer. ``global_pool=False`` flattens the
   last feature map (28x28 / 32x32 images); ``global_pool=True`` averages it over space first, so
-  the parameters do not depend on the image size (224x224 smoke runs of the paper pipeline)."""
+  the parameters do not depend on the image size (224x224 smoke runs of the paper pipeline).
+  ``stem_stride`` k > 1 average-pools k x k blocks (stride k) before the first convolution, so
+  the convolutions run at 1/k of the image side (k = 1: no stem)."""
 
   def __init__(self, image_shape: Sequence[int], channels=(32, 64), features: int = 512, *,
-               global_pool: bool = False, init: str = "torch", dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    _check_image_side("cnn_gap" if global_pool else "cnn", image_shape, 2 ** len(channels))
+               global_pool: bool = False, stem_stride: int = 1, init: str = "torch",
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    _check_image_side("cnn_gap" if global_pool else "cnn", image_shape,
+                      stem_stride * 2 ** len(channels))
     height, width, in_channels = image_shape
+    height, width = height // stem_stride, width // stem_stride
     chans = (in_channels, *channels)
     self.convs = nnx.List([nnx.Conv(a, b, (3, 3), **layer_init(init, 9 * a), dtype=dtype,
                                     rngs=rngs)
@@ -90,11 +94,14 @@ class SmallCNN(nnx.Module):
     self.dense = nnx.Linear(flat, features, **layer_init(init, flat), dtype=dtype, rngs=rngs)
     self.image_shape = tuple(image_shape)
     self.global_pool = global_pool
+    self.stem_stride = stem_stride
     self.out_features = features
 
   def __call__(self, x, *, train: bool, dropout_key=None):
     del train, dropout_key
     x = x.reshape(x.shape[0], *self.image_shape)
+    if self.stem_stride > 1:
+      x = nnx.avg_pool(x, (self.stem_stride,) * 2, strides=(self.stem_stride,) * 2)
     for conv in self.convs:
       x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
     x = x.mean(axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
@@ -238,10 +245,10 @@ BACKBONES = {
     "mlp": lambda c, shape, rngs: MLP(int(np.prod(shape)), tuple(c.hidden), init=c.init,
                                       dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "cnn": lambda c, shape, rngs: SmallCNN(shape if len(shape) == 3 else _square_image(shape),
-                                           init=c.init, dtype=COMPUTE_DTYPES[c.compute_dtype],
-                                           rngs=rngs),
+                                           stem_stride=c.stem_stride, init=c.init,
+                                           dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "cnn_gap": lambda c, shape, rngs: SmallCNN(shape, channels=(32, 64, 128), global_pool=True,
-                                               init=c.init,
+                                               stem_stride=c.stem_stride, init=c.init,
                                                dtype=COMPUTE_DTYPES[c.compute_dtype], rngs=rngs),
     "identity": lambda c, shape, rngs: Identity(int(np.prod(shape))),
     **{arch: _imagenet_backbone(arch) for arch in backbones.BACKBONES},

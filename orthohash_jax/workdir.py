@@ -80,11 +80,20 @@ def _config_json(config) -> dict:
   return json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
 
 
+def _saved_config(workdir: str) -> dict:
+  """config.json of ``workdir``, with the keys declared after it was written at their defaults
+  (which keep the behaviour of the code that wrote it)."""
+  saved = files.read_json(path(workdir, CONFIG))
+  for key in config_base.KEYS:
+    saved.setdefault(key.name, key.default)
+  return saved
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The saved config of the run in ``workdir`` (not validated)."""
   if not os.path.exists(path(workdir, CONFIG)):
     raise ValueError(f"{workdir} is not a training run (no {CONFIG})")
-  return ml_collections.ConfigDict(files.read_json(path(workdir, CONFIG)))
+  return ml_collections.ConfigDict(_saved_config(workdir))
 
 
 def check_same_run(workdir: str, config):
@@ -94,7 +103,7 @@ def check_same_run(workdir: str, config):
     raise ValueError(f"--workdir {workdir} is a file, not a directory")
   if not checkpoint.has_checkpoints(workdir) or not os.path.exists(path(workdir, CONFIG)):
     return None
-  saved, current = files.read_json(path(workdir, CONFIG)), _config_json(config)
+  saved, current = _saved_config(workdir), _config_json(config)
   changed = sorted(k for k in set(saved) | set(current)
                    if k not in config_base.RESUMABLE_KEYS and saved.get(k) != current.get(k))
   if changed:

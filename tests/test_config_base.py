@@ -52,6 +52,7 @@ def test_each_declared_check_rejects_a_bad_value_in_one_line(key):
     ({"pretrained": "/nonexistent/dir"}, "pretrained weights are for"),
     ({"backbone": "alexnet", "pretrained": "/nonexistent/dir"}, "does not exist"),
     ({"backbone": "alexnet", "pretrained_required": True}, "starts from ImageNet weights"),
+    ({"backbone": "mlp", "stem_stride": 4}, "stem_stride is a setting of backbone cnn / cnn_gap"),
 ])
 def test_rules_between_keys(overrides, message):
   config = config_base.base_config()

@@ -1,4 +1,5 @@
-"""experiments/: run_grid tables on digits, and the analysis plots of plot_analysis."""
+"""experiments/: run_grid tables on digits, the analysis plots of plot_analysis, the accelerator
+check in its CPU mode and the predictions' arithmetic."""
 import csv
 import json
 import os
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import plot_analysis, run_grid
+from experiments import accelerator_check, plot_analysis, predict_accelerators, run_grid
+from experiments import smoke_images
 from orthohash_jax import codes_file, retrieval
+from orthohash_jax.data import listfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,3 +186,66 @@ def test_experiment_scripts_report_bad_arguments_in_one_line(capsys, monkeypatch
                              "--set", "num_bits=abc"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "bad value for num_bits" in err[0]
+
+
+@pytest.mark.slow
+def test_accelerator_check_on_cpu_writes_every_section(tmp_path):
+  assert accelerator_check.main([f"--out={tmp_path}"]) == 0  # CPU: the reduced mode
+  report = json.loads((tmp_path / "accelerator_check.json").read_text())
+  assert report["quick"] and report["backend"] == "cpu"
+  sections = report["sections"]
+  assert list(sections) == ["tests", "train", "backbones", "retrieval", "input"]
+  assert all("error" not in s and s["rows"] for s in sections.values())
+  assert [r["group"] for r in sections["tests"]["rows"]] == [
+      g[0] for g in accelerator_check.TEST_GROUPS]
+  assert all(r["ok"] for r in sections["tests"]["rows"])
+  assert [(r["arch"], r["dtype"]) for r in sections["backbones"]["rows"]] == [
+      ("alexnet", "float32"), ("alexnet", "bfloat16")]
+  for row in sections["backbones"]["rows"]:
+    assert row["step_flops"] > 0 and row["step_bytes"] > 0 and 0 < row["mfu"]
+    assert row["achieved_flops_per_s"] == pytest.approx(
+        row["step_flops"] * row["images_per_s"] / row["batch"])
+  assert sections["input"]["rows"][0]["images_per_s_per_core"] == pytest.approx(
+      1000 / sections["input"]["rows"][0]["cpu_ms_per_image"])
+  text = (tmp_path / "accelerator_check.md").read_text()
+  for name in sections:
+    assert f"## {name}\n" in text
+  assert "| alexnet | bfloat16 | 2 |" in text
+
+
+def test_prediction_is_linear_in_the_batch_and_bound_by_the_slower_resource():
+  # 10 FLOPs / 3 bytes per image, 100 FLOPs / 50 bytes per step
+  costs = {b: (100 + 10 * b, 50 + 3 * b) for b in (4, 8)}
+  assert predict_accelerators.at_batch(costs[4], costs[8], 4, 8) == (2660, 818)
+  peak = accelerator_check.Peak("x", bf16_flops=20, fp32_flops=10, memory_bytes_per_s=1,
+                                source="")
+  assert predict_accelerators.roofline_seconds((100, 5), peak, "float32") == 10
+  assert predict_accelerators.roofline_seconds((100, 5), peak, "bfloat16") == 5
+  assert predict_accelerators.roofline_seconds((100, 50), peak, "bfloat16") == 50
+
+
+def test_accelerator_scripts_report_bad_flags_in_one_line(tmp_path, capsys):
+  for main, argv in ((accelerator_check.main, [f"--out={tmp_path}", "--test_timeout=0"]),
+                     (predict_accelerators.main, ["--batches=8,4"]),
+                     (predict_accelerators.main, ["--batches=4,x"])):
+    with pytest.raises(SystemExit) as e:
+      main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+
+
+@pytest.mark.parametrize("dataset,classes,multilabel", [("imagenet100", 100, False),
+                                                        ("nuswide", 21, True)])
+def test_smoke_images_write_a_paper_datasets_layout(dataset, classes, multilabel, tmp_path):
+  assert smoke_images.main([f"--dataset={dataset}", f"--out={tmp_path}", "--train=3",
+                            "--test=2", "--database=2"]) == 0
+  labels_per_row = set()
+  for filename, n in (("train.txt", 3), ("test.txt", 2), ("database.txt", 2)):
+    names, _, rows = listfile.parse_list(str(tmp_path / filename), classes)
+    assert len(names) == n and [os.path.splitext(p)[1] for p in names][:2] == [".jpg", ".png"]
+    labels_per_row |= set(rows.sum(axis=1).tolist())
+    for name in names:
+      with Image.open(tmp_path / name) as img:
+        assert img.size == (256, 256) and img.format == ("JPEG" if name.endswith("jpg") else "PNG")
+  assert labels_per_row == ({1, 2} if multilabel else {1})

@@ -75,11 +75,12 @@ def test_bad_codebook_and_bits():
     config_base.validate(config)
 
 
-@pytest.mark.parametrize("backbone,side", [("cnn", 4), ("cnn_gap", 8), ("alexnet", 63),
-                                           ("vgg16", 32)])
-def test_images_below_a_backbone_minimum_are_refused_in_one_line(backbone, side):
+@pytest.mark.parametrize("backbone,stem,side", [("cnn", 1, 4), ("cnn", 2, 8), ("cnn_gap", 1, 8),
+                                                ("cnn_gap", 4, 32), ("alexnet", 1, 63),
+                                                ("vgg16", 1, 32)])
+def test_images_below_a_backbone_minimum_are_refused_in_one_line(backbone, stem, side):
   config = config_base.base_config()
-  config.update(backbone=backbone, loss="ce", num_bits=16)
+  config.update(backbone=backbone, stem_stride=stem, loss="ce", num_bits=16)
 
   def codes(s):  # traced: no parameter is materialised
     x = jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32)
@@ -89,3 +90,35 @@ def test_images_below_a_backbone_minimum_are_refused_in_one_line(backbone, side)
   with pytest.raises(ValueError, match=rf"backbone {backbone} needs images of at least "
                      rf"{side}x{side} pixels, got {side - 1}x{side - 1}"):
     codes(side - 1)
+
+
+def small_cnn_reference(cnn, x):
+  """SmallCNN's forward without a stem, written with lax primitives on the module's parameters:
+  SAME 3x3 convolutions + bias, ReLU, 2x2 max-pools, flatten or global mean, ReLU dense."""
+  for conv in cnn.convs:
+    y = jax.lax.conv_general_dilated(x, conv.kernel[...], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.nn.relu(y + conv.bias[...])
+    x = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  x = x.mean(axis=(1, 2)) if cnn.global_pool else x.reshape(len(x), -1)
+  return jax.nn.relu(x @ cnn.dense.kernel[...] + cnn.dense.bias[...])
+
+
+@pytest.mark.parametrize("backbone", ["cnn", "cnn_gap"])
+def test_stem_stride_one_is_the_plain_cnn_and_a_stem_is_a_block_mean(backbone, side=16):
+  config = config_base.base_config()
+  config.update(backbone=backbone, loss="ce", num_bits=16)
+  x = np.random.default_rng(0).normal(size=(2, side, side, 3)).astype(np.float32)
+  plain = models.build_model(config, x.shape[1:], 10, None).backbone
+  np.testing.assert_allclose(plain(x, train=False), small_cnn_reference(plain, x),
+                             rtol=1e-5, atol=1e-5)
+  # stride k = the plain network (same parameters) on the means of k x k blocks
+  config.stem_stride = 2
+  stem = models.build_model(config, x.shape[1:], 10, None).backbone
+  small = x.reshape(2, side // 2, 2, side // 2, 2, 3).mean(axis=(2, 4))
+  if backbone == "cnn":  # its dense layer's inputs depend on the feature map: smaller here
+    assert stem.dense.kernel.shape[0] * 4 == plain.dense.kernel.shape[0]
+  else:
+    np.testing.assert_array_equal(stem.dense.kernel[...], plain.dense.kernel[...])
+  np.testing.assert_allclose(stem(x, train=False), small_cnn_reference(stem, small),
+                             rtol=1e-5, atol=1e-5)

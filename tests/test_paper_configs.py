@@ -2,13 +2,16 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 from orthohash_jax import data as data_lib
 import reference
-from orthohash_jax import config_base, run
+from orthohash_jax import config_base, models, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # dataset: (R of mAP@R of the hashing papers, multi-hot list files as published)
@@ -30,6 +33,22 @@ def test_config_depth_and_unset_data_dir(name):
   assert config.data_dir is None
   with pytest.raises(data_lib.DataError, match=rf"^{name}: .*None"):
     data_lib.load(config)
+
+
+@pytest.mark.parametrize("name", ["imagenet100", "nuswide", "coco"])
+def test_small_variant_convolves_at_an_eighth_of_the_image_side(name, monkeypatch):
+  config = load_config(name, "small")
+  assert (config.backbone, config.stem_stride, config.image_size) == ("cnn_gap", 8, 224)
+  assert load_config(name).stem_stride == 1  # the paper's AlexNet has no stem
+  seen = []
+  conv_call = nnx.Conv.__call__
+  monkeypatch.setattr(nnx.Conv, "__call__", lambda self, x: seen.append(x.shape) or conv_call(
+      self, x))
+  x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+  codes = jax.eval_shape(lambda x: models.build_model(config, (224, 224, 3), 10, None)(
+      x, train=False)[0], x)  # traced: nothing is computed
+  assert codes.shape == (2, config.num_bits)
+  assert seen == [(2, 28, 28, 3), (2, 14, 14, 32), (2, 7, 7, 64)]
 
 
 def label_rows(multilabel, per_class, rng, classes=3):
@@ -65,10 +84,11 @@ def test_list_file_config_trains_one_epoch(name, tmp_path):
   for filename, split_rows in rows.items():
     write_split(root, filename, split_rows, rng)
   config = load_config(name, "small")
-  # the paper's transforms at a small size (40x30 files, 24x24 crops) to keep the test fast
+  # the paper's transforms at a small size (40x30 files, 64x64 crops, the smallest the 8x8
+  # stem and three 2x2 max-pools take) to keep the test fast
   config.update({"data_dir": str(root), "num_classes": 3, "num_epochs": 1, "batch_size": 8,
-                 "num_bits": 16, "eval_topk": 10, "image_size": 24, "train_resize": 28,
-                 "eval_resize": 26 if config.eval_resize else None})
+                 "num_bits": 16, "eval_topk": 10, "image_size": 64, "train_resize": 72,
+                 "eval_resize": 68 if config.eval_resize else None})
   workdir = str(tmp_path / "run")
   summary = run.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "results.json")) as f:

@@ -56,6 +56,17 @@ def test_a_workdir_without_checkpoints_is_never_another_run(tmp_path):
   assert workdir.check_same_run(str(tmp_path), small_config()) is None
 
 
+def test_a_run_saved_before_a_key_was_declared_reads_it_at_its_default(tmp_path, monkeypatch):
+  saved = small_config(backbone="cnn").to_dict()
+  del saved["stem_stride"]  # a config.json written before stem_stride existed
+  files.write_json(str(tmp_path / workdir.CONFIG), saved)
+  monkeypatch.setattr(workdir.checkpoint, "has_checkpoints", lambda directory: True)
+  assert workdir.check_same_run(str(tmp_path), small_config(backbone="cnn"))["stem_stride"] == 1
+  assert workdir.read_config(str(tmp_path)).stem_stride == 1
+  with pytest.raises(ValueError, match=r"another config \(stem_stride: 1 -> 2\)"):
+    workdir.check_same_run(str(tmp_path), small_config(backbone="cnn", stem_stride=2))
+
+
 def test_atomic_write_keeps_the_old_file_on_error_and_names_the_target(tmp_path):
   target = tmp_path / "codes.npz"
   target.write_bytes(b"old")
