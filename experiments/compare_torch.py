@@ -33,6 +33,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments import run_grid
 from orthohash_jax import cli, run
+from orthohash_jax import workdir as workdir_lib
 
 METHODS = ("CE", "CE+BN", "OrthoCos", "OrthoCos+BN", "OrthoArc+BN")
 DATASETS = ("digits", "fashion_mnist")
@@ -109,7 +110,7 @@ def main() -> int:
         torch_output = os.path.join(args.out, "torch", name + ".json")
         try:
           if args.table_only:
-            got = {"jax": finished_map(os.path.join(workdir, "results.json")),
+            got = {"jax": finished_map(workdir_lib.path(workdir, workdir_lib.RESULTS)),
                    "torch": finished_map(torch_output)}
           else:
             got = {"jax": run_grid.run_one(config_path, args.set, overrides, workdir)["mAP"],

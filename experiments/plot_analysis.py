@@ -31,12 +31,12 @@ import json
 import os
 import sys
 
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from matplotlib.figure import Figure
 
 from orthohash_jax import data as data_lib
+from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import (checkpoint, cli, codes_file, config_base, evaluation, images, metrics,
                            plots, retrieval, run)
 
@@ -208,7 +208,7 @@ def compare_histograms(workdirs: str, labels, out: str) -> dict:
     raise ValueError(f"--labels has {len(labels)} names for {len(workdirs)} --workdirs")
   if len(set(labels)) != len(labels) or not all(labels) or not all(workdirs):
     raise ValueError(f"--workdirs and --labels need distinct non-empty names, got {labels}")
-  codes = {label: codes_file.load_codes(os.path.join(w, "codes.npz"))
+  codes = {label: codes_file.load_codes(workdir_lib.path(w, workdir_lib.CODES))
            for label, w in zip(labels, workdirs)}
   means = plot_histograms(codes, os.path.join(out, "hamming_histograms.png"))
   with open(os.path.join(out, "histograms.json"), "w") as f:
@@ -218,11 +218,7 @@ def compare_histograms(workdirs: str, labels, out: str) -> dict:
 
 def load_run_data(workdir: str):
   """The input interface of a finished run's data (its ``config.json``)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ValueError(f"{workdir} is not a training run (no config.json)")
-  with open(path) as f:
-    return data_lib.load(ml_collections.ConfigDict(json.load(f)))
+  return data_lib.load(workdir_lib.read_config(workdir))
 
 
 def main(argv=None) -> int:
@@ -264,7 +260,7 @@ def main(argv=None) -> int:
       with open(os.path.join(args.out, "analysis.json"), "w") as f:
         json.dump(records, f, indent=2)
       plot_figure4(records, os.path.join(args.out, "figure4.png"))
-    codes = codes_file.load_codes(os.path.join(workdir, "codes.npz"))
+    codes = codes_file.load_codes(workdir_lib.path(workdir, workdir_lib.CODES))
     data = load_run_data(workdir)
     plot_histogram(codes, os.path.join(args.out, "hamming_histogram.png"))
     plot_pr(codes, os.path.join(args.out, "pr_curve.png"))

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from orthohash_jax import cli, config_base, run
+from orthohash_jax import workdir as workdir_lib
 
 METHODS = {
     "CE": {"loss": "ce", "use_bn": False},
@@ -49,7 +50,7 @@ def parse_methods(parser, text: str, known=tuple(METHODS)) -> list:
 
 
 def run_one(config_path, sets, overrides, workdir):
-  done = os.path.join(workdir, "results.json")
+  done = workdir_lib.path(workdir, workdir_lib.RESULTS)
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)

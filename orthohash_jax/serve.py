@@ -83,6 +83,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orthohash_jax import (cli, codes_file, evaluation, hamming_kernel, images, metrics,
                            retrieval, run, search)
+from orthohash_jax import workdir as workdir_lib
 
 MIN_BUCKET = 16  # the smallest compiled result size (searches of k <= 16 share it)
 MAX_BATCH = 1024  # queries of one POST /api/search
@@ -221,7 +222,7 @@ class SearchService:
 
   def __init__(self, workdir: str, warm_up: bool = True):
     self.workdir = workdir
-    self.codes = codes_file.load_codes(os.path.join(workdir, "codes.npz"))
+    self.codes = codes_file.load_codes(workdir_lib.path(workdir, workdir_lib.CODES))
     self.num_bits = int(self.codes["num_bits"])
     self.index = search.HammingIndex(self.num_bits)
     self.index.add(self.codes["db_codes"])
@@ -236,7 +237,7 @@ class SearchService:
       self.pictures = True
     except ValueError:
       self.pictures = False
-    results_path = os.path.join(workdir, "results.json")
+    results_path = workdir_lib.path(workdir, workdir_lib.RESULTS)
     self.map = None
     if os.path.exists(results_path):
       with open(results_path) as f:
