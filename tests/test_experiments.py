@@ -235,6 +235,7 @@ def test_accelerator_scripts_report_bad_flags_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,classes,multilabel", [("imagenet100", 100, False),
                                                         ("nuswide", 21, True)])
 def test_smoke_images_write_a_paper_datasets_layout(dataset, classes, multilabel, tmp_path):

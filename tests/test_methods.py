@@ -118,7 +118,7 @@ CASES = [(m, False) for m in ("hashnet", "dtsh", "sdhc", "greedyhash", "jmlh", "
 
 @needs_torch
 @pytest.mark.parametrize("method,multilabel", CASES)
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_matches_fire(method, multilabel, seed):
   assert max_relative_error(method, multilabel, seed) < 1e-5
 
@@ -247,6 +247,7 @@ def test_resume_after_sigterm_is_identical(values, tmp_path, fake_load, monkeypa
       np.testing.assert_array_equal(x[name], y[name])
 
 
+@pytest.mark.slow  # a subprocess; test_a_key_of_another_method_is_refused checks it in-process
 def test_cli_refuses_a_key_of_another_method(tmp_path):
   proc = run_cmd(main_cmd(str(tmp_path / "w"), "--config.loss=hashnet",
                           "--config.codebook=maxmin"))

@@ -104,6 +104,7 @@ def small_cnn_reference(cnn, x):
   return jax.nn.relu(x @ cnn.dense.kernel[...] + cnn.dense.bias[...])
 
 
+@pytest.mark.slow  # eager convolutions (~7 s of CPU)
 @pytest.mark.parametrize("backbone", ["cnn", "cnn_gap"])
 def test_stem_stride_one_is_the_plain_cnn_and_a_stem_is_a_block_mean(backbone, side=16):
   config = config_base.base_config()

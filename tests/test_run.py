@@ -212,6 +212,7 @@ def test_too_few_bits_for_the_classes_is_refused_before_training(tmp_path, fake_
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_adds_no_event_file(tmp_path, fake_load):
   fake_load(blobs())
   first = run.train_and_evaluate(small_config(num_epochs=1), str(tmp_path))
@@ -222,6 +223,7 @@ def test_rerunning_a_finished_run_adds_no_event_file(tmp_path, fake_load):
   assert again["mAP"] == first["mAP"]
 
 
+@pytest.mark.slow
 def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, fake_load):
   d = blobs(dim=16 * 16 * 3)
   images = data_lib.RetrievalData("images", 4, *(a.reshape(-1, 16, 16, 3) if a.ndim == 2 else a
