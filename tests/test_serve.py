@@ -469,16 +469,19 @@ def test_access_log_and_clients_that_go_away(server, caplog):
   that left before its answer."""
   httpd, _ = server
   caplog.set_level(logging.INFO, logger="orthohash_jax.serve")
-  seen = Seen("/api/search?query=1&k=3 ")
+  seen, info = Seen("/api/search?query=1&k=3 "), Seen('"GET /api/info HTTP/1.1" 200')
   logging.getLogger().addHandler(seen)
+  logging.getLogger().addHandler(info)
   try:
     with httpd.service.lock:  # the search waits, so the client is gone before the answer
       with socket.create_connection(httpd.server_address[:2], timeout=30) as s:
         s.sendall(b"GET /api/search?query=1&k=3 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert seen.seen.wait(60)
     get(httpd, "/api/info")
+    assert info.seen.wait(60)  # the access line is logged after the answer was sent
   finally:
     logging.getLogger().removeHandler(seen)
+    logging.getLogger().removeHandler(info)
   lines = [r.getMessage() for r in seen.records if r.name == "orthohash_jax.serve"]
   assert sum("/api/search?query=1&k=3 HTTP/1.1" in line for line in lines) == 1
   assert sum('"GET /api/info HTTP/1.1" 200' in line for line in lines) == 1
