@@ -9,7 +9,8 @@ PACKAGE = os.path.join(ROOT, "orthohash_jax")
 # Lower layers never import higher ones (a module may import its own layer or lower).
 LAYERS = [
     {"cli", "config_base", "codebook", "losses", "hamming_kernel", "retrieval", "metrics",
-     "revisited", "parallel", "augment", "data", "images", "plots", "summary", "files"},
+     "revisited", "parallel", "augment", "data", "images", "plots", "summary", "files",
+     "xla_cpu"},
     {"models", "backbones", "codes_file", "checkpoint", "reporting", "methods"},
     {"trainer", "evaluation", "workdir"},
     {"run"},
