@@ -2,13 +2,17 @@ r"""Training images/s of the paper backbones: ours vs the same model in PyTorch;
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
   flock /tmp/bench.lock python -m experiments.bench_backbones [--archs=alexnet,vgg16,resnet50] \
-      [--dtypes=float32,bfloat16] [--steps=3] [--batch=32] [--size=224] [--output=bench.json]
+      [--dtypes=float32,bfloat16] [--steps=3] [--batch=32] [--size=224] [--repeats=3] \
+      [--xla_variants="name=XLA_FLAGS;..."] [--output=bench.json]
 
 One training step = forward + backward + Adam (lr 1e-4) of backbone -> linear 100-way classifier
 -> cross-entropy on random labels, on a fixed random batch (batch x size x size x 3), in train
 mode (dropout on for AlexNet / VGG16, batch statistics for ResNet-50). Each (framework, arch,
 dtype) runs in its own subprocess (in one process, XLA's idle worker threads starve PyTorch's):
-one warm-up step (compilation), then ``--steps`` timed steps. PyTorch runs the torchvision
+one warm-up step (compilation), then ``--steps`` timed steps; the sides alternate
+``--repeats`` times and the best images/s of each counts. ``--xla_variants`` adds JAX rows run
+with other XLA_FLAGS (e.g. ``ynnconv=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution``,
+jaxlib's own default, which ``orthohash_jax.xla_cpu`` changes). PyTorch runs the torchvision
 stand-ins of experiments/torchvision_replicas.py (same layers as torchvision) with
 ``torch.set_num_threads`` = the cores; its bfloat16 is ``torch.autocast("cpu", bfloat16)``, ours
 ``dtype=bfloat16`` (float32 parameters and Adam state on both sides).
@@ -172,9 +176,10 @@ def child(args):
   print(json.dumps({"images_per_second": images_per_second, "last_loss": loss}))
 
 
-def run_child(argv):
-  proc = subprocess.run([sys.executable, "-m", "experiments.bench_backbones"] + argv, capture_output=True, text=True,
-                        check=False)
+def run_child(argv, xla_flags=None):
+  env = None if xla_flags is None else {**os.environ, "XLA_FLAGS": xla_flags}
+  proc = subprocess.run([sys.executable, "-m", "experiments.bench_backbones"] + argv,
+                        capture_output=True, text=True, env=env, check=False)
   if proc.returncode:
     lines = proc.stderr.strip().splitlines()
     sys.exit(f"error: {' '.join(argv)}: {lines[-1] if lines else 'failed'}")
@@ -188,6 +193,10 @@ def main():
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--size", type=int, default=224)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="alternating runs of each side; the best images/s counts")
+  parser.add_argument("--xla_variants", default="",
+                      help="extra JAX rows, 'name=XLA_FLAGS' separated by ';'")
   parser.add_argument("--drift_batch", type=int, default=4)
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   parser.add_argument("--output", default="")
@@ -203,19 +212,28 @@ def main():
   print(f"load average at start: {os.getloadavg()}", flush=True)
   common = [f"--steps={args.steps}", f"--batch={args.batch}", f"--size={args.size}",
             f"--threads={args.threads}"]
+  variants = {"jax": None}  # None: this environment's XLA_FLAGS (with orthohash_jax's option)
+  for item in filter(None, args.xla_variants.split(";")):
+    name, _, flags = item.partition("=")
+    variants[f"jax_{name}"] = flags
   rows = []
-  print(f"{'arch':9s} {'dtype':9s} {'jax img/s':>10s} {'torch img/s':>12s} {'jax/torch':>10s}",
-        flush=True)
+  print(f"{'arch':9s} {'dtype':9s} " + " ".join(f"{k + ' img/s':>14s}" for k in variants) +
+        f" {'torch img/s':>12s} {'jax/torch':>10s}", flush=True)
   for arch in args.archs.split(","):
     for dtype in args.dtypes.split(","):
       row = {"arch": arch, "dtype": dtype}
-      for side in ("jax", "torch"):
-        result = run_child([f"--side={side}", f"--arch={arch}", f"--dtype={dtype}"] + common)
-        row.update({f"{side}_{k}": v for k, v in result.items()})
+      for _ in range(args.repeats):
+        for side, flags in [*variants.items(), ("torch", None)]:
+          child_side = "torch" if side == "torch" else "jax"
+          result = run_child([f"--side={child_side}", f"--arch={arch}", f"--dtype={dtype}"] +
+                             common, flags)
+          if result["images_per_second"] > row.get(f"{side}_images_per_second", 0):
+            row.update({f"{side}_{k}": v for k, v in result.items()})
       row["ratio_jax_over_torch"] = row["jax_images_per_second"] / row["torch_images_per_second"]
       rows.append(row)
-      print(f"{arch:9s} {dtype:9s} {row['jax_images_per_second']:10.2f} "
-            f"{row['torch_images_per_second']:12.2f} {row['ratio_jax_over_torch']:9.2f}x",
+      print(f"{arch:9s} {dtype:9s} " +
+            " ".join(f"{row[k + '_images_per_second']:14.2f}" for k in variants) +
+            f" {row['torch_images_per_second']:12.2f} {row['ratio_jax_over_torch']:9.2f}x",
             flush=True)
   drifts = run_child(["--side=drift", f"--archs={args.archs}",
                       f"--drift_batch={args.drift_batch}"])
@@ -225,7 +243,8 @@ def main():
   if args.output:
     with open(args.output, "w") as f:
       json.dump({"rows": rows, "bf16_drift": drifts, "steps": args.steps, "batch": args.batch,
-                 "size": args.size, "torch_threads": args.threads}, f, indent=2)
+                 "size": args.size, "torch_threads": args.threads, "repeats": args.repeats,
+                 "xla_variants": variants}, f, indent=2)
 
 
 if __name__ == "__main__":

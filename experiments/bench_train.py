@@ -1,18 +1,22 @@
 r"""Training steps/s of the Fashion-MNIST config: orthohash-jax vs the same model in PyTorch.
 
   pip install torch==2.13.0   # optional benchmark extra (a CPU build)
-  python -m experiments.bench_train [--epochs=5] [--num_bits=64] [--output=bench_train.json]
+  python -m experiments.bench_train [--epochs=5] [--num_bits=64] [--repeats=3] \
+      [--output=bench_train.json]
 
-Both sides train the same model on the same 5,000 x 784 training set (configs/fashion_mnist.py:
+Every side trains the same model on the same 5,000 x 784 training set (configs/fashion_mnist.py:
 MLP 784-512-512 ReLU, hash layer without bias + BatchNorm, fixed Bernoulli codebook, cosine
-head, OrthoHash loss s=8 m=0.2, Adam 1e-3, batch 64, drop last), in one process, one after the
-other, after one warm-up epoch each. orthohash-jax runs its real training loop (host batching,
-one compiled chunk per epoch, loss check and a log line per chunk; last loss = mean of the last
-epoch); PyTorch gets its best plain loop: tensors preloaded in
-memory, index batches, no DataLoader, ``torch.set_num_threads`` = the cores JAX may use. Each
-side runs in its own subprocess (in one process, XLA's idle worker threads starve PyTorch's).
-Prints steps/s of both, their ratio, and each side's GFLOP/s against its own 2048^3 matmul. Needs the Fashion-MNIST IDX files (Debian package
-dataset-fashion-mnist) or --data_dir.
+head, OrthoHash loss s=8 m=0.2, Adam 1e-3, batch 64, drop last) for ``--epochs`` after one
+warm-up epoch, each run in its own subprocess (in one process, XLA's idle worker threads starve
+PyTorch's), the sides alternating ``--repeats`` times; the best steps/s of each counts.
+orthohash-jax runs its real training loop (host batching, one compiled chunk per epoch, loss
+check and a log line per chunk; last loss = mean of the last epoch). PyTorch runs two loops,
+``torch.set_num_threads`` = the cores JAX may use, pixels normalised to float32 up front:
+"plain" indexes preloaded tensors (its fastest loop) and "DataLoader" iterates a
+``DataLoader(TensorDataset)`` in the main process, the loop of PyTorch's own examples. Prints
+steps/s, our speed-up over each loop, each side's GFLOP/s against its own 2048^3 matmul and the
+load average. Needs the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist) or
+--data_dir.
 """
 import argparse
 import importlib.util
@@ -50,7 +54,10 @@ def bench_jax(config, epochs):
   return summary["steps_per_second"], last["loss"]
 
 
-def bench_torch(config, data, epochs, codebook):
+def bench_torch(config, data, epochs, codebook, loop="plain"):
+  """steps/s of PyTorch: ``loop="plain"`` indexes preloaded tensors (its fastest loop);
+  ``"dataloader"`` iterates ``DataLoader(TensorDataset(x, y), batch_size, shuffle=True,
+  drop_last=True)`` in the main process, the loop of PyTorch's own examples."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -61,18 +68,32 @@ def bench_torch(config, data, epochs, codebook):
                         nn.BatchNorm1d(config.num_bits, momentum=0.1))
   targets = F.normalize(torch.from_numpy(codebook), dim=1)
   opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-  x, y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y).long()
+  x = data.train_x.astype(np.float32)
+  if data.mean_std is not None:  # uint8 pixels: normalised once, up front (ours: on the device)
+    mean, std = (np.asarray(a, np.float32) for a in data.mean_std)
+    x = (x - mean) / std
+  x, y = torch.from_numpy(x.reshape(len(x), -1)), torch.from_numpy(data.train_y).long()
   b = config.batch_size
   spe = len(x) // b
   gen = torch.Generator().manual_seed(config.seed)
 
-  def epoch():
+  loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=b,
+                                       shuffle=True, drop_last=True, generator=gen)
+
+  def batches():
+    if loop == "dataloader":
+      yield from loader
+      return
     perm = torch.randperm(len(x), generator=gen)
     for j in range(spe):
       idx = perm[j * b:(j + 1) * b]
-      cos = F.normalize(model(x[idx]), dim=1) @ targets.T
-      onehot = F.one_hot(y[idx], targets.shape[0]).float()
-      loss = F.cross_entropy(config.scale * (cos - config.margin * onehot), y[idx])
+      yield x[idx], y[idx]
+
+  def epoch():
+    for xb, yb in batches():
+      cos = F.normalize(model(xb), dim=1) @ targets.T
+      onehot = F.one_hot(yb, targets.shape[0]).float()
+      loss = F.cross_entropy(config.scale * (cos - config.margin * onehot), yb)
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
@@ -112,8 +133,12 @@ def matmul_gflops(side: str) -> float:
   return 2 * n**3 * 5 / (time.perf_counter() - t0) / 1e9
 
 
+SIDES = {"jax": "orthohash-jax", "torch": "PyTorch, plain loop",
+         "torch_dataloader": "PyTorch, DataLoader loop"}
+
+
 def child(side, args):
-  """Measures one framework (a fresh process each, so neither starves the other's threads)."""
+  """Measures one side (a fresh process each, so neither starves the other's threads)."""
   from orthohash_jax import codebook, data  # pylint: disable=g-import-not-at-top
   config = fashion_config(args.num_bits, args.data_dir)
   try:
@@ -126,11 +151,12 @@ def child(side, args):
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
     cb = codebook.make_codebook(config.codebook, d.num_classes, config.num_bits, config.seed)
-    steps_per_second, loss = bench_torch(config, d, args.epochs, cb)
+    loop = "dataloader" if side == "torch_dataloader" else "plain"
+    steps_per_second, loss = bench_torch(config, d, args.epochs, cb, loop)
   gflop = step_gflop(config, d)
   print(json.dumps({"steps_per_second": steps_per_second, "last_loss": loss,
                     "step_gflop": gflop, "achieved_gflops": steps_per_second * gflop,
-                    "matmul_gflops": matmul_gflops(side)}))
+                    "matmul_gflops": matmul_gflops("jax" if side == "jax" else "torch")}))
 
 
 def main():
@@ -139,29 +165,38 @@ def main():
   parser.add_argument("--num_bits", type=int, default=64)
   parser.add_argument("--data_dir", default="")
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="alternating runs of every side; the best steps/s counts")
   parser.add_argument("--output", default="")
-  parser.add_argument("--side", choices=("jax", "torch"), help=argparse.SUPPRESS)
+  parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.side:
     child(args.side, args)
     return
-  row = {"num_bits": args.num_bits, "epochs": args.epochs, "torch_threads": args.threads}
-  for side in ("jax", "torch"):
-    if side == "torch" and importlib.util.find_spec("torch") is None:
-      print(json.dumps(row))
-      sys.exit("error: torch is not installed (pip install torch==2.13.0); JAX figures above")
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench_train", f"--side={side}"] + sys.argv[1:],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-      sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"{side} failed")
-    row.update({f"{side}_{k}": v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()})
-  row["ratio_jax_over_torch"] = row["jax_steps_per_second"] / row["torch_steps_per_second"]
-  for side, name in (("jax", "orthohash-jax"), ("torch", "PyTorch")):
-    print(f"{name:14s} {row[side + '_steps_per_second']:8.1f} steps/s  "
+  if importlib.util.find_spec("torch") is None:
+    sys.exit("error: torch is not installed (pip install torch==2.13.0)")
+  row = {"num_bits": args.num_bits, "epochs": args.epochs, "torch_threads": args.threads,
+         "repeats": args.repeats, "load_average_start": os.getloadavg()}
+  for _ in range(args.repeats):
+    for side in SIDES:
+      proc = subprocess.run([sys.executable, "-m", "experiments.bench_train", f"--side={side}"] +
+                            sys.argv[1:], capture_output=True, text=True, check=False)
+      if proc.returncode:
+        sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"{side} failed")
+      result = json.loads(proc.stdout.strip().splitlines()[-1])
+      if result["steps_per_second"] > row.get(f"{side}_steps_per_second", 0):
+        row.update({f"{side}_{k}": v for k, v in result.items()})
+  row["load_average_end"] = os.getloadavg()
+  for side, name in SIDES.items():
+    speedup = ""
+    if side != "jax":
+      row[f"jax_over_{side}"] = row["jax_steps_per_second"] / row[f"{side}_steps_per_second"]
+      speedup = f"  ours faster by {row[f'jax_over_{side}']:.2f}x"
+    print(f"{name:26s} {row[side + '_steps_per_second']:8.1f} steps/s  "
           f"{row[side + '_achieved_gflops']:6.1f} GFLOP/s of {row[side + '_matmul_gflops']:6.1f} "
-          f"(its 2048^3 matmul)  last loss {row[side + '_last_loss']:.4f}")
-  print(f"ratio jax / torch: {row['ratio_jax_over_torch']:.2f}x "
-        f"({row['jax_step_gflop']:.3f} GFLOP per step)")
+          f"(its 2048^3 matmul)  last loss {row[side + '_last_loss']:.4f}{speedup}")
+  print(f"{row['jax_step_gflop']:.3f} GFLOP per step; best of {args.repeats}; load average "
+        f"{row['load_average_start']} at start, {row['load_average_end']} at end")
   if args.output:
     with open(args.output, "w") as f:
       json.dump(row, f, indent=2)

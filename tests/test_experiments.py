@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from experiments import accelerator_check, plot_analysis, predict_accelerators, run_grid
-from experiments import smoke_images
+from experiments import bench_layers, smoke_images
 from orthohash_jax import codes_file, retrieval
 from orthohash_jax.data import listfile
 
@@ -250,3 +250,14 @@ def test_smoke_images_write_a_paper_datasets_layout(dataset, classes, multilabel
       with Image.open(tmp_path / name) as img:
         assert img.size == (256, 256) and img.format == ("JPEG" if name.endswith("jpg") else "PNG")
   assert labels_per_row == ({1, 2} if multilabel else {1})
+
+
+def test_bench_layers_finds_every_convolution_once():
+  """Distinct convolution shapes with their counts: AlexNet 5, VGG16 13 (9 shapes), ResNet-50 53
+  (stem + 16 bottlenecks x 3 + 4 downsamples); only the first one sees the image."""
+  pytest.importorskip("torch")
+  for arch, total, distinct in (("alexnet", 5, 5), ("vgg16", 13, 9), ("resnet50", 53, None)):
+    shapes = bench_layers.conv_shapes(arch, 1, 64)
+    assert sum(n for *_, n in shapes) == total
+    assert distinct is None or len(shapes) == distinct
+    assert [first for *_, first, _ in shapes] == [True] + [False] * (len(shapes) - 1)
