@@ -26,11 +26,12 @@ import functools
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from experiments import child as child_lib
 
 NUM_CLASSES = 100
 
@@ -177,13 +178,9 @@ def child(args):
 
 
 def run_child(argv, xla_flags=None):
+  """One side in a fresh process (``child.run_json``); ``xla_flags`` replaces its XLA_FLAGS."""
   env = None if xla_flags is None else {**os.environ, "XLA_FLAGS": xla_flags}
-  proc = subprocess.run([sys.executable, "-m", "experiments.bench_backbones"] + argv,
-                        capture_output=True, text=True, env=env, check=False)
-  if proc.returncode:
-    lines = proc.stderr.strip().splitlines()
-    sys.exit(f"error: {' '.join(argv)}: {lines[-1] if lines else 'failed'}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return child_lib.run_json("experiments.bench_backbones", argv, env)
 
 
 def main():

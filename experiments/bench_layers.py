@@ -13,19 +13,19 @@ two sides run in separate subprocesses (XLA's idle worker threads starve PyTorch
 process), alternating ``--repeats`` times; each figure is the best. The JAX child imports
 ``orthohash_jax`` first, so ``orthohash_jax.xla_cpu``'s option applies as in training;
 ``--xla_flags`` (the JAX child's XLA_FLAGS) compares other XLA:CPU options on the same layers
-(``--xla_cpu_experimental_ynn_fusion_type=+individual_convolution``: jaxlib's own default). Output: per layer ms (ours,
-torch), their ratio, and the totals weighted by how often each shape occurs in the net; the
-whole step's time is ``bench_backbones``' figure, so the rest (pooling, BatchNorm, ReLU, dropout,
+(``--xla_cpu_experimental_ynn_fusion_type=+individual_convolution``: jaxlib's own default).
+Output: per layer ms (ours, torch), their ratio, and the totals weighted by how often each shape
+occurs in the net; the whole step's time is ``bench_backbones``' figure, so the rest (pooling, BatchNorm, ReLU, dropout,
 linear layers, Adam) is the difference.
 """
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from experiments import child as child_lib
 
 
 def conv_shapes(arch, batch, size):
@@ -124,14 +124,9 @@ def main():
   for _ in range(args.repeats):
     for side in ("jax", "torch"):
       env = {**os.environ, "XLA_FLAGS": args.xla_flags} if side == "jax" else None
-      proc = subprocess.run([sys.executable, "-m", "experiments.bench_layers", f"--side={side}",
-                             f"--arch={args.arch}", f"--batch={args.batch}", f"--size={args.size}",
-                             f"--threads={args.threads}"], capture_output=True, text=True,
-                            env=env, check=False)
-      if proc.returncode:
-        lines = proc.stderr.strip().splitlines()
-        sys.exit(f"error: {side}: {lines[-1] if lines else 'failed'}")
-      times = json.loads(proc.stdout.strip().splitlines()[-1])
+      times = child_lib.run_json("experiments.bench_layers", [
+          f"--side={side}", f"--arch={args.arch}", f"--batch={args.batch}",
+          f"--size={args.size}", f"--threads={args.threads}"], env)
       best[side] = [min(a, b) for a, b in zip(best[side], times)]
   rows = []
   print(f"{'input (N,C,H,W)':22s} {'weight (O,I,kh,kw)':20s} {'s':>2s} {'n':>2s} "

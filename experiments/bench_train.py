@@ -22,12 +22,13 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from experiments import child as child_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,11 +180,7 @@ def main():
          "repeats": args.repeats, "load_average_start": os.getloadavg()}
   for _ in range(args.repeats):
     for side in SIDES:
-      proc = subprocess.run([sys.executable, "-m", "experiments.bench_train", f"--side={side}"] +
-                            sys.argv[1:], capture_output=True, text=True, check=False)
-      if proc.returncode:
-        sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"{side} failed")
-      result = json.loads(proc.stdout.strip().splitlines()[-1])
+      result = child_lib.run_json("experiments.bench_train", [f"--side={side}"] + sys.argv[1:])
       if result["steps_per_second"] > row.get(f"{side}_steps_per_second", 0):
         row.update({f"{side}_{k}": v for k, v in result.items()})
   row["load_average_end"] = os.getloadavg()
