@@ -15,8 +15,9 @@ check and a log line per chunk; last loss = mean of the last epoch). PyTorch run
 "plain" indexes preloaded tensors (its fastest loop) and "DataLoader" iterates a
 ``DataLoader(TensorDataset)`` in the main process, the loop of PyTorch's own examples. Prints
 steps/s, our speed-up over each loop, each side's GFLOP/s against its own 2048^3 matmul and the
-load average. Needs the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist) or
---data_dir.
+load average, and the time of the step's matmuls alone on each side (``matmul_floor_ms``: the
+least time a step can take here) next to the time per step that 3x the plain loop needs. Needs
+the Fashion-MNIST IDX files (Debian package dataset-fashion-mnist) or --data_dir.
 """
 import argparse
 import importlib.util
@@ -107,11 +108,60 @@ def bench_torch(config, data, epochs, codebook, loop="plain"):
   return epochs * spe / (time.perf_counter() - t0), last
 
 
-def step_gflop(config, data) -> float:
+def layer_sizes(config, data) -> list:
+  """Widths of the MLP's matmuls: input, hidden..., bits, classes (the cosine head)."""
+  return [int(np.prod(data.input_shape)), *config.hidden, config.num_bits, data.num_classes]
+
+
+def step_gflop(sizes, batch: int) -> float:
   """Forward + backward matmul FLOPs of one step (no input gradient for the first layer)."""
-  sizes = [int(np.prod(data.input_shape)), *config.hidden, config.num_bits, data.num_classes]
   macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
-  return 2 * config.batch_size * (3 * sum(macs) - macs[0]) / 1e9
+  return 2 * batch * (3 * sum(macs) - macs[0]) / 1e9
+
+
+def backprop_matmuls(x, ws, transpose):
+  """The matmuls of one step through a chain of weights ``ws`` and nothing else: for every layer
+  the forward (batch x a x b), the weight gradient (a x batch x b) and, past the first layer,
+  the input gradient (batch x b x a), chained as backpropagation chains them (the output stands
+  in for its gradient). Returns a scalar that depends on every weight gradient. Works on jax
+  arrays and torch tensors (``transpose``: the framework's)."""
+  hs = [x]
+  for w in ws:
+    hs.append(hs[-1] @ w)
+  g, total = hs[-1], 0.0
+  for i in reversed(range(len(ws))):
+    total = total + (transpose(hs[i]) @ g)[0, 0]  # weight gradient
+    if i:
+      g = g @ transpose(ws[i])  # input gradient
+  return total
+
+
+def matmul_floor_ms(side: str, sizes, batch: int, steps: int = 200) -> float:
+  """Milliseconds per step of ``backprop_matmuls`` alone on fresh rows each step (jax: one
+  compiled ``lax.scan``; torch: a Python loop under ``no_grad``), the best of 3: no side can
+  train faster than this on this machine."""
+  rng = np.random.default_rng(0)
+  ws = [rng.standard_normal((a, b), np.float32) * 0.01 for a, b in zip(sizes[:-1], sizes[1:])]
+  xs = rng.standard_normal((steps, batch, sizes[0]), np.float32)
+  if side == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    f = jax.jit(lambda ws, xs: jax.lax.scan(
+        lambda c, x: (c + backprop_matmuls(x, ws, lambda a: a.T), None), 0.0, xs)[0])
+    run = lambda: f(ws, xs).block_until_ready()
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    tw, tx = [torch.from_numpy(w) for w in ws], torch.from_numpy(xs)
+
+    def run():
+      with torch.no_grad():
+        return [backprop_matmuls(x, tw, lambda a: a.T) for x in tx]
+  run()
+  best = float("inf")
+  for _ in range(3):
+    t0 = time.perf_counter()
+    run()
+    best = min(best, time.perf_counter() - t0)
+  return best / steps * 1e3
 
 
 def matmul_gflops(side: str) -> float:
@@ -154,10 +204,13 @@ def child(side, args):
     cb = codebook.make_codebook(config.codebook, d.num_classes, config.num_bits, config.seed)
     loop = "dataloader" if side == "torch_dataloader" else "plain"
     steps_per_second, loss = bench_torch(config, d, args.epochs, cb, loop)
-  gflop = step_gflop(config, d)
+  sizes = layer_sizes(config, d)
+  gflop = step_gflop(sizes, config.batch_size)
+  framework = "jax" if side == "jax" else "torch"
   print(json.dumps({"steps_per_second": steps_per_second, "last_loss": loss,
                     "step_gflop": gflop, "achieved_gflops": steps_per_second * gflop,
-                    "matmul_gflops": matmul_gflops("jax" if side == "jax" else "torch")}))
+                    "matmul_gflops": matmul_gflops(framework),
+                    "matmul_floor_ms": matmul_floor_ms(framework, sizes, config.batch_size)}))
 
 
 def main():
@@ -181,8 +234,10 @@ def main():
   for _ in range(args.repeats):
     for side in SIDES:
       result = child_lib.run_json("experiments.bench_train", [f"--side={side}"] + sys.argv[1:])
+      floor = min(result["matmul_floor_ms"], row.get(f"{side}_matmul_floor_ms", float("inf")))
       if result["steps_per_second"] > row.get(f"{side}_steps_per_second", 0):
         row.update({f"{side}_{k}": v for k, v in result.items()})
+      row[f"{side}_matmul_floor_ms"] = floor  # the best over the repeats too
   row["load_average_end"] = os.getloadavg()
   for side, name in SIDES.items():
     speedup = ""
@@ -192,6 +247,11 @@ def main():
     print(f"{name:26s} {row[side + '_steps_per_second']:8.1f} steps/s  "
           f"{row[side + '_achieved_gflops']:6.1f} GFLOP/s of {row[side + '_matmul_gflops']:6.1f} "
           f"(its 2048^3 matmul)  last loss {row[side + '_last_loss']:.4f}{speedup}")
+  goal = 1e3 / (3 * row["torch_steps_per_second"])
+  torch_floor = min(row["torch_matmul_floor_ms"], row["torch_dataloader_matmul_floor_ms"])
+  print(f"the step's matmuls alone: {row['jax_matmul_floor_ms']:.2f} ms in JAX, "
+        f"{torch_floor:.2f} ms in PyTorch; 3x the plain loop needs "
+        f"{goal:.2f} ms per step; ours takes {1e3 / row['jax_steps_per_second']:.2f} ms")
   print(f"{row['jax_step_gflop']:.3f} GFLOP per step; best of {args.repeats}; load average "
         f"{row['load_average_start']} at start, {row['load_average_end']} at end")
   if args.output:

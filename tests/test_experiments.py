@@ -1,17 +1,20 @@
 """experiments/: run_grid tables on digits, the analysis plots of plot_analysis, the accelerator
 check in its CPU mode and the predictions' arithmetic."""
 import csv
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from experiments import accelerator_check, plot_analysis, predict_accelerators, run_grid
-from experiments import bench_layers, smoke_images
+from experiments import bench_layers, bench_train, smoke_images
 from orthohash_jax import codes_file, retrieval
 from orthohash_jax.data import listfile
 
@@ -261,3 +264,19 @@ def test_bench_layers_finds_every_convolution_once():
     assert sum(n for *_, n in shapes) == total
     assert distinct is None or len(shapes) == distinct
     assert [first for *_, first, _ in shapes] == [True] + [False] * (len(shapes) - 1)
+
+
+def test_bench_train_floor_runs_the_matmuls_that_step_gflop_counts():
+  sizes, batch = [12, 8, 6, 3], 5
+  rng = np.random.default_rng(0)
+  ws = [rng.standard_normal((a, b), np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+  x = rng.standard_normal((batch, sizes[0]), np.float32)
+  f = jax.jit(lambda x, ws: bench_train.backprop_matmuls(x, ws, lambda a: a.T))
+  flops = f.lower(x, ws).compile().cost_analysis()["flops"]
+  # the [0, 0] reads and the scalar sum add at most a few flops to the matmuls'
+  assert bench_train.step_gflop(sizes, batch) * 1e9 <= flops < bench_train.step_gflop(
+      sizes, batch) * 1e9 + 10
+  # it is the backward pass of 0.5 |x W1 W2 W3|^2: the [0, 0] elements of its weight gradients
+  grads = jax.grad(lambda ws: 0.5 * jnp.sum(functools.reduce(jnp.matmul, ws, x) ** 2))(ws)
+  np.testing.assert_allclose(f(x, ws), sum(g[0, 0] for g in grads), rtol=1e-5)
+  assert bench_train.matmul_floor_ms("jax", sizes, batch, steps=4) > 0
