@@ -12,9 +12,9 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
+
+from experiments import child as child_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,12 +57,9 @@ def main():
   for n in (int(x) for x in args.devices.split(",")):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
            "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    proc = subprocess.run([sys.executable, "-m", "experiments.bench_gldv2", "--child", f"--steps={args.steps}",
-                           f"--num_bits={args.num_bits}"], env=env, capture_output=True,
-                          text=True, check=False)
-    if proc.returncode:
-      sys.exit(f"error: {n}-device run failed: {proc.stderr.strip().splitlines()[-1]}")
-    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rows.append(child_lib.run_json(
+        "experiments.bench_gldv2", ["--child", f"--steps={args.steps}", f"--num_bits={args.num_bits}"],
+        env))
   print(f"{'devices':>7} {'steps/s':>8} {'peak RSS GB':>11} {'codebook shard MB':>17}")
   for r in rows:
     print(f"{r['devices']:>7} {r['steps_per_second']:>8.2f} {r['peak_rss_gb']:>11.2f} "

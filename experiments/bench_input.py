@@ -27,13 +27,12 @@ import math
 import multiprocessing
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from experiments import child as child_lib
 from orthohash_jax import config_base
 from orthohash_jax.data import streaming, transforms
 
@@ -265,9 +264,8 @@ def main():
   if "rss" in sections:
     report["rss_mib"] = {}
     for n in RSS_SIZES:
-      child = subprocess.run([sys.executable, "-m", "experiments.bench_input", f"--dir={args.dir}", f"--rss_child={n}"],
-                             capture_output=True, text=True, check=True)
-      report["rss_mib"][n] = json.loads(child.stdout.strip().splitlines()[-1])["rss_mib"]
+      report["rss_mib"][n] = child_lib.run_json(
+          "experiments.bench_input", [f"--dir={args.dir}", f"--rss_child={n}"])["rss_mib"]
       print(f"eval_rows over {n} database images: peak RSS {report['rss_mib'][n]:.0f} MiB",
             flush=True)
   if "draft" in sections:

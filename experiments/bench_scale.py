@@ -18,12 +18,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 
+from experiments import child as child_lib
 from orthohash_jax import search
 
 NUM_BITS, NUM_QUERIES, K = 64, 100, 100
@@ -74,15 +73,6 @@ def child(kind, path, n, chunk_rows):
   print(json.dumps(out), flush=True)
 
 
-def run_child(kind, path, n, chunk_rows):
-  proc = subprocess.run([sys.executable, "-m", "experiments.bench_scale", f"--child={kind}", f"--path={path}",
-                         f"--n={n}", f"--chunk_rows={chunk_rows}"], capture_output=True,
-                        text=True, check=False)
-  if proc.returncode:
-    raise RuntimeError(f"{kind} N={n} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="1e7,1e8,1e9")
@@ -105,7 +95,8 @@ def main():
   for n in sizes:
     kinds = ["mmap"] + (["faiss"] if n <= args.faiss_max else [])
     for kind in kinds:
-      r = run_child(kind, path, n, args.chunk_rows)
+      r = child_lib.run_json("experiments.bench_scale", [
+          f"--child={kind}", f"--path={path}", f"--n={n}", f"--chunk_rows={args.chunk_rows}"])
       if kind == "faiss":
         r["distances_equal"] = bool(np.array_equal(np.load(f"{path}.mmap_{n}_dist.npy"),
                                                    np.load(f"{path}.faiss_{n}_dist.npy")))
