@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from experiments import bench_layers
 from experiments import child as child_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,8 +139,8 @@ def backprop_matmuls(x, ws, transpose):
 
 def matmul_floor_ms(side: str, sizes, batch: int, steps: int = 200) -> float:
   """Milliseconds per step of ``backprop_matmuls`` alone on fresh rows each step (jax: one
-  compiled ``lax.scan``; torch: a Python loop under ``no_grad``), the best of 3: no side can
-  train faster than this on this machine."""
+  compiled ``lax.scan``; torch: a Python loop under ``no_grad``), the best of 3 after a warm-up
+  (``bench_layers.best_time``): no side can train faster than this on this machine."""
   rng = np.random.default_rng(0)
   ws = [rng.standard_normal((a, b), np.float32) * 0.01 for a, b in zip(sizes[:-1], sizes[1:])]
   xs = rng.standard_normal((steps, batch, sizes[0]), np.float32)
@@ -155,13 +156,7 @@ def matmul_floor_ms(side: str, sizes, batch: int, steps: int = 200) -> float:
     def run():
       with torch.no_grad():
         return [backprop_matmuls(x, tw, lambda a: a.T) for x in tx]
-  run()
-  best = float("inf")
-  for _ in range(3):
-    t0 = time.perf_counter()
-    run()
-    best = min(best, time.perf_counter() - t0)
-  return best / steps * 1e3
+  return bench_layers.best_time(run) / steps * 1e3
 
 
 def matmul_gflops(side: str) -> float:
