@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state in ``<workdir>/checkpoints``, resumed automatically.
 
 Checkpoints are written synchronously (orbax writes to a temporary directory and renames it, so
-a process killed mid-save leaves the previous checkpoints intact). A checkpoint that fails to
+a process killed mid-save leaves the previous checkpoints intact; on an object store (gs://,
+through tensorstore) it marks a finished save with a commit file instead: every process writes
+its own shards there, so the bucket holds whole checkpoints). A checkpoint that fails to
 restore is reported in one line and moved, by process 0 while the others wait, to
 ``<workdir>/checkpoints_corrupt/<step>`` (``<step>.1``, ``<step>.2``, ... when that name is taken;
 kept for inspection, never deleted); the next older one is tried. The libraries' own error
@@ -21,14 +23,13 @@ second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import tempfile
 
 import orbax.checkpoint as ocp
 
-from orthohash_jax import cli, parallel
+from orthohash_jax import cli, files, parallel
 
 DIRECTORY = "checkpoints"
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save in progress
@@ -41,8 +42,8 @@ class SaveError(cli.CommandError):
 
 
 def has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, DIRECTORY)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  directory = files.path(os.path.join(workdir, DIRECTORY))
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 class StopSignals:
@@ -93,8 +94,8 @@ class Checkpointer:
   """Saves and restores a pytree train state keyed by training step."""
 
   def __init__(self, workdir: str, keep: int = 3):
-    self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
-    self.corrupt_dir = os.path.abspath(os.path.join(workdir, CORRUPT_DIRECTORY))
+    self.directory = files.absolute(os.path.join(workdir, DIRECTORY))
+    self.corrupt_dir = files.absolute(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep = keep
     self.manager = self._open()
 
@@ -107,16 +108,18 @@ class Checkpointer:
 
   def _remove_partial_saves(self) -> None:
     """Deletes the temporary directories of saves that never finished (a kill, a full disk)."""
-    if os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
-        if TMP_MARK in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    directory = files.path(self.directory)
+    if directory.is_dir():
+      for p in directory.iterdir():
+        if TMP_MARK in p.name:
+          with contextlib.suppress(OSError):
+            p.rmtree()
 
   def save(self, step: int, state) -> None:
     """Saves ``state`` as ``step``; a failed save (a full disk) raises ``SaveError`` (one line)
     and leaves the checkpoints as they were, without its partial files."""
     try:
-      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
+      files.path(self.directory).mkdir(parents=True, exist_ok=True)  # only now: a run failing its checks makes none
       with quiet_stderr():  # orbax logs a failed save's tracebacks itself
         self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
@@ -155,13 +158,13 @@ class Checkpointer:
     self.manager.close()
     target = os.path.join(self.corrupt_dir, str(step))
     suffix = 0
-    while os.path.exists(target):
+    while files.path(target).exists():
       suffix += 1
       target = os.path.join(self.corrupt_dir, f"{step}.{suffix}")
     if parallel.is_main_process():
       try:
-        os.makedirs(self.corrupt_dir, exist_ok=True)
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        files.path(self.corrupt_dir).mkdir(parents=True, exist_ok=True)
+        files.move_tree(os.path.join(self.directory, str(step)), target)
       except OSError as e:  # a read-only workdir (export of a finished run): skip it in place
         return self._reopen(f"left in place, not moved ({e.strerror or e})")
     return self._reopen(f"moved to {target}")

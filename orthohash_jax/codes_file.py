@@ -32,7 +32,7 @@ INDEX_KEYS = ("db_codes", "num_bits")
 def write_npz(path, arrays: dict) -> None:
   """Writes ``arrays`` to the .npz file ``path`` (exactly that name), atomically."""
   path = str(path)
-  if os.path.isdir(path):
+  if files.path(path).is_dir():
     raise ValueError(f"{path} is a directory; give the path of the .npz file to write")
 
   def write(tmp):
@@ -48,7 +48,7 @@ def check_format(path, kind: str) -> None:
   """Raises ValueError (one line) unless ``path`` starts as a ``kind`` (".npz" / ".npy") file
   does, so that a text file or another format is named as such, not by numpy's pickle hint."""
   try:
-    with open(path, "rb") as f:
+    with files.path(path).open("rb") as f:
       head = f.read(6)
   except OSError as e:
     raise ValueError(f"{path}: not a readable {kind} file ({e.strerror or e})") from None
@@ -62,10 +62,9 @@ def read_npz(path, required=(), num_bits=None) -> dict:
   ``*_codes`` array is checked against the number of bits (given or the file's)."""
   check_format(path, ".npz")
   try:
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-      raise ValueError("a single array, not an .npz archive")
-    with data:
+    with files.path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
+      if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an .npz archive")
       out = {k: data[k] for k in data.files}
   except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
     raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: "
@@ -97,7 +96,8 @@ def save_codes(path: str, result: dict, num_bits: int, config: dict, faiss_index
                    "db_labels": np.asarray(result["db_labels"]), "num_bits": np.int64(num_bits),
                    "config": json.dumps(config)})
   if faiss_index:
-    write_faiss_index(os.path.splitext(path)[0] + ".faissbin", result["db_codes"], num_bits)
+    files.atomic_write(os.path.splitext(path)[0] + ".faissbin",
+                       lambda tmp: write_faiss_index(tmp, result["db_codes"], num_bits))
 
 
 def load_codes(path: str) -> dict:

@@ -10,6 +10,7 @@ Multi-process: each process calls ``initialize`` (a no-op for a single process),
 same in-memory dataset, and feeds only its own slice of every global batch
 (``process_batch_slice``), which ``global_batch`` assembles into one global ``jax.Array``.
 """
+import hashlib
 import os
 
 import jax
@@ -123,3 +124,13 @@ def barrier(name: str) -> None:
   """Waits until every process reaches the barrier ``name`` (no-op for one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def processes_differing(value: str) -> list:
+  """Indices of the processes whose ``value`` differs from process 0's: the same list on every
+  process ([] for one process). A collective: every process must call it."""
+  if jax.process_count() == 1:
+    return []
+  digest = np.frombuffer(hashlib.sha256(value.encode()).digest(), np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(digest))
+  return [i for i in range(len(gathered)) if not np.array_equal(gathered[i], gathered[0])]

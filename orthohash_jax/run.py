@@ -26,7 +26,7 @@ import contextlib
 import jax
 import numpy as np
 
-from orthohash_jax import checkpoint, cli, config_base, evaluation, reporting
+from orthohash_jax import checkpoint, cli, config_base, evaluation, parallel, reporting
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
@@ -116,10 +116,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     trainer = make_trainer(config, data, codebook=targets)
     steps_per_epoch, total_steps = step_counts(config, data)
     stack.enter_context(workdir_lib.lock(workdir))  # one run per workdir
+    workdir_lib.check_shared(workdir)  # every process reaches the same one
     ckpt = stack.enter_context(contextlib.closing(
         checkpoint.Checkpointer(workdir, config.keep_checkpoints)))
     state, start = ckpt.restore_latest(trainer.abstract_state(),
                                        log=lambda line: cli.say(line, err=True))
+    if parallel.processes_differing(str(start)):
+      raise ValueError(f"the processes restored different steps of {ckpt.directory} (process 0: "
+                       f"{start}); give every process the same --workdir")
     check_extension(config, saved, start, steps_per_epoch)
     workdir_lib.start(workdir, config, targets)  # every check passed
     if state is None:

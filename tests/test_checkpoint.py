@@ -88,7 +88,7 @@ def test_a_read_only_workdir_skips_a_corrupt_checkpoint_in_place(tmp_path, monke
 
   def read_only(*args):
     raise OSError(30, "Read-only file system")
-  monkeypatch.setattr(checkpoint.shutil, "move", read_only)
+  monkeypatch.setattr(checkpoint.files.shutil, "move", read_only)
   lines = []
   restored, step = ckpt.restore_latest(abstract, log=lines.append)
   ckpt.close()
