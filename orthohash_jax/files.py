@@ -34,6 +34,10 @@ from etils import epath
 import fsspec
 
 REMOTE_MARK = "://"
+# Other processes write the same workdir: gcsfs's listings cache would answer exists() and
+# listings with what this process saw earlier, so it is turned off for every gs:// file system.
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {})["use_listings_cache"] = False
 
 
 def is_remote(p) -> bool:
