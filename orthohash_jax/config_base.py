@@ -71,6 +71,18 @@ LOSSES = ("orthohash", "ce", "hashnet", "dtsh", "sdhc", "greedyhash", "jmlh", "d
 SINGLE_LABEL_LOSSES = ("sdhc",)  # losses that cannot take multi-hot labels
 
 
+def step_range(text: str):
+  """(A, B) of a step range "A:B" (0 <= A < B), or None when ``text`` is not one."""
+  first, sep, last = str(text).partition(":")
+  if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+    return None
+  return (int(first), int(last)) if int(first) < int(last) else None
+
+
+def _is_step_range(text):
+  return step_range(text) is not None
+
+
 def _revisited_list(text):
   return all(":" in spec for spec in text.split(","))
 
@@ -199,6 +211,8 @@ KEYS = (
         check=AT_LEAST_ONE),
     Key("export_faiss", False, "also write a FAISS IndexBinaryFlat (num_bits divisible by 8)",
         resumable=True),
+    Key("profile_steps", None, "'A:B': a jax.profiler trace of steps [A, B) in <workdir>/profile",
+        resumable=True, type=str, check=(_is_step_range, "'A:B' with integers 0 <= A < B")),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 RESUMABLE_KEYS = frozenset(k.name for k in KEYS if k.resumable)

@@ -10,7 +10,8 @@
    and logging overlap the device), so a non-finite loss is seen one chunk late; a checkpoint is
    only saved after the losses of every step before it were read and found finite, so the last
    checkpoint is always a good one. Each chunk adds a line to ``metrics.jsonl``, stdout and
-   TensorBoard (``reporting``);
+   TensorBoard (``reporting``). ``profile_steps`` A:B cuts chunks at A and B, and steps A..B
+   are traced into <workdir>/profile (``summary.Profiler``);
 4. SIGTERM, SIGINT (Ctrl-C) or orbax's preemption notice: the chunk finishes, a checkpoint is
    saved and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError`` without
    saving. On resume, ``metrics.jsonl`` lines after the restored step are dropped, and
@@ -26,7 +27,7 @@ import contextlib
 import jax
 import numpy as np
 
-from orthohash_jax import checkpoint, cli, config_base, evaluation, parallel, reporting
+from orthohash_jax import checkpoint, cli, config_base, evaluation, parallel, reporting, summary
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
@@ -160,12 +161,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
         report.restart_clock()
       workdir_lib.append_metrics(workdir, record)
 
+    profiler = summary.Profiler(config.profile_steps,
+                                workdir_lib.path(workdir, workdir_lib.PROFILE))
     with checkpoint.StopSignals() as signals:
       pending, step = None, start  # pending: (begin, stop, losses) not read yet
       while step < total_steps:
-        stop = min(step + chunk, total_steps)
+        # chunks on the grid start + k * chunk, cut at the bounds of profile_steps
+        stop = profiler.cut(step, min(start + ((step - start) // chunk + 1) * chunk, total_steps))
+        profiler.begin(step)
         state, losses = trainer.run_chunk(
             state, *data_lib.host_batch(config, data, step, stop, train_labels))
+        profiler.end(stop, losses, last=stop == total_steps)
         if pending:
           finish(*pending)
         pending, step = (step, stop, losses), stop

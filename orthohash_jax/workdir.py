@@ -48,6 +48,7 @@ RESULTS = "results.json"
 CODES = "codes.npz"
 LOCK = ".lock"
 RUN_TOKEN = ".run_token"
+PROFILE = "profile"
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 
 from conftest import (CLI_ENV, ROOT, blobs, free_port, sigterm_during_step, small_config)
-from orthohash_jax import checkpoint, codes_file, files, run, summary, workdir
+from orthohash_jax import checkpoint, codes_file, config_base, files, run, summary, workdir
 from orthohash_jax import data as data_lib
 
 
@@ -267,3 +267,33 @@ def test_a_second_run_on_a_held_bucket_workdir_is_refused_naming_the_holder(gcs,
   assert lines[0].startswith(f"error: {wd} is in use by a training run (PID {os.getpid()} on "
                              "host "), lines[0]
   assert names_under(wd) == []  # the refused run wrote nothing
+
+
+# ---- profile_steps ----
+def trace_files(logdir: str) -> list:
+  if files.is_remote(logdir):
+    return names_under(logdir)
+  return [os.path.relpath(os.path.join(d, f), logdir) for d, _, fs in os.walk(logdir) for f in fs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_profile_steps_traces_two_steps_into_the_workdir(gcs, fake_load, tmp_path, where):
+  fake_load(blobs())  # 128 training rows, batch 16: 8 steps per epoch, one chunk each
+  wd = gcs.prefix("profile") if where == "gs" else str(tmp_path / "run")
+  profiled = run.train_and_evaluate(small_config(num_epochs=2, profile_steps="2:4"), wd)
+  traces = trace_files(workdir.path(wd, workdir.PROFILE))
+  assert traces and all(t.startswith("plugins/profile/") for t in traces), traces
+  assert any(t.endswith(".xplane.pb") for t in traces), traces
+  metrics = files.path(workdir.path(wd, workdir.METRICS)).read_text().splitlines()
+  assert [json.loads(line)["step"] for line in metrics] == [2, 4, 8, 16]  # 2..4 on their own
+  plain = run.train_and_evaluate(small_config(num_epochs=2), str(tmp_path / "plain"))
+  assert profiled["mAP"] == plain["mAP"]  # the cut chunks train the same steps
+
+
+def test_profile_steps_must_be_a_step_range():
+  for bad in ("4:2", "2", "a:b", "-1:3"):
+    with pytest.raises(ValueError, match=f"profile_steps must be 'A:B' with integers "
+                       f"0 <= A < B, got '{bad}'"):
+      config_base.validate(small_config(profile_steps=bad))
+  config_base.validate(small_config(profile_steps="0:2"))
