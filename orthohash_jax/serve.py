@@ -81,7 +81,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orthohash_jax import (cli, codes_file, evaluation, hamming_kernel, images, metrics,
+from orthohash_jax import (cli, codes_file, evaluation, files, hamming_kernel, images, metrics,
                            retrieval, run, search)
 from orthohash_jax import workdir as workdir_lib
 
@@ -239,9 +239,8 @@ class SearchService:
       self.pictures = False
     results_path = workdir_lib.path(workdir, workdir_lib.RESULTS)
     self.map = None
-    if os.path.exists(results_path):
-      with open(results_path) as f:
-        self.map = json.load(f).get("mAP")
+    if files.path(results_path).exists():
+      self.map = files.read_json(results_path).get("mAP")
     num_items = len(self.index)
     self.sizes = [1 << e for e in range(MIN_BUCKET.bit_length() - 1, num_items.bit_length())
                   if 1 << e < num_items] + [num_items]

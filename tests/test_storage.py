@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 
 from conftest import (CLI_ENV, ROOT, blobs, free_port, sigterm_during_step, small_config)
-from orthohash_jax import checkpoint, codes_file, config_base, files, run, summary, workdir
+from orthohash_jax import (checkpoint, codes_file, config_base, export, files, run, summary,
+                           workdir)
 from orthohash_jax import data as data_lib
 
 
@@ -159,6 +160,10 @@ def test_an_interrupted_run_resumes_from_the_bucket(gcs, fake_load, monkeypatch,
   assert "resumed from checkpoint at step 24" in capsys.readouterr().out
   assert resumed["mAP"] == whole["mAP"] and resumed["steps"] == 40
   assert files.read_json(workdir.path(cut, workdir.RESULTS))["mAP"] == whole["mAP"]
+  exported = export.export_run(cut, f"{cut}/exported.npz")  # a tool reading the bucket run
+  assert exported == {"mAP": whole["mAP"], "step": 40}
+  for key, value in codes_file.load_codes(f"{cut}/{workdir.CODES}").items():
+    np.testing.assert_array_equal(codes_file.load_codes(f"{cut}/exported.npz")[key], value)
 
 
 # ---- command-line runs on the bucket ----
