@@ -1,6 +1,7 @@
 """Workdirs on an object store (gs://, the local GCS emulator of ``gcs_emulator``): the files,
 the lock, checkpoints and events of a run, in-process; and real multi-process runs whose only
 shared state is the bucket."""
+import io
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from tensorboard.compat.proto import event_pb2
 
 from conftest import (CLI_ENV, ROOT, blobs, free_port, sigterm_during_step, small_config)
 from orthohash_jax import (checkpoint, codes_file, config_base, export, files, run, summary,
-                           workdir)
+                           weights, workdir)
 from orthohash_jax import data as data_lib
 
 
@@ -302,3 +303,17 @@ def test_profile_steps_must_be_a_step_range():
                        f"0 <= A < B, got '{bad}'"):
       config_base.validate(small_config(profile_steps=bad))
   config_base.validate(small_config(profile_steps="0:2"))
+
+
+@pytest.mark.slow  # imports torch
+def test_torch_weights_are_read_from_the_bucket(gcs):
+  torch = pytest.importorskip("torch")
+  buffer = io.BytesIO()
+  torch.save({"features.0.weight": torch.arange(6.0).reshape(2, 3)}, buffer)
+  source = gcs.prefix("weights") + "/alexnet.pth"
+  files.path(source).write_bytes(buffer.getvalue())
+  state = weights.read_torch_state_dict(source)
+  np.testing.assert_array_equal(state["features.0.weight"].numpy(),
+                                np.arange(6.0).reshape(2, 3))
+  with pytest.raises(ValueError, match=f"^{source}x: file not found$"):
+    weights.read_torch_state_dict(source + "x")
