@@ -25,7 +25,10 @@ TensorBoard's profile plugin (``tensorboard --logdir=WORKDIR/profile``) or Perfe
 asks ``cut(step, stop)`` where a chunk must end (so steps A..B run as chunks of their own),
 ``begin(step)`` before dispatching a chunk and ``end(stop, losses)`` after it (waits for the
 chunk, then ends the trace at B or at the last step). On gs:// the profiler writes a local
-temporary directory, uploaded when the trace ends.
+temporary directory, uploaded when the trace ends. A chunk of a length not compiled before
+(a cut one) is compiled inside the trace: for steady-state steps pick A and B on the chunk grid
+after the first chunk (e.g. ``steps_per_chunk=10``, ``profile_steps=20:30``). A run stopped
+(SIGTERM) inside the window writes no trace.
 """
 import io
 import shutil
