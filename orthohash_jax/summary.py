@@ -20,8 +20,9 @@ Tags written by ``run``: ``train/loss`` (mean loss of the chunk ending at the st
 
 ``Profiler(steps, logdir)`` (``steps``: config ``profile_steps`` "A:B", or None) traces global
 steps [A, B) of the invocation that trains step A with ``jax.profiler`` into
-``logdir/plugins/profile/<time>/<host>.xplane.pb`` (every process its own file), viewable in
-TensorBoard's profile plugin (``tensorboard --logdir=WORKDIR/profile``) or Perfetto. The loop
+``logdir/plugins/profile/<time>/<host>.xplane.pb`` (every process its own file; TensorBoard's
+profile plugin: ``tensorboard --logdir=WORKDIR/profile``) and ``perfetto_trace.json.gz`` beside
+it (open it in https://ui.perfetto.dev). The loop
 asks ``cut(step, stop)`` where a chunk must end (so steps A..B run as chunks of their own),
 ``begin(step)`` before dispatching a chunk and ``end(stop, losses)`` after it (waits for the
 chunk, then ends the trace at B or at the last step). On gs:// the profiler writes a local
@@ -101,7 +102,7 @@ class Profiler:
     if self.range and step == self.range[0]:
       self.local = (tempfile.mkdtemp(prefix="profile-") if files.is_remote(self.logdir)
                     else self.logdir)
-      jax.profiler.start_trace(self.local)
+      jax.profiler.start_trace(self.local, create_perfetto_trace=True)
 
   def end(self, stop: int, losses, last: bool) -> None:
     """After the chunk ending at ``stop`` (``last``: the run's last step) was dispatched."""

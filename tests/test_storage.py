@@ -291,6 +291,7 @@ def test_profile_steps_traces_two_steps_into_the_workdir(gcs, fake_load, tmp_pat
   traces = trace_files(workdir.path(wd, workdir.PROFILE))
   assert traces and all(t.startswith("plugins/profile/") for t in traces), traces
   assert any(t.endswith(".xplane.pb") for t in traces), traces
+  assert any(t.endswith("perfetto_trace.json.gz") for t in traces), traces
   metrics = files.path(workdir.path(wd, workdir.METRICS)).read_text().splitlines()
   assert [json.loads(line)["step"] for line in metrics] == [2, 4, 8, 16]  # 2..4 on their own
   plain = run.train_and_evaluate(small_config(num_epochs=2), str(tmp_path / "plain"))
