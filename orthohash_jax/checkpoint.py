@@ -6,7 +6,7 @@ through tensorstore) it marks a finished save with a commit file instead: every 
 its own shards there, so the bucket holds whole checkpoints). A checkpoint that fails to
 restore is reported in one line and moved, by process 0 while the others wait, to
 ``<workdir>/checkpoints_corrupt/<step>`` (``<step>.1``, ``<step>.2``, ... when that name is taken;
-kept for inspection, never deleted); the next older one is tried. The libraries' own error
+kept for inspection, never deleted; on gs:// a copy, then a delete: ``files.move_tree``); the next older one is tried. The libraries' own error
 output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
 no checkpoint restores, one line says that training starts from step 0.
 
