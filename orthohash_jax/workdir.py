@@ -140,11 +140,17 @@ def check_shared(workdir: str) -> None:
   if jax.process_count() == 1:
     return
   token_path = files.path(path(workdir, RUN_TOKEN))
+  failure = ""  # process 0 fails alone: every process must still reach the collectives below
   if parallel.is_main_process():
-    files.path(workdir).mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    files.atomic_write(str(token_path), lambda tmp: files.path(tmp).write_text(token))
-  parallel.barrier("run token written")
+    try:
+      files.path(workdir).mkdir(parents=True, exist_ok=True)
+      token = secrets.token_hex(16)
+      files.atomic_write(str(token_path), lambda tmp: files.path(tmp).write_text(token))
+    except OSError as e:
+      failure = str(e)
+  if parallel.any_process(bool(failure)):
+    raise ValueError(f"process 0 cannot write to --workdir {workdir}"
+                     + (f" ({failure})" if failure else ""))
   try:
     seen = token_path.read_text()
   except OSError:  # FileNotFoundError included: this process does not see process 0's workdir
