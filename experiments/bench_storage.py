@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 
+import fsspec
+
 from experiments.bench_layers import best_time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -40,6 +42,7 @@ def main():
     try:
       os.environ.update(emulator.env)  # before gcsfs / tensorstore are imported
       os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+      fsspec.config.conf.setdefault("gcs", {})["token"] = "anon"  # fsspec is imported already
       from orthohash_jax import config_base, data, run  # pylint: disable=g-import-not-at-top
       config = config_base.load_config_file("configs/digits.py")
       digits = data.load(config)
