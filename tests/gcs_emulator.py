@@ -16,7 +16,6 @@ Known limits of the emulator: it ignores preconditions on media/resumable upload
 and GET (only a create-only multipart upload, ``ifGenerationMatch=0``, is honoured).
 """
 import json
-import os
 import subprocess
 import time
 import urllib.error
