@@ -822,7 +822,7 @@ class _Slots:
         return await anext(stream, None)
     except TimeoutError:
       if due < deadline:
-        raise RequestError(408, f"request body slower than {self.limits.min_body_rate} bytes/s "
+        raise RequestError(408, f"request body slower than {self.limits.min_body_rate:g} bytes/s "
                            "(--min_body_rate)", close=True) from None
       raise RequestError(408, f"request body not complete within {self.limits.body_timeout} s "
                          "(--body_timeout)", close=True) from None
