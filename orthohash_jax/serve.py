@@ -56,8 +56,9 @@ body whose first bytes take longer than ``--body_timeout`` or whose rest comes s
 ``--min_body_rate``, headers slower than ``--header_timeout``: 408; headers over
 ``--max_header_bytes``: 431; a malformed request (e.g. a non-numeric Content-Length): 400; a
 connection past ``--max_connections``, a body that waited ``--queue_timeout`` for a slot, an
-answer that waited as long for its share of ``--answer_memory_bytes``: 503. A client that does
-not read an answer for ``--write_timeout`` is disconnected.
+answer that waited as long for its share of ``--answer_memory_bytes``: 503. A client that has
+not read an answer (down to the send buffer's low-water mark) within ``--write_timeout`` is
+disconnected.
 Labels: a class id, or the list of classes of a multi-hot row. Relevance: same class / a shared
 label. Runs of instance data (protocol "gldv2") have no labels: "label", "ap" and "relevant" are
 null.
@@ -144,8 +145,9 @@ class Limits:
                                  "and sent (ANSWER_COPIES x its JSON bytes); then 413")
   answer_memory_bytes: int = _limit(512 << 20, "bytes of memory all answers being built or sent "
                                     "may take together (each until its client has read it)")
-  write_timeout: float = _limit(30.0, "seconds the server may wait for a client to read an "
-                                "answer (its send buffer full); then the connection is closed")
+  write_timeout: float = _limit(30.0, "seconds an answer may stay in the server's send buffer "
+                                "above its high-water mark (the client reads too slowly or not "
+                                "at all); then the connection is closed and the memory freed")
 
   def check(self) -> "Limits":
     """self, when every limit is > 0 (else ValueError)."""

@@ -592,6 +592,14 @@ def search_request(k: int, queries: int) -> bytes:
           b"Content-Length: %d\r\n\r\n" % len(body)) + body
 
 
+def small_send_buffers():
+  """A listening socket whose connections get 64 KiB send buffers (inherited on accept), so an
+  answer of megabytes stays in the server's transport whatever the host's TCP buffer tuning."""
+  sock = serve.listen("127.0.0.1", 0)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+  return sock
+
+
 def slow_reader(httpd):
   """A connection with a 4 KiB receive buffer (set before connecting), so an answer it does not
   read stays in the server's buffers."""
@@ -631,7 +639,7 @@ def test_answers_count_against_the_memory_budget(server):
     status, error = post(small, "/api/search", search_request(256, 1024).split(b"\r\n\r\n")[1])
     assert status == 413 and "--max_answer_bytes" in error["error"], error
   limits = serve.Limits(answer_memory_bytes=need + need // 2, queue_timeout=0.5, write_timeout=600)
-  with serving(service, limits=limits) as budget:
+  with serving(service, limits=limits, sock=small_send_buffers()) as budget:
     held = slow_reader(budget)
     try:
       held.sendall(search_request(256, 1024))
@@ -657,7 +665,8 @@ def test_an_answer_nobody_reads_is_closed_after_the_write_timeout(server):
   level = logger.level
   logger.setLevel(logging.INFO)
   try:
-    with serving(httpd.service, limits=serve.Limits(write_timeout=0.5)) as timed, \
+    with serving(httpd.service, limits=serve.Limits(write_timeout=0.5),
+                 sock=small_send_buffers()) as timed, \
         slow_reader(timed) as s:
       s.sendall(search_request(256, 1024))
       assert seen.seen.wait(60)
