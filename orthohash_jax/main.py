@@ -22,7 +22,7 @@ import sys
 
 from absl import logging
 
-from orthohash_jax import cli, config_base, parallel, run
+from orthohash_jax import cli, config_base, methods, parallel, run
 
 OVERRIDE = "--config."
 
@@ -60,6 +60,8 @@ def main(argv=None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   if args.list_keys:
     print(config_base.describe())
+    print(f"\nmethods (--config.loss=NAME; the paper's name; docs/methods.md):\n"
+          f"{methods.describe()}")
     return 0
 
   def body():

@@ -148,9 +148,29 @@ def test_fashion_idx_errors(tmp_path):
     (["--config=configs/nope.py"], "config file configs/nope.py does not exist"),
     (["--config=BROKEN"], "cannot load the config .*: NameError: name 'undefined_name'"),
     (["--config.num_bitz=3"], "unknown config key 'num_bitz'; did you mean 'num_bits'"),
-    (["--config.num_bits", "many"], "bad value for num_bits: 'many'"),
+    (["--config.num_bits", "many"], "num_bits must be an integer, got 'many'"),
     (["--config.loss=hinge"], r"loss must be one of \['orthohash', 'ce', .*\], got 'hinge'"),
     (["stray"], "unrecognized arguments: stray"),
+    # issue 36 #2: a multi-label setting on single-label data, as another method's key is
+    (["--config.multilabel_loss=bce"], "multilabel_loss is a setting of multi-label data; "
+     "dataset 'digits' is single-label: leave it at its default"),
+    # #3: a variant of a config that has none, naming those that have
+    (["--config=configs/digits.py:small"], r"config configs/digits.py has no variants: drop "
+     r"':small' \(configs with variants: coco.py, fashion_mnist.py, gldv2.py, imagenet100.py"),
+    # #4 and #18: values in the project's words, never ml_collections' or a traceback
+    (["--config.num_bits=thirtytwo"], "num_bits must be an integer, got 'thirtytwo'$"),
+    (["--config.num_bits={[]:1}"], r"num_bits must be an integer, got '\{\[\]:1\}'$"),
+    (["--config.num_bits=" + "9" * 100_000], "num_bits must be an integer, got a value of "
+     "100000 characters$"),
+    (["--config.num_bits=" + "9" * 5000], r"num_bits must be an integer, got '9+\.\.\. \(5002 "
+     r"characters\)$"),
+    (["--config.seed=99999999999999999999"], r"seed must be an integer in \[0, 2\*\*32 - 1\]"),
+    (["--config.hidden=(0,)"], r"hidden must be a non-empty tuple of positive integers, got "
+     r"\(0,\)$"),
+    (["--config.hidden=(-5,5)"], "hidden must be a non-empty tuple of positive integers"),
+    (["--config=/etc/passwd"], "config file /etc/passwd is not a Python file"),
+    # #20: a boolean is not a batch size
+    (["--config.batch_size=True"], "batch_size must be an integer, got True$"),
 ])
 def test_main_bad_command_lines_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args,
                                                                       message):
