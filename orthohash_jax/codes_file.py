@@ -89,15 +89,23 @@ def read_npz(path, required=(), num_bits=None) -> dict:
   return out
 
 
-def save_codes(path: str, result: dict, num_bits: int, config: dict, faiss_index=False) -> None:
-  """Writes packed codes and labels (``result`` keys as in REQUIRED_KEYS) to ``path``."""
+def save_codes(path: str, result: dict, num_bits: int, config: dict, faiss_index=False) -> list:
+  """Writes packed codes and labels (``result`` keys as in REQUIRED_KEYS) to ``path`` and, with
+  ``faiss_index``, the database to ``faiss_path(path)``; returns the paths written."""
   write_npz(path, {"query_codes": np.asarray(result["query_codes"], np.uint32),
                    "db_codes": np.asarray(result["db_codes"], np.uint32),
                    "query_labels": np.asarray(result["query_labels"]),
                    "db_labels": np.asarray(result["db_labels"]), "num_bits": np.int64(num_bits),
                    "config": json.dumps(config)})
   if faiss_index:
-    write_faiss_index(os.path.splitext(path)[0] + ".faissbin", result["db_codes"], num_bits)
+    write_faiss_index(faiss_path(path), result["db_codes"], num_bits)
+    return [path, faiss_path(path)]
+  return [path]
+
+
+def faiss_path(path: str) -> str:
+  """The FAISS index written beside the codes file ``path``: its name with ``.faissbin``."""
+  return os.path.splitext(path)[0] + ".faissbin"
 
 
 def load_codes(path: str) -> dict:

@@ -5,9 +5,10 @@
 
 ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) sets a declared key (``config_base``): VALUE
 is read as a Python literal (``32``, ``(64,)``, ``None``; ``true`` / ``false`` for booleans),
-else as a string. Writes into the workdir: config.json, metrics.jsonl, checkpoints/,
-results.json, codes.npz (see ``workdir``). A rerun with the same workdir resumes from the latest
-checkpoint. Exit status (each with one line on stderr when not 0):
+else as a string. Writes into the workdir: config.json, codebook.npy, progress.json,
+metrics.jsonl, checkpoints/, TensorBoard events, results.json, codes.npz (and codes.faissbin
+with ``export_faiss``; see ``workdir``); the next-to-last output line names them, the last is
+the results as JSON. A rerun with the same workdir resumes from the latest checkpoint. Exit status (each with one line on stderr when not 0):
   0  finished: results.json and codes.npz written;
   1  training failed (non-finite loss): stopped without saving, the last good checkpoint kept;
   2  bad flags, config or data: nothing trained, nothing new on disk;
@@ -23,6 +24,7 @@ import sys
 from absl import logging
 
 from orthohash_jax import cli, config_base, methods, parallel, run
+from orthohash_jax import workdir as workdir_lib
 
 OVERRIDE = "--config."
 
@@ -76,6 +78,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
       raise Aborted("aborted by Ctrl-C (nothing saved since the last checkpoint)") from None
     if parallel.is_main_process():
+      cli.say(f"wrote {', '.join(workdir_lib.result_files(args.workdir, config))} (with "
+              f"{', '.join(workdir_lib.RUN_FILES[:4])}, checkpoints/ and TensorBoard events in "
+              f"{args.workdir}: docs/runs.md)")
       cli.say(json.dumps(results))
   return cli.run_tool(body)
 

@@ -53,6 +53,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from orthohash_jax import cli, codes_file, hamming_kernel, metrics, parallel, retrieval
+from orthohash_jax import workdir as workdir_lib
 
 BACKENDS = ("jax", "faiss")
 CHUNK_ROWS = 1 << 22  # rows per streamed chunk of a code file (16 MiB at 64 bits)
@@ -396,6 +397,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   def body():
+    if args.output:
+      workdir_lib.refuse_run_file(args.output)
     if args.num_processes > 1:
       if not args.coordinator or not 0 <= args.process_id < args.num_processes:
         raise ValueError("multi-process search needs --coordinator and 0 <= --process_id < "

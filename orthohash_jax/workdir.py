@@ -15,6 +15,10 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
   checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
   events.out.tfevents.*  TensorBoard (``summary``)
 
+``refuse_run_file(output)``: a command's output path that names one of a run's files (a file
+above, or anything under checkpoints/) is refused, so no command writes over a run.
+``result_files(workdir, config)``: the paths ``write_results`` writes (commands name them).
+
 ``check_same_run(workdir, config)`` refuses a workdir that holds checkpoints of a run with
 another config (keys declared resumable in ``config_base`` may differ); a workdir without a
 checkpoint is never another run.
@@ -38,6 +42,9 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CODES = "codes.npz"
 LOCK = ".lock"
+FAISS_SUFFIX = ".faissbin"  # beside a codes file: its database as a FAISS index (export_faiss)
+RUN_FILES = (CONFIG, CODEBOOK, PROGRESS, METRICS, RESULTS, CODES, LOCK,
+             os.path.splitext(CODES)[0] + FAISS_SUFFIX)
 
 
 @contextlib.contextmanager
@@ -74,6 +81,37 @@ def lock(workdir: str, shared: bool = False):
 
 def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
+
+
+def _is_run(directory: str) -> bool:
+  return (os.path.isfile(path(directory, CONFIG)) or os.path.isfile(path(directory, LOCK))
+          or os.path.isdir(path(directory, checkpoint.DIRECTORY)))
+
+
+def refuse_run_file(output: str) -> None:
+  """Raises ValueError (one line) when ``output`` would write over a file of a run: a name of
+  ``RUN_FILES`` (or a TensorBoard file) in a directory that holds a run, or a path inside a
+  run's checkpoints/ or checkpoints_corrupt/."""
+  output = os.path.realpath(output)
+  directory, name = os.path.split(output)
+  if _is_run(directory) and (name in RUN_FILES or name.startswith("events.out.tfevents")):
+    raise ValueError(f"--output {output} is a file of the run in {directory}: write it "
+                     "elsewhere (no command writes over a run's files)")
+  parent = directory
+  while os.path.dirname(parent) != parent:
+    if (os.path.basename(parent) in (checkpoint.DIRECTORY, checkpoint.CORRUPT_DIRECTORY)
+        and _is_run(os.path.dirname(parent))):
+      raise ValueError(f"--output {output} is inside the checkpoints of the run in "
+                       f"{os.path.dirname(parent)}: write it elsewhere")
+    parent = os.path.dirname(parent)
+
+
+def result_files(workdir: str, config) -> list:
+  """The paths ``write_results`` writes: results.json, codes.npz and, with ``export_faiss``,
+  codes.faissbin."""
+  codes = path(workdir, CODES)
+  return ([path(workdir, RESULTS), codes]
+          + ([os.path.splitext(codes)[0] + FAISS_SUFFIX] if config.export_faiss else []))
 
 
 def _config_json(config) -> dict:
