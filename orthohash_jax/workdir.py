@@ -32,7 +32,7 @@ import socket
 import ml_collections
 import numpy as np
 
-from orthohash_jax import checkpoint, codebook as codebook_lib, codes_file, config_base, files
+from orthohash_jax import checkpoint, cli, codebook as codebook_lib, codes_file, config_base, files
 from orthohash_jax import parallel
 
 CONFIG = "config.json"
@@ -120,10 +120,18 @@ def _config_json(config) -> dict:
 
 def _saved_config(workdir: str) -> dict:
   """config.json of ``workdir``, with the keys declared after it was written at their defaults
-  (which keep the behaviour of the code that wrote it)."""
-  saved = files.read_json(path(workdir, CONFIG))
+  (which keep the behaviour of the code that wrote it); a file that is not a JSON object of
+  values of the declared types is one ValueError naming it."""
+  file = path(workdir, CONFIG)
+  saved = files.read_json(file)
+  if not isinstance(saved, dict):
+    raise ValueError(f"{file}: expected a JSON object of config keys, got "
+                     f"{config_base.shown(saved)}")
   for key in config_base.KEYS:
-    saved.setdefault(key.name, key.default)
+    saved.setdefault(key.name, json.loads(json.dumps(key.default)))  # (512, 512) as saved: a list
+    message = key.type_error(saved[key.name])
+    if message:
+      raise ValueError(f"{file}: {message}")
   return saved
 
 
@@ -160,10 +168,12 @@ def codebook(config, num_classes: int, workdir: str = None):
   file = workdir and path(workdir, CODEBOOK)
   if not file or not os.path.exists(file):
     return codebook_lib.make_codebook(config.codebook, num_classes, config.num_bits, config.seed)
+  codes_file.check_format(file, ".npy")
   try:
     saved = codebook_lib.check_binary(np.load(file, allow_pickle=False))
   except (OSError, ValueError) as e:
-    raise ValueError(f"{file} is not a readable +-1 codebook ({e})") from None
+    reason = "it holds Python objects, not numbers" if "allow_pickle" in str(e) else e
+    raise ValueError(f"{file} is not a readable +-1 codebook ({reason})") from None
   if saved.shape != (num_classes, config.num_bits):
     raise ValueError(f"{file} holds a {saved.shape} codebook, the run needs "
                      f"({num_classes}, {config.num_bits})")
@@ -182,9 +192,18 @@ def start(workdir: str, config, targets) -> None:
 
 
 def read_progress(workdir: str) -> dict:
-  if not os.path.exists(path(workdir, PROGRESS)):
+  """progress.json's training time totals; a file without them is one ValueError naming it."""
+  file = path(workdir, PROGRESS)
+  if not os.path.exists(file):
     return {"train_seconds": 0.0, "steps_timed": 0}
-  return files.read_json(path(workdir, PROGRESS))
+  progress = files.read_json(file)
+  if (not isinstance(progress, dict)
+      or not all(isinstance(progress.get(k), (int, float)) and not isinstance(progress[k], bool)
+                 and progress[k] >= 0 for k in ("train_seconds", "steps_timed"))):
+    raise ValueError(f"{file}: expected {{\"step\", \"train_seconds\", \"steps_timed\"}} "
+                     f"(numbers >= 0), got {config_base.shown(progress)}; delete it to reset "
+                     "the timing totals")
+  return progress
 
 
 def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: int) -> None:
@@ -193,13 +212,35 @@ def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: i
                                                "steps_timed": steps_timed})
 
 
+def _metrics_lines(file: str) -> list:
+  """(line, step) of each line of metrics.jsonl; a half-written last line (a crash during an
+  append) is dropped with one warning; any other bad line is one ValueError naming the file."""
+  with open(file) as f:
+    lines = [line for line in f if line.strip()]
+  out = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        cli.say(f"warning: {file}: dropped its half-written last line (line {number}, left by a "
+                "crash during an append)", err=True)
+        break
+      raise ValueError(f"{file} line {number} is not JSON ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+      raise ValueError(f"{file} line {number}: expected a JSON object with an integer \"step\", "
+                       f"got {config_base.shown(record)}")
+    out.append((line if line.endswith("\n") else line + "\n", record["step"]))
+  return out
+
+
 def truncate_metrics(workdir: str, step: int) -> None:
-  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)."""
+  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)
+  and a half-written last line."""
   file = path(workdir, METRICS)
   if not parallel.is_main_process() or not os.path.exists(file):
     return
-  with open(file) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  lines = [line for line, line_step in _metrics_lines(file) if line_step <= step]
 
   def write(tmp):
     with open(tmp, "w") as f:
