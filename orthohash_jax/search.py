@@ -303,7 +303,7 @@ class HammingIndex:
   @classmethod
   def load(cls, path, backend: str = "jax", method=None):
     """Reads an index or a run's codes file (``codes_file``; the query arrays are not used)."""
-    data = codes_file.read_npz(path, codes_file.INDEX_KEYS)
+    data = codes_file.read_npz(path, codes_file.INDEX_KEYS, optional=("db_labels",))
     index = cls(data["num_bits"], backend, method)
     index.add(data["db_codes"], data.get("db_labels"))
     return index
@@ -320,7 +320,7 @@ def load_queries(path, num_bits):
     except (OSError, ValueError) as e:
       raise ValueError(f"{path}: not a readable .npy file ({e})") from None
     return retrieval.check_codes(codes, num_bits, f"{path}: query codes"), None
-  data = codes_file.read_npz(path, ("query_codes",), num_bits)
+  data = codes_file.read_npz(path, ("query_codes",), num_bits, optional=("query_labels",))
   codes, labels = data["query_codes"], data.get("query_labels")
   if labels is not None and len(labels) != len(codes):
     raise ValueError(f"{path}: {len(labels)} query_labels for {len(codes)} query_codes")
