@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from orthohash_jax import checkpoint, cli, codebook as codebook_lib, codes_file, config_base, files
-from orthohash_jax import parallel
+from orthohash_jax import methods, parallel
 
 CONFIG = "config.json"
 CODEBOOK = "codebook.npy"
@@ -115,12 +115,16 @@ def result_files(workdir: str, config) -> list:
 
 
 def _config_json(config) -> dict:
-  return json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+  """``config`` as config.json holds it: tuples as lists, the method's architecture applied."""
+  values = json.loads(json.dumps(config.to_dict()))
+  methods.apply_architecture(values)
+  return values
 
 
 def _saved_config(workdir: str) -> dict:
   """config.json of ``workdir``, with the keys declared after it was written at their defaults
-  (which keep the behaviour of the code that wrote it); a file that is not a JSON object of
+  (which keep the behaviour of the code that wrote it) and its method's architecture where it
+  holds None; a file that is not a JSON object of
   values of the declared types is one ValueError naming it."""
   file = path(workdir, CONFIG)
   saved = files.read_json(file)
@@ -132,6 +136,7 @@ def _saved_config(workdir: str) -> dict:
     message = key.type_error(saved[key.name])
     if message:
       raise ValueError(f"{file}: {message}")
+  methods.apply_architecture(saved)
   return saved
 
 
@@ -168,7 +173,6 @@ def codebook(config, num_classes: int, workdir: str = None):
   file = workdir and path(workdir, CODEBOOK)
   if not file or not os.path.exists(file):
     return codebook_lib.make_codebook(config.codebook, num_classes, config.num_bits, config.seed)
-  codes_file.check_format(file, ".npy")
   try:
     saved = codebook_lib.check_binary(np.load(file, allow_pickle=False))
   except (OSError, ValueError) as e:

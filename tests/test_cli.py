@@ -105,7 +105,7 @@ def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path, capsys):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
   summary = run.train_and_evaluate(short_config(), workdir)
-  assert f"checkpoint at step {latest} could not be restored" in capsys.readouterr().err
+  assert f"checkpoint at step {latest} failed its check (its file " in capsys.readouterr().err
   assert os.path.isdir(os.path.join(workdir, "checkpoints_corrupt", str(latest)))
   assert summary["steps"] == 690
 

@@ -32,9 +32,10 @@ METHODS = {
 
 
 def apply_architecture(config) -> None:
-  """Sets each key of ``METHODS[config.loss].architecture`` that ``config`` holds as None (the
-  user did not set it) to the method's value; an unknown loss is left to validation."""
-  method = METHODS.get(config.loss)
+  """Sets each key of ``METHODS[config["loss"]].architecture`` that ``config`` (a ConfigDict or
+  a dict) holds as None (the user did not set it) to the method's value; an unknown loss is
+  left to validation."""
+  method = METHODS.get(config["loss"])
   for key, value in (method.architecture.items() if method else ()):
     if config[key] is None:
       config[key] = value
