@@ -11,6 +11,7 @@ with ``export_faiss``; see ``workdir``); the next-to-last output line names them
 the results as JSON. A rerun with the same workdir resumes from the latest checkpoint. Exit status (each with one line on stderr when not 0):
   0  finished: results.json and codes.npz written;
   1  training failed (non-finite loss): stopped without saving, the last good checkpoint kept;
+     or a file could not be written (a full disk): the checkpoints kept, rerun once space is free;
   2  bad flags, config or data: nothing trained, nothing new on disk;
   3  interrupted (SIGTERM, Ctrl-C or a preemption notice): the running chunk finished and a
      checkpoint was saved; the same command resumes. A second Ctrl-C aborts at once (130,

@@ -6,7 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from orthohash_jax import codes_file
+from orthohash_jax import cli, codes_file
+from test_checkpoint import file_size_limit
 
 RESULT = {"query_codes": np.array([[3], [5]], np.uint32),
           "db_codes": np.array([[1], [2], [255]], np.uint32),
@@ -142,3 +143,16 @@ def test_labels_that_do_not_fit_their_codes_and_an_empty_database_are_one_line(t
   with pytest.raises(ValueError) as e:
     codes_file.load_codes(path)
   assert str(e.value) == f"cannot read codes file {path}: {message}"
+
+
+def test_a_full_disk_while_writing_codes_exits_1_not_2(tmp_path, capsys):
+  """Issue 36 #20: status 2 is for bad flags, config or data; a full disk is the machine's."""
+  path = str(tmp_path / "codes.npz")
+  big = {**RESULT, "db_codes": np.zeros((50_000, 1), np.uint32),
+         "db_labels": np.zeros(50_000, np.int32)}
+  with file_size_limit(20_000):
+    status = cli.run_tool(lambda: codes_file.save_codes(path, big, 16, {}))
+  assert status == 1 and os.listdir(tmp_path) == []
+  assert capsys.readouterr().err.strip() == f"error: cannot write {path} (File too large)"
+  assert cli.run_tool(lambda: codes_file.save_codes(str(tmp_path / "no" / "c.npz"), RESULT, 16,
+                                                    {})) == 2  # a bad path stays a usage error
