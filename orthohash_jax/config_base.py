@@ -379,28 +379,39 @@ def describe() -> str:
                    + (" [may change on resume]" if k.resumable else "") for k in KEYS)
 
 
-def _takes_variant(path: str) -> bool:
-  """Whether the config file ``path`` defines ``get_config`` with a parameter (read with ast:
-  nothing is run)."""
+def _variants(path: str):
+  """The variants of the config file ``path``: its ``VARIANTS`` tuple, "?" when its
+  ``get_config`` takes a parameter but it declares none, or () (read with ast: nothing is
+  run)."""
   try:
     with open(path) as f:
       tree = ast.parse(f.read())
   except (OSError, SyntaxError, ValueError):
-    return False
-  return any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
-             and (node.args.args or node.args.vararg) for node in tree.body)
+    return ()
+  takes = any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
+              and (node.args.args or node.args.vararg) for node in tree.body)
+  for node in tree.body:
+    if (takes and isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["VARIANTS"]):
+      try:
+        return tuple(ast.literal_eval(node.value))
+      except ValueError:
+        break
+  return "?" if takes else ()
 
 
 def _refuse_variant(path: str, arg: str) -> None:
-  """Raises ValueError when ``--config=path:arg`` names a variant of a config that has none."""
-  if _takes_variant(path):
+  """Raises ValueError when ``--config=path:arg`` names a variant of a config that has none,
+  naming the configs beside it that have variants, and theirs."""
+  if _variants(path):
     return
   directory = os.path.dirname(path) or "."
-  others = sorted(name for name in os.listdir(directory)
-                  if name.endswith(".py") and _takes_variant(os.path.join(directory, name)))
+  others = {name: _variants(os.path.join(directory, name))
+            for name in sorted(os.listdir(directory)) if name.endswith(".py")}
+  listed = "; ".join(f"{name}: {', '.join(v) if v != '?' else 'see its docstring'}"
+                     for name, v in others.items() if v)
   raise ValueError(f"config {path} has no variants: drop ':{arg}'"
-                   + (f" (configs with variants: {', '.join(others)}; each file's docstring "
-                      "lists them)" if others else ""))
+                   + (f" (configs with variants: {listed})" if listed else ""))
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
   metrics.jsonl    a JSON line per chunk of steps (``append_metrics``); lines of steps after the
                    restored checkpoint are dropped on resume (``truncate_metrics``)
   results.json     the final summary (``write_results``)
-  codes.npz        packed codes and labels (``codes_file``)
+  codes.npz        packed codes and labels (``codes_file``); codes.faissbin with export_faiss
   checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
   events.out.tfevents.*  TensorBoard (``summary``)
 
@@ -42,9 +42,8 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CODES = "codes.npz"
 LOCK = ".lock"
-FAISS_SUFFIX = ".faissbin"  # beside a codes file: its database as a FAISS index (export_faiss)
 RUN_FILES = (CONFIG, CODEBOOK, PROGRESS, METRICS, RESULTS, CODES, LOCK,
-             os.path.splitext(CODES)[0] + FAISS_SUFFIX)
+             codes_file.faiss_path(CODES))
 
 
 @contextlib.contextmanager
@@ -110,8 +109,8 @@ def result_files(workdir: str, config) -> list:
   """The paths ``write_results`` writes: results.json, codes.npz and, with ``export_faiss``,
   codes.faissbin."""
   codes = path(workdir, CODES)
-  return ([path(workdir, RESULTS), codes]
-          + ([os.path.splitext(codes)[0] + FAISS_SUFFIX] if config.export_faiss else []))
+  return [path(workdir, RESULTS), codes] + ([codes_file.faiss_path(codes)]
+                                            if config.export_faiss else [])
 
 
 def _config_json(config) -> dict:

@@ -156,7 +156,8 @@ def test_fashion_idx_errors(tmp_path):
      "dataset 'digits' is single-label: leave it at its default"),
     # #3: a variant of a config that has none, naming those that have
     (["--config=configs/digits.py:small"], r"config configs/digits.py has no variants: drop "
-     r"':small' \(configs with variants: coco.py, fashion_mnist.py, gldv2.py, imagenet100.py"),
+     r"':small' \(configs with variants: coco.py: alexnet, small; fashion_mnist.py: idx, files; "
+     r"gldv2.py: real, synthetic; imagenet100.py: alexnet, small; nuswide.py: alexnet, small\)$"),
     # #4 and #18: values in the project's words, never ml_collections' or a traceback
     (["--config.num_bits=thirtytwo"], "num_bits must be an integer, got 'thirtytwo'$"),
     (["--config.num_bits={[]:1}"], r"num_bits must be an integer, got '\{\[\]:1\}'$"),

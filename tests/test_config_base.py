@@ -1,7 +1,10 @@
 """Config keys: each key's allowed values are exactly what the module that implements it knows,
 and validation rejects what its declaration forbids (one line, before any data is read)."""
+import os
+
 import pytest
 
+from conftest import ROOT
 from orthohash_jax import backbones, codebook, config_base, losses, methods, models, trainer
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import streaming, transforms
@@ -119,3 +122,16 @@ def test_a_config_file_returning_something_else_is_one_line(tmp_path):
   bad.write_text("def get_config():\n  return [1]\n")
   with pytest.raises(ValueError, match="get_config\\(\\) must return an ml_collections ConfigDict"):
     config_base.load_config_file(str(bad))
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_the_declared_variants_of_each_config_are_what_it_loads(name):
+  """``VARIANTS`` (what ``--config=FILE:VARIANT`` errors name) equals what get_config takes."""
+  path = os.path.join(ROOT, "configs", name)
+  variants = config_base._variants(path)  # pylint: disable=protected-access
+  assert variants != "?", f"{name} takes a variant but declares no VARIANTS"
+  for variant in variants:
+    config_base.load_config_file(f"{path}:{variant}")
+  with pytest.raises(ValueError, match="has no variants" if not variants else r"takes? .*"
+                     r"no_such_variant"):
+    config_base.load_config_file(f"{path}:no_such_variant")

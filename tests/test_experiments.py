@@ -193,7 +193,7 @@ def test_experiment_scripts_report_bad_arguments_in_one_line(capsys, monkeypatch
   assert plot_analysis.main([f"--config={ROOT}/configs/digits.py", f"--out={tmp_path}",
                              "--set", "num_bits=abc"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "bad value for num_bits" in err[0]
+  assert len(err) == 1 and "num_bits must be an integer, got 'abc'" in err[0]
 
 
 @pytest.mark.slow
