@@ -12,7 +12,8 @@ Every checkpoint is verified on restore: process 0 writes ``<step>/DIGEST`` (the
 each of its files) once the save is complete; a checkpoint whose files differ from it (flipped,
 zeroed or missing bytes) is quarantined as one that fails to restore, before orbax reads it. A
 checkpoint that restores with a non-finite value in its state (which would give a non-finite
-loss at its own step) is quarantined too. Checkpoints saved without a digest (by an older
+loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
+non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
 version, or killed between the save and the digest) restore unverified.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
@@ -213,12 +214,12 @@ class Checkpointer:
           problem = f"holds non-finite values in {bad}"
       else:
         problem = f"failed its check ({problem})"
-      log(f"warning: checkpoint at step {step} {problem}; {self._quarantine(step)}")
+      log(f"warning: checkpoint at step {step} {problem}; {self.quarantine(step)}")
     if steps:
       log(f"warning: none of the {len(steps)} checkpoints restored; training starts from step 0")
     return None, 0
 
-  def _quarantine(self, step: int) -> str:
+  def quarantine(self, step: int) -> str:
     """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
     happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()

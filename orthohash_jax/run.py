@@ -121,6 +121,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        log=lambda line: cli.say(line, err=True))
     check_extension(config, saved, start, steps_per_epoch)
     workdir_lib.start(workdir, config, targets)  # every check passed
+    resumed = state is not None
     if state is None:
       state = trainer.initial_state()
     else:
@@ -141,11 +142,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       (the state at ``stop``) also evaluates when an evaluation is due."""
       losses = np.asarray(losses)
       if not np.all(np.isfinite(losses)):
+        bad = begin + int(np.argmin(np.isfinite(losses)))
+        if resumed and bad == start:  # the restored checkpoint itself is bad (undetected damage)
+          raise TrainingError(f"checkpoint at step {start} gives a non-finite loss at its own "
+                              f"step; {ckpt.quarantine(start)}; rerun the same command to "
+                              "resume from the previous checkpoint")
         last = ckpt.latest_step()
         where = (f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None
                  else "no checkpoint was saved yet")
-        raise TrainingError(f"loss is not finite at step {begin + np.argmin(np.isfinite(losses))}"
-                            f"; stopped without saving ({where})")
+        raise TrainingError(f"loss is not finite at step {bad}; stopped without saving ({where})")
       record = report.chunk(begin, stop, losses, float(trainer.schedule(stop - 1)),
                             keep=stop == total_steps or eval_due(stop))
       if state is not None and eval_due(stop):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import blobs, small_config
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import config_base, run, workdir
+from orthohash_jax import checkpoint, config_base, run, workdir
 from orthohash_jax import data as data_lib
 
 
@@ -237,3 +237,30 @@ def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, 
   assert not new.exists()
   run.train_and_evaluate(small_config(num_epochs=1), str(new))  # the mlp takes 16x16
   assert (new / "results.json").exists()
+
+
+def test_a_checkpoint_giving_a_non_finite_loss_at_its_own_step_is_quarantined(tmp_path, fake_load,
+                                                                              capsys):
+  """Issue 36 #15: damage no check found (here: finite parameters x 1e20, saved with a valid
+  digest) shows as a non-finite loss at the checkpoint's own step: that checkpoint is
+  quarantined in one line and the rerun resumes from the previous one."""
+  fake_load(blobs())  # 8 steps per epoch; checkpoints at steps 4 and 8
+  config = lambda epochs: small_config(num_epochs=epochs, steps_per_chunk=4,
+                                       checkpoint_every_steps=4)
+  run.train_and_evaluate(config(1), str(tmp_path))
+  trainer, data, state, step = run.restore_run(str(tmp_path))
+  data.close()
+  assert step == 8
+  blown = state.replace(params=jax.tree.map(lambda p: p * 1e20, state.params))
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(8, blown)
+  ckpt.close()
+  with pytest.raises(run.TrainingError) as e:
+    run.train_and_evaluate(config(2), str(tmp_path))
+  assert str(e.value) == (f"checkpoint at step 8 gives a non-finite loss at its own step; moved "
+                          f"to {tmp_path / 'checkpoints_corrupt' / '8'}; rerun the same command "
+                          "to resume from the previous checkpoint")
+  capsys.readouterr()
+  assert run.train_and_evaluate(config(2), str(tmp_path))["steps"] == 16
+  assert "resumed from checkpoint at step 4" in capsys.readouterr().out
