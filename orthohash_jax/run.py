@@ -26,7 +26,7 @@ import contextlib
 import jax
 import numpy as np
 
-from orthohash_jax import checkpoint, cli, config_base, evaluation, methods, reporting
+from orthohash_jax import checkpoint, cli, config_base, evaluation, methods, parallel, reporting
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
@@ -126,7 +126,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = trainer.initial_state()
     else:
       cli.say(f"resumed from checkpoint at step {start}")
-    workdir_lib.truncate_metrics(workdir, start)
+    logged = workdir_lib.truncate_metrics(workdir, start)
+    # the losses of the restored step were finite before: a non-finite one now is the checkpoint's
+    restored_step_was_finite = resumed and parallel.any_process(
+        logged is not None and logged > start)
     report = stack.enter_context(contextlib.closing(reporting.Reporter(
         workdir, total_steps, steps_per_epoch, workdir_lib.read_progress(workdir))))
 
@@ -143,7 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       losses = np.asarray(losses)
       if not np.all(np.isfinite(losses)):
         bad = begin + int(np.argmin(np.isfinite(losses)))
-        if resumed and bad == start:  # the restored checkpoint itself is bad (undetected damage)
+        if bad == start and restored_step_was_finite:  # damage no check caught
           raise TrainingError(f"checkpoint at step {start} gives a non-finite loss at its own "
                               f"step; {ckpt.quarantine(start)}; rerun the same command to "
                               "resume from the previous checkpoint")

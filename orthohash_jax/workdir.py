@@ -237,18 +237,20 @@ def _metrics_lines(file: str) -> list:
   return out
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
+def truncate_metrics(workdir: str, step: int):
   """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)
-  and a half-written last line."""
+  and a half-written last line; returns the last step logged before (None: no line; every
+  logged chunk had finite losses). Process 0 rewrites the file; the others only read it."""
   file = path(workdir, METRICS)
-  if not parallel.is_main_process() or not os.path.exists(file):
-    return
-  lines = [line for line, line_step in _metrics_lines(file) if line_step <= step]
-
-  def write(tmp):
-    with open(tmp, "w") as f:
-      f.writelines(lines)
-  files.atomic_write(file, write)
+  if not os.path.exists(file):
+    return None
+  logged = _metrics_lines(file) if parallel.is_main_process() else []
+  if parallel.is_main_process():
+    def write(tmp):
+      with open(tmp, "w") as f:
+        f.writelines(line for line, line_step in logged if line_step <= step)
+    files.atomic_write(file, write)
+  return max((line_step for _, line_step in logged), default=None)
 
 
 def append_metrics(workdir: str, record: dict) -> None:
