@@ -20,6 +20,7 @@ Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 --coordinator=auto on TPU pods) on every process.
 """
 import json
+import os
 import sys
 
 from absl import logging
@@ -79,9 +80,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
       raise Aborted("aborted by Ctrl-C (nothing saved since the last checkpoint)") from None
     if parallel.is_main_process():
+      kept = [name for name in workdir_lib.RUN_FILES[:4]
+              if os.path.exists(workdir_lib.path(args.workdir, name))]
       cli.say(f"wrote {', '.join(workdir_lib.result_files(args.workdir, config))} (with "
-              f"{', '.join(workdir_lib.RUN_FILES[:4])}, checkpoints/ and TensorBoard events in "
-              f"{args.workdir}: docs/runs.md)")
+              f"{', '.join(kept)}, checkpoints/ and TensorBoard events in {args.workdir}: "
+              "docs/runs.md)")
       cli.say(json.dumps(results))
   return cli.run_tool(body)
 

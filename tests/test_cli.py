@@ -197,6 +197,17 @@ def test_main_sets_overrides_in_both_spellings(monkeypatch):
   assert (config.num_bits, config.use_bn, config.hidden) == (32, False, (64,))
 
 
+def test_main_names_the_files_it_wrote_before_the_results(monkeypatch, capsys, tmp_path):
+  monkeypatch.setattr(run, "train_and_evaluate", lambda config, workdir: {"mAP": 1.0})
+  (tmp_path / "config.json").write_text("{}")
+  assert main.main([f"--workdir={tmp_path}", "--config.export_faiss=true"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[-2] == (f"wrote {tmp_path}/results.json, {tmp_path}/codes.npz, "
+                     f"{tmp_path}/codes.faissbin (with config.json, checkpoints/ and TensorBoard "
+                     f"events in {tmp_path}: docs/runs.md)")
+  assert json.loads(out[-1]) == {"mAP": 1.0}
+
+
 def test_say_survives_a_closed_stdout(monkeypatch):
   class Closed:
     def write(self, text):
