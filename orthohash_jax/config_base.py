@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -435,6 +436,12 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   except Exception as e:  # pylint: disable=broad-except
     # the file's own error (a typo, a bad import), as one line
     text = str(e).strip().splitlines()
+    field = re.match(r"Could not override field '(\w+)' \(reference\)\. (.*) is of original type",
+                     text[0] if text else "")
+    if isinstance(e, TypeError) and field and field.group(1) in KEYS_BY_NAME:
+      key = KEYS_BY_NAME[field.group(1)]  # ml_collections' type check, in our words
+      raise ValueError(f"config {path} sets {key.name} to {shown(field.group(2))}: it must be "
+                       f"{_TYPE_WORDS[key.value_type]}") from None
     raise ValueError(f"cannot load the config {path}: {type(e).__name__}"
                      + (f": {text[0]}" if text else "")) from None
   if not isinstance(config, ml_collections.ConfigDict):

@@ -117,6 +117,15 @@ def test_a_value_of_the_wrong_type_or_range_is_one_line_naming_key_and_value(key
   assert "\n" not in str(e.value)
 
 
+def test_a_config_file_setting_a_value_of_the_wrong_type_is_named_in_our_words(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("from orthohash_jax.config_base import base_config\n"
+                 "def get_config():\n  c = base_config()\n  c.num_bits = 'x'\n  return c\n")
+  with pytest.raises(ValueError) as e:
+    config_base.load_config_file(str(bad))
+  assert str(e.value) == f"config {bad} sets num_bits to 'x': it must be an integer"
+
+
 def test_a_config_file_returning_something_else_is_one_line(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("def get_config():\n  return [1]\n")
