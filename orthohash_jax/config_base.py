@@ -7,12 +7,18 @@ their own. A key whose default is ``None`` is a typed placeholder (``None`` has 
 in its description). ``resumable`` keys alter neither the train state nor the batch of any step, so
 a workdir may be resumed with other values of them (see ``workdir.check_same_run``).
 
-Validation lives here, with the declarations: a key's ``allowed`` values or ``check``, and the
-rules that tie keys together (``_rules``). ``validate(config)`` runs them all, once, before any
-data is read; nothing downstream checks config values again.
+Validation lives here, with the declarations: a key's type (that of its default, or ``type``;
+a bool is not an integer), its ``allowed`` values or ``check``, and the rules that tie keys
+together (``_rules``). ``validate(config)`` runs them all, once, before any data is read;
+nothing downstream checks config values again. Every message is one line: the key, what it
+must be, what was given. ``check_labels(config, multilabel)`` refuses, once the data is known,
+a single-label loss on multi-label data and a multi-label key changed on single-label data.
+``use_bn`` defaults to None: the method's own (``methods.apply_architecture``).
 
 ``apply_overrides(config, ["key=value", ...])`` sets keys from strings (``main``'s
-``--config.key=value``, the experiment scripts' ``--set``). ``check_known_keys(config)``
+``--config.key=value``, the experiment scripts' ``--set``; ``parse_value``).
+``load_config_file("PATH[:VARIANT]")`` loads a config file; a variant of a config without any is
+refused naming the ``VARIANTS`` of the configs beside it. ``check_known_keys(config)``
 rejects keys that are not declared here (a typo such as ``num_bitz`` in a config file);
 ``describe()`` lists the keys with their defaults and descriptions
 (``python -m orthohash_jax.main --list_keys``).
