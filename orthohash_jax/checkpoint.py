@@ -8,6 +8,14 @@ kept for inspection, never deleted); the next older one is tried. The libraries'
 output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
 no checkpoint restores, one line says that training starts from step 0.
 
+Every checkpoint is verified on restore: process 0 writes ``<step>/DIGEST`` (the SHA-256 of
+each of its files) once the save is complete; a checkpoint whose files differ from it (flipped,
+zeroed or missing bytes) is quarantined as one that fails to restore, before orbax reads it. A
+checkpoint that restores with a non-finite value in its state (which would give a non-finite
+loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
+non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
+version, or killed between the save and the digest) restore unverified.
+
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
 files; partial saves left by a killed process are deleted when the checkpoints are next opened.
 
@@ -26,13 +34,19 @@ import signal
 import sys
 import tempfile
 
+import hashlib
+import json
+
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from orthohash_jax import cli, parallel
+from orthohash_jax import cli, files, parallel
 
 DIRECTORY = "checkpoints"
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save in progress
 CORRUPT_DIRECTORY = "checkpoints_corrupt"
+DIGEST = "orthohash_sha256.json"  # in a step's directory: {relative path: SHA-256 of the file}
 
 
 class SaveError(cli.CommandError):
@@ -84,6 +98,47 @@ def quiet_stderr():
       os.close(saved)
 
 
+def file_digests(directory: str) -> dict:
+  """{path relative to ``directory``: SHA-256 hex digest} of every file under it but DIGEST."""
+  digests = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      file = os.path.join(root, name)
+      relative = os.path.relpath(file, directory)
+      if relative != DIGEST:
+        with open(file, "rb") as f:
+          digests[relative] = hashlib.file_digest(f, "sha256").hexdigest()
+  return dict(sorted(digests.items()))
+
+
+def verify(directory: str):
+  """Why the checkpoint in ``directory`` differs from the digest written at its save (one
+  phrase), or None when it matches or has no digest."""
+  digest_file = os.path.join(directory, DIGEST)
+  if not os.path.exists(digest_file):
+    return None
+  try:
+    with open(digest_file) as f:
+      saved = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    return f"its digest {DIGEST} is unreadable ({e})"
+  current = file_digests(directory)
+  for relative in sorted(saved.keys() | current.keys()):
+    if saved.get(relative) != current.get(relative):
+      what = ("is missing" if relative not in current else "was not saved" if relative not in
+              saved else "differs from the digest written at save")
+      return f"its file {relative} {what}"
+  return None
+
+
+def non_finite(state):
+  """The path of the first array of ``state`` holding NaN or Inf, or None."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+      return jax.tree_util.keystr(path)
+  return None
+
+
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
@@ -120,6 +175,7 @@ class Checkpointer:
       with quiet_stderr():  # orbax logs a failed save's tracebacks itself
         self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         self.manager.wait_until_finished()
+      self._write_digest(step)
     except Exception as e:  # pylint: disable=broad-except
       if parallel.is_main_process():
         self._remove_partial_saves()
@@ -128,6 +184,12 @@ class Checkpointer:
                       f"({_first_line(e)}); "
                       + (f"the last checkpoint is step {last}" if last is not None
                          else "no checkpoint was saved")) from None
+
+  def _write_digest(self, step: int) -> None:
+    """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it)."""
+    if parallel.is_main_process():
+      step_dir = os.path.join(self.directory, str(step))
+      files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
 
   def latest_step(self):
     """The newest saved step, or None."""
@@ -138,18 +200,26 @@ class Checkpointer:
     ``log`` receives one line per quarantined checkpoint and one if none restores."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
-      try:
-        with quiet_stderr():
-          state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        return state, step
-      except Exception as e:  # pylint: disable=broad-except
-        log(f"warning: checkpoint at step {step} could not be restored ({_first_line(e)}); "
-            f"{self._quarantine(step)}")
+      problem = verify(os.path.join(self.directory, str(step)))
+      if problem is None:
+        try:
+          with quiet_stderr():
+            state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f"could not be restored ({_first_line(e)})"
+        else:
+          bad = non_finite(state)
+          if bad is None:
+            return state, step
+          problem = f"holds non-finite values in {bad}"
+      else:
+        problem = f"failed its check ({problem})"
+      log(f"warning: checkpoint at step {step} {problem}; {self.quarantine(step)}")
     if steps:
       log(f"warning: none of the {len(steps)} checkpoints restored; training starts from step 0")
     return None, 0
 
-  def _quarantine(self, step: int) -> str:
+  def quarantine(self, step: int) -> str:
     """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
     happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()

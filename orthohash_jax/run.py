@@ -26,7 +26,7 @@ import contextlib
 import jax
 import numpy as np
 
-from orthohash_jax import checkpoint, cli, config_base, evaluation, reporting
+from orthohash_jax import checkpoint, cli, config_base, evaluation, methods, parallel, reporting
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
@@ -50,10 +50,7 @@ def check_data(config, data) -> None:
   if config.batch_size > data.size("train"):
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({data.size('train')})")
-  if data.multilabel and config.loss in config_base.SINGLE_LABEL_LOSSES:
-    takers = [name for name in config_base.LOSSES if name not in config_base.SINGLE_LABEL_LOSSES]
-    raise ValueError(f"loss {config.loss!r} takes single-label data only; multi-label data "
-                     f"takes loss {' / '.join(takers)}")
+  config_base.check_labels(config, data.multilabel)
   if 2 ** min(config.num_bits, 63) < data.num_classes:
     raise ValueError(f"num_bits {config.num_bits} gives at most {2 ** config.num_bits} distinct "
                      f"codes for {data.num_classes} classes; use num_bits >= "
@@ -90,6 +87,7 @@ def step_counts(config, data):
 def make_trainer(config, data, mesh=None, codebook=None) -> trainer_lib.Trainer:
   """The Trainer of a validated config for ``data`` on ``mesh`` (None: from the config);
   ``codebook`` (C, K): the class targets (None: generated from the config)."""
+  methods.apply_architecture(config)
   if codebook is None:
     codebook = workdir_lib.codebook(config, data.num_classes)
   return trainer_lib.Trainer(
@@ -101,6 +99,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir;
   returns the results."""
   # Checks, before anything is written.
+  methods.apply_architecture(config)  # the method's use_bn unless set: config.json records it
   config_base.validate(config)
   saved = workdir_lib.check_same_run(workdir, config)
   if config.num_bits > LARGE_NUM_BITS:
@@ -122,11 +121,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        log=lambda line: cli.say(line, err=True))
     check_extension(config, saved, start, steps_per_epoch)
     workdir_lib.start(workdir, config, targets)  # every check passed
+    resumed = state is not None
     if state is None:
       state = trainer.initial_state()
     else:
       cli.say(f"resumed from checkpoint at step {start}")
-    workdir_lib.truncate_metrics(workdir, start)
+    logged = workdir_lib.truncate_metrics(workdir, start)
+    # the losses of the restored step were finite before: a non-finite one now is the checkpoint's
+    restored_step_was_finite = resumed and parallel.any_process(
+        logged is not None and logged > start)
     report = stack.enter_context(contextlib.closing(reporting.Reporter(
         workdir, total_steps, steps_per_epoch, workdir_lib.read_progress(workdir))))
 
@@ -142,11 +145,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       (the state at ``stop``) also evaluates when an evaluation is due."""
       losses = np.asarray(losses)
       if not np.all(np.isfinite(losses)):
+        bad = begin + int(np.argmin(np.isfinite(losses)))
+        if bad == start and restored_step_was_finite:  # damage no check caught
+          raise TrainingError(f"checkpoint at step {start} gives a non-finite loss at its own "
+                              f"step; {ckpt.quarantine(start)}; rerun the same command to "
+                              "resume from the previous checkpoint")
         last = ckpt.latest_step()
         where = (f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None
                  else "no checkpoint was saved yet")
-        raise TrainingError(f"loss is not finite at step {begin + np.argmin(np.isfinite(losses))}"
-                            f"; stopped without saving ({where})")
+        raise TrainingError(f"loss is not finite at step {bad}; stopped without saving ({where})")
       record = report.chunk(begin, stop, losses, float(trainer.schedule(stop - 1)),
                             keep=stop == total_steps or eval_due(stop))
       if state is not None and eval_due(stop):

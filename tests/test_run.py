@@ -11,7 +11,7 @@ import pytest
 
 from conftest import blobs, small_config
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import config_base, run, workdir
+from orthohash_jax import checkpoint, config_base, run, workdir
 from orthohash_jax import data as data_lib
 
 
@@ -237,3 +237,50 @@ def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, 
   assert not new.exists()
   run.train_and_evaluate(small_config(num_epochs=1), str(new))  # the mlp takes 16x16
   assert (new / "results.json").exists()
+
+
+@pytest.mark.slow  # three runs and a re-save, ~7 s
+def test_a_checkpoint_giving_a_non_finite_loss_at_its_own_step_is_quarantined(tmp_path, fake_load,
+                                                                              capsys):
+  """Issue 36 #15: damage no check found (here: finite parameters x 1e20, saved with a valid
+  digest) shows as a non-finite loss at the checkpoint's own step, a step whose loss the run
+  logged as finite before: that checkpoint is quarantined in one line and the rerun resumes from
+  the previous one."""
+  fake_load(blobs())  # 8 steps per epoch, chunks of 4 steps, each one checkpointed
+  config = small_config(num_epochs=2, steps_per_chunk=4, checkpoint_every_steps=4)
+  run.train_and_evaluate(config, str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints" / "16")  # as if killed after logging step 16
+  trainer, data, _, _ = run.restore_run(str(tmp_path))
+  data.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  state = ckpt.manager.restore(12, args=checkpoint.ocp.args.StandardRestore(
+      trainer.abstract_state()))
+  shutil.rmtree(tmp_path / "checkpoints" / "12")
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(12, state.replace(params=jax.tree.map(lambda p: p * 1e20, state.params)))
+  ckpt.close()
+  with pytest.raises(run.TrainingError) as e:
+    run.train_and_evaluate(config, str(tmp_path))
+  assert str(e.value) == (f"checkpoint at step 12 gives a non-finite loss at its own step; "
+                          f"moved to {tmp_path / 'checkpoints_corrupt' / '12'}; rerun the same "
+                          "command to resume from the previous checkpoint")
+  capsys.readouterr()
+  assert run.train_and_evaluate(config, str(tmp_path))["steps"] == 16
+  assert "resumed from checkpoint at step 8" in capsys.readouterr().out
+
+
+def test_nan_data_at_a_resumed_step_never_logged_keeps_the_checkpoint(tmp_path, fake_load):
+  """The other side: a step the run never reached gives a non-finite loss after resume (here
+  NaN inputs): the data may be at fault, so the checkpoint stays where it is."""
+  fake_load(blobs())
+  config = small_config(num_epochs=1)
+  run.train_and_evaluate(config, str(tmp_path))
+  bad = blobs()
+  bad.train_x[:] = np.nan
+  fake_load(bad)
+  config.num_epochs = 2
+  with pytest.raises(run.TrainingError, match="loss is not finite at step 8; stopped without "
+                     "saving"):
+    run.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints_corrupt").exists()
