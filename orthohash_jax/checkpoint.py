@@ -46,16 +46,15 @@ class SaveError(cli.CommandError):
   status = 1
 
 
-class _BackgroundSaveLogs(logging.Filter):
-  """Drops the error logs (tracebacks) of orbax's background save threads: ``SaveError``
-  reports a failed save in one line."""
+class _OrbaxErrorLogs(logging.Filter):
+  """Drops orbax's error logs (tracebacks, also from its background save threads, which
+  ``quiet_stderr`` cannot reach): ``Checkpointer`` reports every failure in one line."""
 
   def filter(self, record):
-    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-                and record.threadName != "MainThread")
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
-_QUIET_BACKGROUND = _BackgroundSaveLogs()
+_QUIET_ORBAX = _OrbaxErrorLogs()
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -115,7 +114,7 @@ class Checkpointer:
     self.corrupt_dir = os.path.abspath(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep, self.background = keep, background
     self.saving = None  # the step of the latest save started
-    logging.getLogger("absl").addFilter(_QUIET_BACKGROUND)  # orbax logs through absl
+    logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
     self.manager = self._open()
 
   def _open(self):
@@ -142,6 +141,7 @@ class Checkpointer:
       step, self.saving = self.saving, None
       if parallel.is_main_process():
         self._remove_partial_saves()
+      self.manager.reload()  # orbax already dropped the steps the failed save was to replace
       last = self.latest_step()
       raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory} "
                       f"({_first_line(e)}); "
