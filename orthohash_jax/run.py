@@ -64,7 +64,7 @@ class ProcessLost(cli.CommandError):
 
 
 @contextlib.contextmanager
-def lost_process_exit(ckpt):
+def lost_process_exit():
   """Turns a failed cross-process collective (a process was killed) into one ``error:`` line
   naming the processes that no longer answer and exit status 4, at once (``os._exit``): any
   cleanup, jax.distributed's exit-time shutdown included, would wait for the lost process until
@@ -76,12 +76,9 @@ def lost_process_exit(ckpt):
       raise
     lost = parallel.unresponsive_processes("orthohash_lost", LOST_PROBE_SECONDS)
     names = " and ".join(f"process {p}" for p in lost) or "another process"
-    last = ckpt.latest_step()
     cli.say(f"{ProcessLost.prefix}lost {names} of {jax.process_count()} "
-            f"({str(e).strip().splitlines()[0][:160]}); "
-            + (f"the last checkpoint is step {last}" if last is not None
-               else "no checkpoint was saved")
-            + "; rerun the same command on every host to resume", err=True)
+            f"({str(e).strip().splitlines()[0][:160]}); rerun the same command on every host "
+            "to resume from the last checkpoint", err=True)
     sys.stdout.flush()
     os._exit(ProcessLost.status)
 
@@ -166,7 +163,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stack.enter_context(workdir_lib.lock(workdir))  # one run per workdir
     ckpt = stack.enter_context(contextlib.closing(
         checkpoint.Checkpointer(workdir, config.keep_checkpoints, background=True)))
-    stack.enter_context(lost_process_exit(ckpt))
+    stack.enter_context(lost_process_exit())
     state, start = ckpt.restore_latest(trainer.abstract_state(),
                                        log=lambda line: cli.say(line, err=True))
     check_extension(config, saved, start, steps_per_epoch)
