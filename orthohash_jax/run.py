@@ -45,6 +45,7 @@ from orthohash_jax import data as data_lib
 LARGE_NUM_BITS = 4096  # beyond this a warning: the paper uses 16 to 128 bits
 PROBE_CHUNKS = 2  # with chunk_seconds: single-step chunks first, the second one timed
 LOST_PROBE_SECONDS = 5  # after a failed collective: how long a survivor waits for the others
+PROCESS_LOST_STATUS = 4  # exit status of a survivor that lost another process
 
 
 class TrainingError(cli.CommandError):
@@ -56,11 +57,6 @@ class Interrupted(cli.CommandError):
   """Training stopped on SIGTERM, SIGINT or a preemption notice after saving a checkpoint: exit
   status 3; the same command resumes."""
   status, prefix = 3, ""
-
-
-class ProcessLost(cli.CommandError):
-  """Another process of a multi-process run died (a collective failed): exit status 4 at once."""
-  status = 4
 
 
 @contextlib.contextmanager
@@ -76,11 +72,11 @@ def lost_process_exit():
       raise
     lost = parallel.unresponsive_processes("orthohash_lost", LOST_PROBE_SECONDS)
     names = " and ".join(f"process {p}" for p in lost) or "another process"
-    cli.say(f"{ProcessLost.prefix}lost {names} of {jax.process_count()} "
+    cli.say(f"error: lost {names} of {jax.process_count()} "
             f"({str(e).strip().splitlines()[0][:160]}); rerun the same command on every host "
             "to resume from the last checkpoint", err=True)
     sys.stdout.flush()
-    os._exit(ProcessLost.status)
+    os._exit(PROCESS_LOST_STATUS)
 
 
 def chunk_stop(step: int, length: int, total_steps: int, eval_every: int) -> int:

@@ -216,9 +216,11 @@ LOST_BOUND_SECONDS = parallel.HEARTBEAT_TIMEOUT_SECONDS + run.LOST_PROBE_SECONDS
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0])
 def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, victim):
-  """Process 1 killed: process 0 ends with status 4 and one line naming process 1. Process 0
-  (which hosts the coordination service) killed: jaxlib aborts process 1 at once (SIGABRT,
-  its own fatal-error lines: docs/multihost.md#preemption)."""
+  """Process 1 killed: process 0 ends with status 4 and one line naming process 1 when its next
+  collective fails, or, when it was waiting elsewhere (likely in a save barrier of orbax; 2 runs
+  in 5 here), is aborted by jaxlib once the heartbeat timeout names process 1. Process 0 (which
+  hosts the coordination service) killed: jaxlib aborts process 1 at once.
+  docs/multihost.md#preemption."""
   procs = _start_two(shared_workdir("killed"), "--config.num_epochs=1000",
                      "--config.checkpoint_every_steps=46", "--config.chunk_seconds=0.2")
   _wait_for_step(procs[0], 50)
@@ -229,8 +231,8 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
   elapsed = time.monotonic() - began
   procs[victim].wait()
   assert elapsed < LOST_BOUND_SECONDS
-  if victim == 1:
-    assert survivor.returncode == 4, err[-3000:]
+  if survivor.returncode == 4:
+    assert victim == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: lost process 1 of 2 (")
     assert last.endswith("; rerun the same command on every host to resume from the last "
@@ -238,3 +240,4 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
   else:
     assert survivor.returncode == -signal.SIGABRT, err[-3000:]
     assert "Terminating process because the JAX distributed service detected fatal errors" in err
+    assert ("stopped sending heartbeats):\n1\n" in err if victim == 1 else "Socket closed" in err)
