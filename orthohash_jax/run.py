@@ -64,14 +64,17 @@ def lost_process_exit():
   """Turns a failed cross-process collective (a process was killed) into one ``error:`` line
   naming the processes that no longer answer and exit status 4, at once (``os._exit``): any
   cleanup, jax.distributed's exit-time shutdown included, would wait for the lost process until
-  the coordination service's heartbeat timeout and then abort. One process: no change."""
+  the coordination service's heartbeat timeout and then abort. One process, or every process
+  still answering: the error goes on as it is."""
   try:
     yield
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
     lost = parallel.unresponsive_processes("orthohash_lost", LOST_PROBE_SECONDS)
-    names = " and ".join(f"process {p}" for p in lost) or "another process"
+    if not lost:  # every process answers: an error of another kind
+      raise
+    names = " and ".join(f"process {p}" for p in lost)
     cli.say(f"error: lost {names} of {jax.process_count()} "
             f"({str(e).strip().splitlines()[0][:160]}); rerun the same command on every host "
             "to resume from the last checkpoint", err=True)
