@@ -154,9 +154,9 @@ class Checkpointer:
     background one, raises ``SaveError`` (one line) and leaves the checkpoints as they were,
     without its partial files."""
     self.wait()  # one save at a time; an earlier failure is reported as such
-    os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
     self.saving = int(step)
     with self._save_errors():
+      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
       self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
       if not self.background:
         self.manager.wait_until_finished()
