@@ -219,7 +219,8 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
   """Process 1 killed: process 0 ends with status 4 and one line naming process 1 when its next
   collective fails, or, when it was waiting elsewhere (likely in a save barrier of orbax; 2 runs
   in 5 here), is aborted by jaxlib once the heartbeat timeout names process 1. Process 0 (which
-  hosts the coordination service) killed: jaxlib aborts process 1 at once.
+  hosts the coordination service) killed: jaxlib aborts process 1 at once (1 run in 6 here, the
+  failed collective came first: status 4 and the line naming process 0).
   docs/multihost.md#preemption."""
   procs = _start_two(shared_workdir("killed"), "--config.num_epochs=1000",
                      "--config.checkpoint_every_steps=46", "--config.chunk_seconds=0.2")
@@ -232,10 +233,9 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
   procs[victim].wait()
   assert elapsed < LOST_BOUND_SECONDS
   if survivor.returncode == 4:
-    assert victim == 1, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: lost process 1 of 2 (")
-    assert last.endswith("; rerun the same command on every host to resume from the last "
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: lost process {victim} of 2 ("), err[-3000:]
+    assert line.endswith("; rerun the same command on every host to resume from the last "
                          "checkpoint")
   else:
     assert survivor.returncode == -signal.SIGABRT, err[-3000:]
