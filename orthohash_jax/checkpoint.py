@@ -1,7 +1,10 @@
 """Orbax checkpoints of the train state in ``<workdir>/checkpoints``, resumed automatically.
 
-Checkpoints are written synchronously (orbax writes to a temporary directory and renames it, so
-a process killed mid-save leaves the previous checkpoints intact). A checkpoint that fails to
+Checkpoints are written by background threads with ``background=True`` (training; orbax's
+``enable_async_checkpointing``: ``save`` returns once the state is off the devices, ``wait``
+waits for the files), else before ``save`` returns. Orbax writes to a temporary directory and
+renames it once complete, so a process killed mid-save leaves the previous checkpoints intact,
+and deletes old checkpoints only after a newer one is complete. A checkpoint that fails to
 restore is reported in one line and moved, by process 0 while the others wait, to
 ``<workdir>/checkpoints_corrupt/<step>`` (``<step>.1``, ``<step>.2``, ... when that name is taken;
 kept for inspection, never deleted); the next older one is tried. The libraries' own error
@@ -14,10 +17,13 @@ zeroed or missing bytes) is quarantined as one that fails to restore, before orb
 checkpoint that restores with a non-finite value in its state (which would give a non-finite
 loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
 non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
-version, or killed between the save and the digest) restore unverified.
+version, or killed between the save and the digest: with background saves the digest is
+written when the save is waited for, at the next save or at the end) restore unverified.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
-files; partial saves left by a killed process are deleted when the checkpoints are next opened.
+files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
+or ``close``; partial saves left by a killed process are deleted when the checkpoints are next
+opened.
 
 ``has_checkpoints(workdir)``: whether ``<workdir>/checkpoints`` holds a saved step (an empty or
 missing directory does not count).
@@ -28,6 +34,7 @@ process received one, or orbax's preemption notice fired: the loop then saves an
 second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -52,6 +59,17 @@ DIGEST = "orthohash_sha256.json"  # in a step's directory: {relative path: SHA-2
 class SaveError(cli.CommandError):
   """A checkpoint could not be written (a full disk): training stops, exit status 1."""
   status = 1
+
+
+class _OrbaxErrorLogs(logging.Filter):
+  """Drops orbax's error logs (tracebacks, also from its background save threads, which
+  ``quiet_stderr`` cannot reach): ``Checkpointer`` reports every failure in one line."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_QUIET_ORBAX = _OrbaxErrorLogs()
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -147,17 +165,19 @@ def _first_line(e: Exception) -> str:
 class Checkpointer:
   """Saves and restores a pytree train state keyed by training step."""
 
-  def __init__(self, workdir: str, keep: int = 3):
+  def __init__(self, workdir: str, keep: int = 3, background: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
     self.corrupt_dir = os.path.abspath(os.path.join(workdir, CORRUPT_DIRECTORY))
-    self.keep = keep
+    self.keep, self.background = keep, background
+    self.saving = None  # the step of the latest save started
+    logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
     self.manager = self._open()
 
   def _open(self):
     if parallel.is_main_process():
       self._remove_partial_saves()
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=False,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=self.background)
     return ocp.CheckpointManager(self.directory, options=options)
 
   def _remove_partial_saves(self) -> None:
@@ -167,18 +187,17 @@ class Checkpointer:
         if TMP_MARK in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
-  def save(self, step: int, state) -> None:
-    """Saves ``state`` as ``step``; a failed save (a full disk) raises ``SaveError`` (one line)
-    and leaves the checkpoints as they were, without its partial files."""
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """Turns a failed save into ``SaveError`` (one line) without its partial files."""
     try:
-      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
       with quiet_stderr():  # orbax logs a failed save's tracebacks itself
-        self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
-        self.manager.wait_until_finished()
-      self._write_digest(step)
+        yield
     except Exception as e:  # pylint: disable=broad-except
+      step, self.saving = self.saving, None
       if parallel.is_main_process():
         self._remove_partial_saves()
+      self.manager.reload()  # orbax already dropped the steps the failed save was to replace
       last = self.latest_step()
       raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory} "
                       f"({_first_line(e)}); "
@@ -186,10 +205,38 @@ class Checkpointer:
                          else "no checkpoint was saved")) from None
 
   def _write_digest(self, step: int) -> None:
-    """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it)."""
+    """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it); called by
+    ``wait`` once the save is complete (a background save: at the next save, ``wait`` or
+    ``close``)."""
     if parallel.is_main_process():
       step_dir = os.path.join(self.directory, str(step))
       files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
+
+  def save(self, step: int, state) -> None:
+    """Starts saving ``state`` as ``step`` (``background``: returns once the state is off the
+    devices; else once it is written); a failed save (a full disk), this one or the previous
+    background one, raises ``SaveError`` (one line) and leaves the checkpoints as they were,
+    without its partial files."""
+    self.wait()  # one save at a time; an earlier failure is reported as such
+    self.saving = int(step)
+    with self._save_errors():
+      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
+      self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    if not self.background:
+      self.wait()
+
+  def check(self) -> None:
+    """Raises ``SaveError`` if a background save has failed (no waiting)."""
+    with self._save_errors():
+      self.manager.check_for_errors()
+
+  def wait(self) -> None:
+    """Waits until the save in progress is complete; ``SaveError`` if it failed."""
+    with self._save_errors():
+      self.manager.wait_until_finished()
+    if self.saving is not None:
+      self._write_digest(self.saving)
+      self.saving = None
 
   def latest_step(self):
     """The newest saved step, or None."""
@@ -248,4 +295,6 @@ class Checkpointer:
             or self.manager.reached_preemption(int(step)))
 
   def close(self) -> None:
+    """Waits for the save in progress (``SaveError`` if it failed), then closes."""
+    self.wait()
     self.manager.close()

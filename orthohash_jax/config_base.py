@@ -231,6 +231,9 @@ KEYS = (
         check=NON_NEGATIVE),
     Key("steps_per_chunk", 0, "steps per compiled lax.scan call (0: one epoch)", resumable=True,
         check=NON_NEGATIVE),
+    Key("chunk_seconds", 0.0, "if > 0: chunks of about this many seconds (at most "
+        "steps_per_chunk), timed at the start of each invocation; a stop request is saved within "
+        "about two chunks", resumable=True, check=NON_NEGATIVE),
     # evaluation
     Key("eval_topk", None, "R of mAP@R (None: the whole database)", resumable=True, type=int,
         check=POSITIVE),

@@ -16,6 +16,9 @@ the results as JSON. A rerun with the same workdir resumes from the latest check
   3  interrupted (SIGTERM, Ctrl-C or a preemption notice): the running chunk finished and a
      checkpoint was saved; the same command resumes. A second Ctrl-C aborts at once (130,
      nothing saved since the last checkpoint).
+  4  multi-process: another process died (a collective failed); checkpoints kept, the same
+     command on every host resumes. jaxlib itself aborts a process (134, SIGABRT) when process
+     0 dies or another stops sending heartbeats for 30 s (docs/multihost.md#preemption).
 Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or pass
 --coordinator=auto on TPU pods) on every process.
 """

@@ -55,13 +55,17 @@ def file_size_limit(limit):
     signal.signal(signal.SIGXFSZ, previous)
 
 
-def test_a_failed_save_is_one_line_and_leaves_no_partial_files(tmp_path, capfd):
-  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+@pytest.mark.parametrize("background", [False, True])
+def test_a_failed_save_is_one_line_and_leaves_no_partial_files(tmp_path, capfd, background):
+  """In the background the failure is raised by ``wait`` (or the next ``save`` / ``check``)."""
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3, background=background)
   state = {"w": jnp.asarray(np.random.default_rng(0).standard_normal(200_000, np.float32))}
   ckpt.save(1, state)
+  ckpt.wait()
   capfd.readouterr()
   with file_size_limit(20_000), pytest.raises(checkpoint.SaveError) as e:
     ckpt.save(2, state)
+    ckpt.wait()
   message = str(e.value)
   assert message.startswith(f"cannot save the checkpoint of step 2 in {ckpt.directory} (")
   assert message.endswith("; the last checkpoint is step 1") and "\n" not in message
@@ -70,8 +74,25 @@ def test_a_failed_save_is_one_line_and_leaves_no_partial_files(tmp_path, capfd):
   assert not out and not err  # orbax's own tracebacks stay off the terminal
   assert sorted(os.listdir(ckpt.directory)) == ["1"]
   ckpt.save(3, state)  # the next save works
-  assert sorted(os.listdir(ckpt.directory)) == ["1", "3"]
   ckpt.close()
+  assert sorted(os.listdir(ckpt.directory)) == ["1", "3"]
+
+
+def test_background_saves_equal_the_state_even_when_its_buffers_are_donated(tmp_path):
+  """``save`` returns once the state is off the devices: a jitted step that donates (and
+  overwrites) the saved buffers right after does not change what is written."""
+  ckpt = checkpoint.Checkpointer(str(tmp_path), background=True)
+  state = {"w": jnp.arange(100_000, dtype=jnp.float32)}
+  expected = np.asarray(state["w"])
+  step = jax.jit(lambda s: {"w": s["w"] * 2 + 1}, donate_argnums=0)
+  ckpt.save(1, state)
+  for _ in range(5):
+    state = step(state)
+  ckpt.close()
+  restored, at = checkpoint.Checkpointer(str(tmp_path)).restore_latest(
+      {"w": jax.ShapeDtypeStruct((100_000,), np.float32)})
+  assert at == 1
+  np.testing.assert_array_equal(restored["w"], expected)
 
 
 def test_partial_saves_of_a_killed_run_are_removed_on_open(tmp_path):

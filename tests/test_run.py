@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import blobs, small_config
+from orthohash_jax import checkpoint
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import checkpoint, config_base, run, workdir
+from orthohash_jax import config_base, run, workdir
+from test_checkpoint import file_size_limit
 from orthohash_jax import data as data_lib
 
 
@@ -284,3 +286,59 @@ def test_nan_data_at_a_resumed_step_never_logged_keeps_the_checkpoint(tmp_path, 
                      "saving"):
     run.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints_corrupt").exists()
+def _chunk_ends(workdir):
+  return [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.slow
+def test_chunk_seconds_sets_the_chunks_and_changes_no_result(tmp_path, fake_load):
+  """3 epochs of 8 steps, evaluations at 8 and 16, a save once 5 steps have passed. Timed
+  chunks start with 2 single steps; chunk_seconds 1e9 then gives the whole epoch (cut at the
+  evaluations), 1e-9 one step per chunk. Same parameters and mAPs bit for bit."""
+  fake_load(blobs())
+  runs = {}
+  for seconds, ends, saves in [(0, [8, 16, 24], [8, 16, 24]),
+                               (1e9, [1, 2, 8, 16, 24], [8, 16, 24]),
+                               (1e-9, list(range(1, 25)), [15, 20, 24])]:
+    workdir = str(tmp_path / str(seconds))
+    config = small_config(num_epochs=3, eval_every_epochs=1, checkpoint_every_steps=5,
+                          chunk_seconds=seconds)
+    runs[seconds] = run.train_and_evaluate(config, workdir)["mAP"], params_of(workdir)
+    assert _chunk_ends(workdir) == ends
+    assert sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))) == saves
+    evaluated = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in evaluated if "mAP" in r] == [8, 16]
+  (map0, (step0, params0)) = runs[0]
+  for seconds in (1e9, 1e-9):
+    mean_ap, (step, params) = runs[seconds]
+    assert mean_ap == map0 and step == step0 == 24
+    for x, y in zip(params, params0):
+      np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_a_stop_request_with_one_step_chunks_saves_at_the_next_step(tmp_path, fake_load):
+  d = blobs()
+  stopping = _InterruptAt(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)})
+  stopping.step, stopping.signum = 17, signal.SIGTERM
+  fake_load(stopping)
+  config = small_config(num_epochs=5, checkpoint_every_steps=1000, chunk_seconds=1e-9)
+  with pytest.raises(run.Interrupted, match="interrupted at step 18; checkpoint saved"):
+    run.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == ["18"]
+
+
+@pytest.mark.slow
+def test_a_failed_background_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path,
+                                                                               fake_load):
+  fake_load(blobs())
+  config = small_config(num_epochs=1, hidden=(2048,), keep_checkpoints=1)  # a state of ~600 kB
+  run.train_and_evaluate(config, str(tmp_path))
+  config.num_epochs = 2
+  with file_size_limit(200_000), pytest.raises(checkpoint.SaveError) as e:
+    run.train_and_evaluate(config, str(tmp_path))
+  assert str(e.value).startswith("cannot save the checkpoint of step 16 in ")
+  assert str(e.value).endswith("; the last checkpoint is step 8") and "\n" not in str(e.value)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["8"]
+  assert not (tmp_path / "results.json").exists() or json.loads(
+      (tmp_path / "results.json").read_text())["steps"] == 8
