@@ -15,16 +15,21 @@ no append and no rename of a directory (a copy, then deletes).
   (same extension, so ``np.save`` / ``np.savez`` add nothing to the name). Locally the
   temporary file sits in the same directory and is renamed onto ``path``; on an object store it
   is uploaded as one object, which readers only ever see whole (an upload is atomic). On any
-  error ``path`` is left as it was and the temporary file removed. Errors name ``path``.
+  error ``path`` is left as it was and the temporary file removed. Errors name ``path``, never
+  the temporary file: an ``OSError`` (a bad path: exit status 2), or ``WriteError`` (also an
+  ``OSError``) when the machine is at fault (a full disk, a quota, an I/O error): exit status 1,
+  as a failed checkpoint save.
 * ``create_only(path, data)``: writes ``data`` (bytes) only if ``path`` does not exist; returns
   whether it did (locally ``O_CREAT | O_EXCL``, on GCS an upload with the ``ifGenerationMatch=0``
   precondition: of two racing writers exactly one succeeds).
 * ``move_tree(source, target)``: moves a directory (on an object store: copy, then delete).
+* ``relative_files(directory)``: every file under a directory (relative paths).
 * ``upload_tree(local, target)``: copies a local directory's files to ``target`` (gs://).
 * ``write_json(path, obj)``: ``atomic_write`` of ``obj`` as indented JSON.
 * ``read_json(path)``: the JSON value of a file; a missing, unreadable or malformed file is one
   ``ValueError`` naming it.
 """
+import errno
 import json
 import os
 import shutil
@@ -33,11 +38,19 @@ import tempfile
 from etils import epath
 import fsspec
 
+from orthohash_jax import cli
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # the machine's fault, not the user's
 REMOTE_MARK = "://"
 # Other processes write the same workdir: gcsfs's listings cache would answer exists() and
 # listings with what this process saw earlier, so it is turned off for every gs:// file system.
 for _protocol in ("gs", "gcs"):
   fsspec.config.conf.setdefault(_protocol, {})["use_listings_cache"] = False
+
+
+class WriteError(cli.CommandError, OSError):
+  """A file could not be written for lack of space or an I/O error: exit status 1."""
+  status = 1
 
 
 def is_remote(p) -> bool:
@@ -70,7 +83,8 @@ def atomic_write(path: str, write) -> None:
     else:
       os.replace(tmp, path)
   except OSError as e:
-    raise OSError(f"cannot write {path} ({e.strerror or e})") from None
+    error = WriteError if e.errno in FULL else OSError
+    raise error(f"cannot write {path} ({e.strerror or e})") from None
   finally:
     if directory:
       shutil.rmtree(directory, ignore_errors=True)
@@ -105,6 +119,16 @@ def move_tree(source: str, target: str) -> None:
   fs, source_name = fsspec.core.url_to_fs(source)
   fs.copy(source_name, fsspec.core.url_to_fs(target)[1], recursive=True)
   fs.rm(source_name, recursive=True)
+
+
+def relative_files(directory: str) -> list:
+  """The paths of every file under ``directory``, relative to it (every object under the
+  prefix on an object store)."""
+  if is_remote(directory):
+    fs, root = fsspec.core.url_to_fs(directory)
+    return [name[len(root.rstrip("/")) + 1:] for name in fs.find(root)]
+  return [os.path.relpath(os.path.join(d, name), directory)
+          for d, _, names in os.walk(directory) for name in names]
 
 
 def upload_tree(local: str, target: str) -> None:
