@@ -18,6 +18,9 @@ r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, J
    batches of 256, 2 workers) at 2,000 and 20,000 images, each in a fresh subprocess.
 4. JPEG draft mode on 1024x768 versions: mean / max absolute pixel difference to a full decode
    and the speed ratio, for the eval transform and RandomResizedCrop.
+5. Section "labels" (not in the default set: it writes a 2.6 GB file): ``listfile.parse_list``
+   on a generated ImageNet-1k-sized list (--label_rows=1,281,167 rows x --label_classes=1,000
+   one-hot columns), in a fresh subprocess: wall seconds and peak RSS.
 Prints ``os.getloadavg()`` at start and end: only ratios measured side by side mean anything.
 """
 import argparse
@@ -34,7 +37,7 @@ from PIL import Image, ImageDraw
 
 from experiments import child as child_lib
 from orthohash_jax import config_base
-from orthohash_jax.data import streaming, transforms
+from orthohash_jax.data import listfile, streaming, transforms
 
 BATCH = 64
 RSS_SIZES = (2000, 20000)
@@ -199,6 +202,32 @@ def rss_child(directory, n):
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, checksum
 
 
+def write_label_list(path, rows, classes, block=8192):
+  """A one-hot list file ``train/CCCC/IIIIIII.JPEG l_1 ... l_C`` (class i % classes), written
+  block by block from a uint8 byte matrix (every row the same length)."""
+  template = np.frombuffer(b"train/0000/0000000.JPEG" + b" 0" * classes + b"\n", np.uint8)
+  label0 = len(template) - 2 * classes  # byte of column 0's digit
+  with open(path, "wb") as f:
+    for start in range(0, rows, block):
+      i = np.arange(start, min(start + block, rows))
+      out = np.repeat(template[None], len(i), axis=0)
+      for digits, first, number in ((4, 6, i % classes), (7, 11, i)):
+        for d in range(digits):
+          out[:, first + d] = ord("0") + number // 10 ** (digits - 1 - d) % 10
+      out[np.arange(len(i)), label0 + 2 * (i % classes)] = ord("1")
+      f.write(out.tobytes())
+
+
+def labels_child(path, classes):
+  """Parses ``path``; wall seconds and peak RSS (MiB) of this fresh process."""
+  start = time.perf_counter()
+  names, _, labels = listfile.parse_list(path, classes)
+  seconds = time.perf_counter() - start
+  ids = listfile.to_labels(labels, False, classes)
+  return {"seconds": seconds, "rows": len(names), "checksum": int(ids.astype(np.int64).sum()),
+          "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def draft_effect(directory, n=40):
   """(mean |diff|, max |diff|, time ratio draft/full) per transform on 1024x768 JPEGs."""
   big = os.path.join(directory, "big")
@@ -236,9 +265,15 @@ def main():
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--output", default=None)
   parser.add_argument("--sections", default="train,rss,draft",
-                      help="comma-separated subset of train, rss, draft")
+                      help="comma-separated subset of train, rss, draft, labels")
+  parser.add_argument("--label_rows", type=int, default=1281167)
+  parser.add_argument("--label_classes", type=int, default=1000)
   parser.add_argument("--rss_child", type=int, default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--labels_child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.labels_child is not None:
+    print(json.dumps(labels_child(args.labels_child, args.label_classes)))
+    return
   if args.rss_child is not None:
     rss, checksum = rss_child(os.path.join(args.dir, f"n{args.rss_child}"), args.rss_child)
     print(json.dumps({"rss_mib": rss, "checksum": checksum}))
@@ -246,6 +281,24 @@ def main():
   report = {"load_start": os.getloadavg()}
   print(f"load average at start: {report['load_start']}", flush=True)
   sections = set(args.sections.split(","))
+  if "labels" in sections:
+    os.makedirs(args.dir, exist_ok=True)
+    path = os.path.join(args.dir, f"labels_{args.label_rows}x{args.label_classes}.txt")
+    if not os.path.exists(path):
+      write_label_list(path + ".part", args.label_rows, args.label_classes)
+      os.replace(path + ".part", path)
+    report["labels"] = child_lib.run_json(
+        "experiments.bench_input", [f"--labels_child={path}",
+                                    f"--label_classes={args.label_classes}"])
+    report["labels"]["load"] = os.getloadavg()
+    print(f"parse_list {args.label_rows} x {args.label_classes} ({os.path.getsize(path) / 1e9:.2f}"
+          f" GB): {report['labels']['seconds']:.1f} s, peak RSS "
+          f"{report['labels']['rss_mib']:.0f} MiB (load {report['labels']['load']})",
+          flush=True)
+    sections.discard("labels")
+  if not sections:
+    print(json.dumps(report))
+    return
   train_dir = [make_files(args.dir, n) for n in RSS_SIZES][-1]
   order = np.random.default_rng(0).permutation(RSS_SIZES[1])[:args.train_images // BATCH * BATCH]
   if "train" in sections:

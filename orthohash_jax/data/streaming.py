@@ -61,13 +61,14 @@ class ImageListSource:
   def __init__(self, name, num_classes, root, parsed, multilabel, train_transform,
                eval_transform, seed: int, data_workers: int, skip_bad_images: bool,
                mean_std):
-    """``parsed`` maps "train"/"query"/"db" to (list path, names, line numbers, uint8 rows) as
+    """``parsed`` maps "train"/"query"/"db" to (list path, names, line numbers, ``Labels``) as
     returned by ``listfile.read_lists``; transforms are ``transforms.Transform``."""
     self.name, self.num_classes, self.multilabel = name, num_classes, multilabel
     self._root, self._seed = root, int(seed)
     self._train_transform, self._eval_transform = train_transform, eval_transform
     self._lists = {s: parsed[s][:3] for s in SPLITS}
-    self._labels = {s: listfile.to_labels(parsed[s][3], multilabel) for s in SPLITS}
+    self._labels = {s: listfile.to_labels(parsed[s][3], multilabel, num_classes)
+                    for s in SPLITS}
     self.mean_std = mean_std
     self._skip = bool(skip_bad_images)
     self._skipped = set()
@@ -84,12 +85,13 @@ class ImageListSource:
     if transform.kind != "none":
       return (transform.size, transform.size, transform.channels)
     path, names, lines = self._lists["train"]
+    file = os.path.join(self._root, os.fsdecode(names[0]))
     try:
-      with Image.open(os.path.join(self._root, names[0])) as img:
+      with Image.open(file) as img:
         return (img.size[1], img.size[0], transform.channels)
     except _BAD_IMAGE_ERRORS as e:
-      raise DataError(f"{path}:{lines[0]}: cannot read {os.path.join(self._root, names[0])} "
-                      f"to find the input shape: {e}") from None
+      raise DataError(f"{path}:{lines[0]}: cannot read {file} to find the input shape: "
+                      f"{e}") from None
 
   @property
   def skipped(self):
@@ -105,7 +107,7 @@ class ImageListSource:
 
   def _decode_into(self, out, k, split, row, transform, rng_key):
     path, names, lines = self._lists[split]
-    file = os.path.join(self._root, names[row])
+    file = os.path.join(self._root, os.fsdecode(names[row]))
     try:
       with Image.open(file) as img:
         rng = np.random.default_rng(rng_key) if transform.random else None
