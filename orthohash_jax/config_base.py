@@ -80,7 +80,7 @@ KEYS = (
     # data
     Key("dataset", "digits", "data source",
         allowed=("digits", "fashion_mnist", "imagenet100", "nuswide", "coco", "listfile",
-                 "cifar10", "gldv2", "synthetic_descriptors")),
+                 "arrayrecord", "cifar10", "gldv2", "synthetic_descriptors")),
     Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
         resumable=True, type=str),
     Key("split_seed", 0, "seed of the query / database / training split"),
@@ -100,7 +100,8 @@ KEYS = (
     Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
     Key("pixel_norm", "imagenet", "device normalisation of uint8 images (imagenet needs RGB)",
         allowed=("imagenet", "unit")),
-    Key("data_workers", 2, "threads decoding list-file images (0: in the calling thread)",
+    Key("data_workers", 2, "threads decoding list-file / ArrayRecord images (0: in the calling "
+        "thread)",
         resumable=True, check=NON_NEGATIVE),
     Key("skip_bad_images", False, "replace unreadable images by a constant one and count them "
         "in results.json, instead of stopping"),

@@ -168,7 +168,7 @@ def _gather_names(buf, starts, lengths):
   return chars.view(f"S{width}")[:, 0], (_WHITESPACE[chars] & inside).any(axis=1)
 
 
-def _first_duplicates(names: np.ndarray):
+def first_duplicates(names: np.ndarray):
   """(rows repeating an earlier row's name, the earlier row), both ascending in the first."""
   order = np.argsort(names, kind="stable")
   ordered = names[order]
@@ -215,7 +215,7 @@ def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
   names = np.concatenate(names) if names else np.array([], "S1")
   lines = np.concatenate(lines) if lines else np.array([], np.int32)
   # A duplicate is reported before a bad line after it, as reading line by line would.
-  for r, first in zip(*_first_duplicates(names)):
+  for r, first in zip(*first_duplicates(names)):
     message = (f"{path}:{lines[r]}: {os.fsdecode(names[r])} is a duplicate of line "
                f"{lines[first]}")
     if not allow_duplicates:
