@@ -80,7 +80,7 @@ KEYS = (
     # data
     Key("dataset", "digits", "data source",
         allowed=("digits", "fashion_mnist", "imagenet100", "nuswide", "coco", "listfile",
-                 "arrayrecord", "cifar10", "gldv2", "synthetic_descriptors")),
+                 "arrayrecord", "tfds", "cifar10", "gldv2", "synthetic_descriptors")),
     Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
         resumable=True, type=str),
     Key("split_seed", 0, "seed of the query / database / training split"),
@@ -112,6 +112,13 @@ KEYS = (
     Key("synthetic_noise", 1.0, "synthetic descriptors: noise std times sqrt(dim)"),
     Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),
     Key("download", False, "tfds: allow downloading (never possible offline)", resumable=True),
+    Key("tfds_name", None, "tfds: TFDS dataset name (None: the dataset key, e.g. cifar10)",
+        type=str),
+    Key("tfds_splits", "per_class=train+test", "tfds: 'train=S,query=S,db=S' (TFDS split "
+        "expressions) or 'per_class=S' (S cut per class: num_query_per_class queries, "
+        "num_train_per_class training, database = training + the rest)"),
+    Key("image_feature", "image", "tfds: the image feature"),
+    Key("label_feature", "label", "tfds: the class-label feature"),
     # model
     Key("backbone", "mlp", "feature extractor",
         allowed=("mlp", "cnn", "cnn_gap", "identity") + IMAGENET_BACKBONES),

@@ -18,11 +18,13 @@ Pillow reads) to the end. A fixed binary layout rather than tf.train.Example (it
 TensorFlow or a protobuf schema to read) or msgpack / pickle (an extra dependency, or code run on
 load): decoding is two ``struct`` reads and a slice, and the image bytes are used as they are.
 """
+import io
 import json
 import struct
 
 import numpy as np
 from etils import epath
+from PIL import Image
 
 from orthohash_jax.data import DataError, listfile
 
@@ -47,6 +49,15 @@ def decode(record: bytes):
   m = struct.unpack_from("<I", record, at)[0]
   path = bytes(record[at + 4:at + 4 + m]).decode("utf-8", "surrogateescape")
   return record[at + 4 + m:], classes, path
+
+
+def png(pixels) -> bytes:
+  """uint8 (H, W) or (H, W, C) pixels as PNG bytes (lossless)."""
+  buf = io.BytesIO()
+  pixels = np.asarray(pixels, np.uint8)
+  Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels).save(
+      buf, "PNG")
+  return buf.getvalue()
 
 
 def shard_name(split: str, k: int, n: int) -> str:

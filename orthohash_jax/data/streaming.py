@@ -1,6 +1,9 @@
-"""Streaming image source over hashing list files: decodes on demand, caches nothing.
+"""Streaming image sources: decode on demand, cache nothing.
 
-``ImageListSource`` implements the input interface shared with the in-memory data:
+``ImageSource`` implements the input interface shared with the in-memory data over encoded
+images; a subclass only says where a split's images are (``_open``): ``ImageListSource`` (here,
+list files), ``arrayrecord.ArrayRecordSource`` (ArrayRecord shards) and
+``tfds_source.TfdsSource`` (TFDS data sources). The interface:
 - ``name``, ``num_classes``, ``multilabel``; ``input_shape`` (H, W, C) and ``input_dtype``
   (uint8); ``mean_std``: per-channel (mean, std) float32 in pixel units [0, 255], the device
   computes ``(x - mean) / std``.

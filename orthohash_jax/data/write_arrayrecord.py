@@ -89,12 +89,6 @@ def _labels_slice(labels: listfile.Labels, start: int, stop: int) -> listfile.La
   return listfile.Labels(ptr - ptr[0], labels.indices[ptr[0]:ptr[-1]])
 
 
-def _png(array) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(array, np.uint8)).save(buf, "PNG")
-  return buf.getvalue()
-
-
 def _read_rows(rows: Rows):
   """Yields (where, source path, image bytes or an OSError, int32 class ids) per row."""
   if rows.kind == "tfds":
@@ -106,7 +100,7 @@ def _read_rows(rows: Rows):
       example = source[i]
       image = example[image_key]
       if not isinstance(image, bytes):  # a feature stored as raw pixels
-        image = _png(image)
+        image = records.png(image)
       yield (f"{rows.where}[{i}]", f"{name}/{split}/{i}", image,
              np.atleast_1d(np.asarray(example[label_key], np.int64)).astype(np.int32))
     return
@@ -114,7 +108,7 @@ def _read_rows(rows: Rows):
     classes = rows.labels.indices[rows.labels.indptr[k]:rows.labels.indptr[k + 1]]
     name = os.fsdecode(rows.names[k])
     if rows.kind == "arrays":
-      yield f"{rows.where}: image {name}", name, _png(rows.images[k]), classes
+      yield f"{rows.where}: image {name}", name, records.png(rows.images[k]), classes
       continue
     file = os.path.join(rows.root, name)
     try:
