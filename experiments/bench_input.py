@@ -27,6 +27,10 @@ r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, J
    with the bytes kept, and as ArrayRecord re-encoded at shorter side 256 (JPEG quality 90), and
    the torch DataLoader on the JPEG files; 1 and 2 workers; every measurement in a fresh process
    (its peak RSS); medians over --reps interleaved reps.
+7. Section "scale" (not in the default set): a synthetic ArrayRecord dataset of
+   --scale_records (5M) 8 x 8 PNG training records (written once, ~1 GB): opening it (metadata +
+   labels: the index) and 100 training steps (MLP, batch 256) in a fresh process, RSS after
+   opening and every 10 steps, and the peak.
 Prints ``os.getloadavg()`` at start and end: only ratios measured side by side mean anything.
 """
 import argparse
@@ -42,9 +46,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from experiments import child as child_lib
-from orthohash_jax import config_base
+from array_record.python import array_record_module
+
+from orthohash_jax import config_base, run
 from orthohash_jax import data as data_lib
-from orthohash_jax.data import listfile, streaming, transforms, write_arrayrecord
+from orthohash_jax.data import listfile, records, streaming, transforms, write_arrayrecord
 
 BATCH = 64
 RSS_SIZES = (2000, 20000)
@@ -286,6 +292,65 @@ def arrayrecord_section(directory, n, reps):
   return {k: {m: float(np.median([r[m] for r in v])) for m in v[0]} for k, v in results.items()}
 
 
+def write_tiny_records(directory, n, classes=1000, shard_size=65536, eval_size=1000):
+  """A synthetic ArrayRecord dataset in ``directory`` (the layout of ``data/records.py``): ``n``
+  training records and ``eval_size`` query and database records, 8 x 8 grayscale PNGs (256
+  distinct ones, cycled), label i % ``classes``. Kept for later runs."""
+  if os.path.exists(os.path.join(directory, records.METADATA)):
+    return
+  os.makedirs(directory, exist_ok=True)
+  pngs = [records.png(np.random.default_rng([5, k]).integers(0, 256, (8, 8), dtype=np.uint8))
+          for k in range(256)]
+  splits = {}
+  for split, size in (("train", n), ("query", eval_size), ("db", eval_size)):
+    names = [records.shard_name(split, k, -(-size // shard_size))
+             for k in range(-(-size // shard_size))]
+    for k, name in enumerate(names):
+      writer = array_record_module.ArrayRecordWriter(os.path.join(directory, name),
+                                                     write_arrayrecord.WRITER_OPTIONS)
+      for i in range(k * shard_size, min((k + 1) * shard_size, size)):
+        writer.write(records.encode(pngs[i % 256], [i % classes], f"tiny/{i}"))
+      writer.close()
+    with open(os.path.join(directory, records.labels_name(split)), "wb") as f:
+      np.savez(f, indptr=np.arange(size + 1, dtype=np.int64),
+               indices=(np.arange(size) % classes).astype(np.int32))
+    splits[split] = {"size": size, "files": names,
+                     "sizes": [min(shard_size, size - k * shard_size) for k in range(len(names))]}
+  with open(os.path.join(directory, records.METADATA), "w", encoding="utf-8") as f:
+    json.dump({"format": records.FORMAT, "num_classes": classes, "multilabel": False,
+               "splits": splits, "image_encoding": "png", "source": {"dataset": "synthetic"},
+               "options": {}, "skipped": {"count": 0, "examples": []}}, f)
+
+
+def _rss_mib():
+  with open("/proc/self/statm", encoding="ascii") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def scale_child(directory, steps=100, chunk=10):
+  """Opens the dataset (its index: metadata and labels) and trains ``steps`` steps (MLP, batch
+  256) in chunks; RSS (MiB) after opening and after each chunk, and the peak."""
+  config = config_base.base_config()
+  config.update(dataset="arrayrecord", data_dir=directory, image_mode="L",
+                train_transform="none", eval_transform="none", pixel_norm="unit",
+                data_workers=2, batch_size=256, hidden=(32,), num_bits=16, num_epochs=1)
+  config_base.validate(config)
+  rss = {"start": _rss_mib()}
+  start = time.perf_counter()
+  data = data_lib.load(config)
+  rss["index"], index_s = _rss_mib(), time.perf_counter() - start
+  trainer = run.make_trainer(config, data)
+  state = trainer.initial_state()
+  labels = data.labels("train")
+  for s in range(0, steps, chunk):
+    state, _ = trainer.run_chunk(state, *data_lib.host_batch(config, data, s, s + chunk, labels))
+    rss[f"step_{s + chunk}"] = _rss_mib()
+  data.close()
+  return {"records": data.size("train"), "index_seconds": index_s, "rss_mib": rss,
+          "labels_dtype": str(labels.dtype), "labels_shape": list(labels.shape),
+          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def write_label_list(path, rows, classes, block=8192):
   """A one-hot list file ``train/CCCC/IIIIIII.JPEG l_1 ... l_C`` (class i % classes), written
   block by block from a uint8 byte matrix (every row the same length)."""
@@ -349,17 +414,24 @@ def main():
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--output", default=None)
   parser.add_argument("--sections", default="train,rss,draft",
-                      help="comma-separated subset of train, rss, draft, labels, arrayrecord")
+                      help="comma-separated subset of train, rss, draft, labels, arrayrecord, "
+                      "scale")
   parser.add_argument("--label_rows", type=int, default=1281167)
   parser.add_argument("--label_classes", type=int, default=1000)
   parser.add_argument("--rss_child", type=int, default=None, help=argparse.SUPPRESS)
   parser.add_argument("--labels_child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--input_child", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--scale_child", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--scale_records", type=int, default=5_000_000,
+                      help="scale section: training records of 8 x 8 pixels")
   parser.add_argument("--full_images", type=int, default=1024,
                       help="arrayrecord section: training images of 500 x 375")
   args = parser.parse_args()
   if args.input_child is not None:
     print(json.dumps(input_child(args.input_child)))
+    return
+  if args.scale_child is not None:
+    print(json.dumps(scale_child(args.scale_child)))
     return
   if args.labels_child is not None:
     print(json.dumps(labels_child(args.labels_child, args.label_classes)))
@@ -397,6 +469,18 @@ def main():
       print(f"| {label} | {workers} | {m['images_per_s']:.1f} | {1000 / m['cpu_ms']:.1f} | "
             f"{m['cpu_ms']:.2f} | {m['rss_mib']:.0f} |")
     sections.discard("arrayrecord")
+  if "scale" in sections:
+    folder = os.path.join(args.dir, f"tiny_{args.scale_records}")
+    start = time.perf_counter()
+    write_tiny_records(folder, args.scale_records)
+    print(f"tiny records ready in {time.perf_counter() - start:.0f} s", flush=True)
+    report["scale"] = child_lib.run_json("experiments.bench_input", [f"--scale_child={folder}"])
+    report["scale"]["load"] = os.getloadavg()
+    print(f"scale: {report['scale']['records']} records, index {report['scale']['index_seconds']:.2f}"
+          f" s, labels {report['scale']['labels_dtype']} {report['scale']['labels_shape']}, RSS MiB "
+          f"{report['scale']['rss_mib']}, peak {report['scale']['peak_rss_mib']:.0f} MiB "
+          f"(load {report['scale']['load']})", flush=True)
+    sections.discard("scale")
   if not sections:
     print(json.dumps(report))
     return

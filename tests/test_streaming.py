@@ -19,7 +19,8 @@ from conftest import ROOT, config_of, free_port, sigterm_during_step, write_idx
 from conftest import write_image_lists as _write
 from orthohash_jax import config_base, run
 from orthohash_jax import data as data_lib
-from orthohash_jax.data import DataError, idx, streaming, transforms, write_listfiles
+from orthohash_jax.data import DataError, idx, streaming, transforms, write_arrayrecord
+from orthohash_jax.data import write_listfiles
 
 def _config(root, **kw):
   base = {"dataset": "listfile", "data_dir": str(root), "num_classes": 3, "seed": 7,
@@ -269,7 +270,7 @@ jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv
 from orthohash_jax import config_base, run
 from orthohash_jax.data import streaming
 reads = {"train": [], "eval": []}
-train_rows, eval_rows = streaming.ImageListSource.train_rows, streaming.ImageListSource.eval_rows
+train_rows, eval_rows = streaming.ImageSource.train_rows, streaming.ImageSource.eval_rows
 def log_train(self, indices, steps, positions):
   reads["train"].append([[int(s), int(p), int(i)] for s, row in zip(steps, indices)
                          for p, i in zip(positions, row)])
@@ -277,7 +278,7 @@ def log_train(self, indices, steps, positions):
 def log_eval(self, split, indices):
   reads["eval"].append([split, [int(i) for i in indices]])
   return eval_rows(self, split, indices)
-streaming.ImageListSource.train_rows, streaming.ImageListSource.eval_rows = log_train, log_eval
+streaming.ImageSource.train_rows, streaming.ImageSource.eval_rows = log_train, log_eval
 config = config_base.base_config()
 config.update(json.loads(sys.argv[3]))
 summary = run.train_and_evaluate(config, sys.argv[4])
@@ -286,10 +287,18 @@ json.dump({"reads": reads, "mAP": summary["mAP"]}, open(sys.argv[5], "w"))
 
 
 @pytest.mark.slow
-def test_two_processes_read_disjoint_slices(tmp_path):
+@pytest.mark.parametrize("dataset", ["listfile", "arrayrecord"])
+def test_two_processes_read_disjoint_slices(tmp_path, dataset):
+  """Two processes of one device each: every (step, position) and evaluation row read once,
+  by its process, and the single-process mAP; for list files and their ArrayRecord shards."""
   (tmp_path / "data").mkdir()
   _write(tmp_path / "data", n_train=12)
   config = _run_config(tmp_path / "data", data_workers=1)
+  if dataset == "arrayrecord":
+    assert write_arrayrecord.main(["--dataset=listfile", "--num_classes=3", "--workers=0",
+                                   f"--data_dir={tmp_path / 'data'}", "--shard_size=5",
+                                   f"--output={tmp_path / 'records'}"]) == 0
+    config.update(dataset="arrayrecord", data_dir=str(tmp_path / "records"), num_classes=None)
   config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
   single = run.train_and_evaluate(config, str(tmp_path / "single"))
   address = f"127.0.0.1:{free_port()}"
