@@ -245,3 +245,26 @@ def test_imagenet100_list_files_and_their_records_train_alike(tmp_path):
   assert results[0]["mAP"] == results[1]["mAP"]
   a, b = (np.load(tmp_path / d / "codes.npz") for d in ("imagenet100", "arrayrecord"))
   np.testing.assert_array_equal(a["db_codes"], b["db_codes"])
+
+
+def test_gs_output_and_reading_from_the_bucket(tmp_path, gcs):
+  """A conversion to gs:// (written locally, uploaded shard by shard) read back from the bucket
+  through grain: the rows and labels of the same conversion written locally."""
+  _fashion_idx(tmp_path / "idx")
+  args = ["--dataset=fashion_mnist", f"--data_dir={tmp_path / 'idx'}", "--num_query_per_class=3",
+          "--num_train_per_class=4", "--shard_size=16"]
+  bucket = gcs.prefix("fmnist_ar")
+  assert _convert(*args, f"--output={bucket}") == 0
+  assert _convert(*args, f"--output={tmp_path / 'local'}") == 0
+  keys = {"image_mode": "L", "train_transform": "none", "eval_transform": "none",
+          "pixel_norm": "unit", "dataset": "arrayrecord"}
+  remote = arrayrecord.load(config_of({**keys, "data_dir": bucket}))
+  local = arrayrecord.load(config_of({**keys, "data_dir": str(tmp_path / "local")}))
+  try:
+    for split in ("train", "query", "db"):
+      rows = np.arange(local.size(split))[::-1]
+      np.testing.assert_array_equal(remote.eval_rows(split, rows), local.eval_rows(split, rows))
+      np.testing.assert_array_equal(remote.labels(split), local.labels(split))
+  finally:
+    remote.close()
+    local.close()

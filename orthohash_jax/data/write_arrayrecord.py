@@ -266,7 +266,7 @@ def _check_output(output: str, plan: dict):
   files already there."""
   out = epath.Path(output)
   out.mkdir(parents=True, exist_ok=True)
-  present = {p.name for p in out.iterdir()}
+  present = {p.name for p in out.iterdir()} if out.exists() else set()  # gs://: no folders
   if PLAN in present:
     previous = json.loads((out / PLAN).read_text())
     if previous != plan:
