@@ -1,5 +1,6 @@
 """experiments/notebooks/quickstart.ipynb runs top to bottom (2 epochs) in a fresh kernel; its
-Colab install cell stops at once while the repository URL is the placeholder."""
+Colab install cell stops at once while the repository URL is the placeholder.
+tfds_training.ipynb runs headless on a cifar10 built here in the array_record format."""
 import json
 import os
 import re
@@ -16,19 +17,25 @@ from conftest import ROOT
 NOTEBOOK = os.path.join(ROOT, "experiments", "notebooks", "quickstart.ipynb")
 
 
+def execute(path, monkeypatch, timeout):
+  """Runs a notebook top to bottom in a fresh kernel on one CPU device (like a user's machine);
+  returns (its printed text, the number of images it drew), after checking it raised nothing."""
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  nb = nbformat.read(path, as_version=4)
+  nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                          resources={"metadata": {"path": ROOT}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  return ("".join(o.get("text", "") for o in outputs if o.output_type == "stream"),
+          len([o for o in outputs if "image/png" in o.get("data", {})]))
+
+
 @pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   monkeypatch.setenv("QUICKSTART_EPOCHS", "2")
   monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "run"))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, like a user's machine
-  nb = nbformat.read(NOTEBOOK, as_version=4)
-  nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                          resources={"metadata": {"path": ROOT}}).execute()
-  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-  images = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(images) == 3  # bit balance, histogram, search results
+  text, images = execute(NOTEBOOK, monkeypatch, 120)
+  assert images == 3  # bit balance, histogram, search results
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert results["steps"] == 2 * (1497 // 64)
   assert f"mAP@all {results['mAP']:.4f} after {results['steps']} steps" in text
@@ -80,14 +87,8 @@ def test_tfds_notebook_runs_on_a_locally_built_dataset(tmp_path, monkeypatch):
                      ("TRAIN", "8"), ("EPOCHS", "2"), ("BACKBONE", "mlp"),
                      ("WORKDIR", str(tmp_path / "run"))):
     monkeypatch.setenv(f"TFDS_NOTEBOOK_{key}", value)
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
-  nb = nbformat.read(TFDS_NOTEBOOK, as_version=4)
-  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": ROOT}}).execute()
-  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
-  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-  assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3
+  text, images = execute(TFDS_NOTEBOOK, monkeypatch, 300)
+  assert images == 3  # bit balance, Hamming distances, search results
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert results["steps"] == 2 * (80 // 64)  # 8 per class: one batch of 64 per epoch
   assert f"mAP@all {results['mAP']:.4f} after {results['steps']} steps" in text
