@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import ROOT, config_of, write_idx
 from conftest import write_image_lists
 from orthohash_jax import config_base, run
+from orthohash_jax import data as data_lib
 from orthohash_jax.data import DataError, arrayrecord, idx, records, streaming
 from orthohash_jax.data import write_arrayrecord
 
@@ -273,3 +274,29 @@ def test_gs_output_and_reading_from_the_bucket(tmp_path, gcs):
   finally:
     remote.close()
     local.close()
+
+
+def test_tfds_dataset_converted_equals_streaming_it(tmp_path):
+  """A TFDS dataset (built here, array_record) converted with its stored PNG bytes kept: the
+  ArrayRecord source gives the rows and labels of the tfds source on the same splits."""
+  from test_tfds_source import build_tfds  # pylint: disable=g-import-not-at-top
+  build_tfds(tmp_path / "tfds", "tiny_images", {"train": 30, "test": 12})
+  splits = "train=train[:20],query=test,db=train"
+  assert _convert("--dataset=tfds", "--tfds_name=tiny_images", f"--data_dir={tmp_path / 'tfds'}",
+                  f"--tfds_splits={splits}", f"--output={tmp_path / 'ar'}", "--shard_size=8") == 0
+  keys = {"train_transform": "none", "eval_transform": "none", "pixel_norm": "unit"}
+  streamed = data_lib.load(config_of({**keys, "dataset": "tfds", "tfds_name": "tiny_images",
+                                      "data_dir": str(tmp_path / "tfds"), "tfds_splits": splits}))
+  recs = arrayrecord.load(config_of({**keys, "dataset": "arrayrecord",
+                                     "data_dir": str(tmp_path / "ar")}))
+  try:
+    assert (recs.size("train"), recs.size("query"), recs.size("db")) == (20, 12, 30)
+    for split in ("train", "query", "db"):
+      rows = np.arange(recs.size(split))
+      np.testing.assert_array_equal(recs.eval_rows(split, rows), streamed.eval_rows(split, rows))
+      np.testing.assert_array_equal(recs.labels(split), streamed.labels(split))
+  finally:
+    streamed.close()
+    recs.close()
+  assert _convert("--dataset=tfds", "--tfds_name=tiny_images", f"--data_dir={tmp_path / 'tfds'}",
+                  "--tfds_splits=train=train", f"--output={tmp_path / 'bad'}") == 2

@@ -46,7 +46,7 @@ from etils import epath
 from PIL import Image
 
 from orthohash_jax import cli, config_base
-from orthohash_jax.data import DataError, idx, listfile, records, transforms
+from orthohash_jax.data import DataError, idx, listfile, records, tfds_source, transforms
 
 LIST_DATASETS = ("imagenet100", "nuswide", "coco", "listfile")
 PLAN = "plan.json"
@@ -225,9 +225,10 @@ def _idx_source(args):
 
 def _tfds_source(args):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  chosen = dict(item.split("=", 1) for item in args.tfds_splits.split(","))
-  if sorted(chosen) != sorted(records.SPLITS):
-    raise DataError(f"--tfds_splits must name train, query and db, got {args.tfds_splits!r}")
+  chosen = tfds_source.parse_splits(args.tfds_splits)
+  if "per_class" in chosen:
+    raise DataError("write_arrayrecord takes --tfds_splits=train=S1,query=S2,db=S3 (convert "
+                    "the per-class protocol's TFDS split with dataset=tfds instead)")
   splits, num_classes = {}, None
   for split in records.SPLITS:
     try:
