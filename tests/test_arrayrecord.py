@@ -195,6 +195,7 @@ def test_each_batch_reads_only_its_rows(tmp_path):
     indices = np.array([[7, 2, 11, 0], [5, 5, 10, 3]])
     src.train_rows(indices[:, 2:], [0, 1], [2, 3])  # process 1 of 2: positions 2, 3
     src.eval_rows("db", np.array([6, 1]))
+    assert src.eval_rows("query", np.zeros(0, int)).shape == (0, 32, 32, 3)  # a process's share
     # Shards of 5 records: rows 11, 10 lie in shard 2, rows 0, 3 in shard 0; grain opens a
     # shard on its first read, so shard 1 was never opened.
     opened = [k for k, reader in enumerate(src._sources["train"]._readers)  # pylint: disable=protected-access

@@ -289,8 +289,9 @@ json.dump({"reads": reads, "mAP": summary["mAP"]}, open(sys.argv[5], "w"))
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["listfile", "arrayrecord"])
 def test_two_processes_read_disjoint_slices(tmp_path, dataset):
-  """Two processes of one device each: every (step, position) and evaluation row read once,
-  by its process, and the single-process mAP; for list files and their ArrayRecord shards."""
+  """Two processes (one device each for list files, two each for their ArrayRecord shards):
+  every (step, position) and evaluation row read once, by its process, and the single-process
+  (4-device) mAP."""
   (tmp_path / "data").mkdir()
   _write(tmp_path / "data", n_train=12)
   config = _run_config(tmp_path / "data", data_workers=1)
@@ -302,7 +303,8 @@ def test_two_processes_read_disjoint_slices(tmp_path, dataset):
   config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
   single = run.train_and_evaluate(config, str(tmp_path / "single"))
   address = f"127.0.0.1:{free_port()}"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+  devices = 2 if dataset == "arrayrecord" else 1
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
   procs = [subprocess.Popen(
       [sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), json.dumps(config.to_dict()),

@@ -58,8 +58,9 @@ class ArrayRecordSource(streaming.ImageSource):
                      *args)
 
   def read_records(self, split: str, rows) -> list:
-    """The raw records of ``rows`` (global indices) of ``split``, in order."""
-    return list(self._sources[split].__getitems__(rows))
+    """The raw records of ``rows`` (global indices) of ``split``, in order (a process may have
+    no rows of a small evaluation split; grain refuses an empty read)."""
+    return list(self._sources[split].__getitems__(rows)) if len(rows) else []
 
   def _open(self, split, rows):
     out = []
