@@ -319,10 +319,13 @@ def convert(args) -> str:
   pool = (concurrent.futures.ProcessPoolExecutor(
       args.workers, mp_context=multiprocessing.get_context("spawn")) if args.workers else None)
   try:
-    futures = [pool.submit(write_shard, j) if pool else None for j in todo]
-    for k, (job, future) in enumerate(zip(todo, futures)):
+    pending = [pool.submit(write_shard, j) for j in todo] if pool else None
+    for k, job in enumerate(todo):
       try:
-        future.result() if pool else write_shard(job)  # pylint: disable=expression-not-assigned
+        if pending:
+          pending[k].result()
+        else:
+          write_shard(job)
       except futures_process.BrokenProcessPool as e:
         raise OSError(f"a worker process writing {job.name} died ({e})") from None
       done += job.rows.stop - job.rows.start
