@@ -19,7 +19,8 @@ from conftest import ROOT, config_of, free_port, sigterm_during_step, write_idx
 from conftest import write_image_lists as _write
 from orthohash_jax import config_base, run
 from orthohash_jax import data as data_lib
-from orthohash_jax.data import DataError, idx, streaming, transforms, write_arrayrecord
+from orthohash_jax.data import DataError, arrayrecord, idx, streaming, transforms
+from orthohash_jax.data import write_arrayrecord
 from orthohash_jax.data import write_listfiles
 
 def _config(root, **kw):
@@ -247,16 +248,30 @@ def _run_config(root, **kw):
                  checkpoint_every_steps=100, **kw)
 
 
+def _records_config(tmp_path, config):
+  """``config`` moved onto the ArrayRecord conversion of its list files (bytes kept)."""
+  assert write_arrayrecord.main(["--dataset=listfile", "--num_classes=3", "--workers=0",
+                                 f"--data_dir={config.data_dir}", "--shard_size=5",
+                                 f"--output={tmp_path / 'records'}"]) == 0
+  config.update(dataset="arrayrecord", data_dir=str(tmp_path / "records"), num_classes=None)
+  return config
+
+
 @pytest.mark.slow
-def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset", ["listfile", "arrayrecord"])
+def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch, dataset):
   (tmp_path / "data").mkdir()
   _write(tmp_path / "data", n_train=12)
-  run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "whole"))
-  original = sigterm_during_step(monkeypatch, streaming.ImageListSource, 4)
+  config = _run_config(tmp_path / "data")
+  if dataset == "arrayrecord":
+    config = _records_config(tmp_path, config)
+  source = arrayrecord.ArrayRecordSource if dataset == "arrayrecord" else streaming.ImageListSource
+  run.train_and_evaluate(config, str(tmp_path / "whole"))
+  original = sigterm_during_step(monkeypatch, source, 4)
   with pytest.raises(run.Interrupted, match="interrupted at step 5"):
-    run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
-  monkeypatch.setattr(streaming.ImageListSource, "train_rows", original)
-  run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
+    run.train_and_evaluate(config, str(tmp_path / "cut"))
+  monkeypatch.setattr(source, "train_rows", original)
+  run.train_and_evaluate(config, str(tmp_path / "cut"))
   a, b = (np.load(tmp_path / w / "codes.npz") for w in ("whole", "cut"))
   np.testing.assert_array_equal(a["db_codes"], b["db_codes"])
   np.testing.assert_array_equal(a["query_codes"], b["query_codes"])
@@ -296,10 +311,7 @@ def test_two_processes_read_disjoint_slices(tmp_path, dataset):
   _write(tmp_path / "data", n_train=12)
   config = _run_config(tmp_path / "data", data_workers=1)
   if dataset == "arrayrecord":
-    assert write_arrayrecord.main(["--dataset=listfile", "--num_classes=3", "--workers=0",
-                                   f"--data_dir={tmp_path / 'data'}", "--shard_size=5",
-                                   f"--output={tmp_path / 'records'}"]) == 0
-    config.update(dataset="arrayrecord", data_dir=str(tmp_path / "records"), num_classes=None)
+    config = _records_config(tmp_path, config)
   config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
   single = run.train_and_evaluate(config, str(tmp_path / "single"))
   address = f"127.0.0.1:{free_port()}"
