@@ -3,8 +3,6 @@ and list-file paths; bad inputs, skipping, resuming; each batch reads only its r
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -310,8 +308,7 @@ def test_fashion_arrayrecord_on_two_processes_of_two_devices(tmp_path):
   """The Fashion-MNIST conversion trained by 2 processes x 2 devices: each process reads only
   its rows, and the mAP is the 1-process IDX run's (a short run: the distributed sums have not
   drifted, see tests/test_multihost.py)."""
-  from conftest import free_port  # pylint: disable=g-import-not-at-top
-  from test_streaming import TWO_PROCESS_SCRIPT  # pylint: disable=g-import-not-at-top
+  from test_streaming import run_two_processes  # pylint: disable=g-import-not-at-top
   _fashion_idx(tmp_path / "idx", seed=2, sizes=(("train", 120), ("t10k", 40)))
   sizes = ["--num_query_per_class=2", "--num_train_per_class=8"]
   assert _convert("--dataset=fashion_mnist", f"--output={tmp_path / 'ar'}",
@@ -324,17 +321,7 @@ def test_fashion_arrayrecord_on_two_processes_of_two_devices(tmp_path):
   config.update(dataset="arrayrecord", num_classes=None, data_dir=str(tmp_path / "ar"),
                 num_query_per_class=2, num_train_per_class=8, num_epochs=2, batch_size=16,
                 hidden=(32,), num_bits=16, adam_eps=1e-3)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_PLATFORMS": "cpu"}
-  address = f"127.0.0.1:{free_port()}"
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), json.dumps(config.to_dict()),
-       str(tmp_path / "multi"), str(tmp_path / f"reads{i}.json")],
-      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-  out = [json.loads((tmp_path / f"reads{i}.json").read_text()) for i in range(2)]
+  out = run_two_processes(config, tmp_path, 2)
   train = [{tuple(r) for chunk in o["reads"]["train"] for r in chunk} for o in out]
   assert {p for _, p, _ in train[0]} == set(range(8)) and {p for _, p, _ in train[1]} == set(
       range(8, 16))

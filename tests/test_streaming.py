@@ -301,6 +301,23 @@ json.dump({"reads": reads, "mAP": summary["mAP"]}, open(sys.argv[5], "w"))
 """
 
 
+def run_two_processes(config, tmp_path, devices):
+  """Trains ``config`` in 2 processes of ``devices`` CPU devices each (``TWO_PROCESS_SCRIPT``,
+  workdir tmp_path/multi); returns each process's {"reads": {"train": [[step, position, row],
+  ...] per call, "eval": [split, rows] per call}, "mAP"}."""
+  address = f"127.0.0.1:{free_port()}"
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), json.dumps(config.to_dict()),
+       str(tmp_path / "multi"), str(tmp_path / f"reads{i}.json")],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  return [json.loads((tmp_path / f"reads{i}.json").read_text()) for i in range(2)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["listfile", "arrayrecord"])
 def test_two_processes_read_disjoint_slices(tmp_path, dataset):
@@ -314,18 +331,7 @@ def test_two_processes_read_disjoint_slices(tmp_path, dataset):
     config = _records_config(tmp_path, config)
   config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
   single = run.train_and_evaluate(config, str(tmp_path / "single"))
-  address = f"127.0.0.1:{free_port()}"
-  devices = 2 if dataset == "arrayrecord" else 1
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), json.dumps(config.to_dict()),
-       str(tmp_path / "multi"), str(tmp_path / f"reads{i}.json")],
-      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
-  out = [json.loads((tmp_path / f"reads{i}.json").read_text()) for i in range(2)]
+  out = run_two_processes(config, tmp_path, 2 if dataset == "arrayrecord" else 1)
   train = [{tuple(r) for chunk in o["reads"]["train"] for r in chunk} for o in out]
   assert not train[0] & train[1]  # no (step, position) read by both processes
   assert {p for _, p, _ in train[0]} == {0, 1} and {p for _, p, _ in train[1]} == {2, 3}
