@@ -131,7 +131,7 @@ KEYS = (
     # data
     Key("dataset", "digits", "data source",
         allowed=("digits", "fashion_mnist", "imagenet100", "nuswide", "coco", "listfile",
-                 "cifar10", "gldv2", "synthetic_descriptors")),
+                 "arrayrecord", "tfds", "cifar10", "gldv2", "synthetic_descriptors")),
     Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
         resumable=True, type=str),
     Key("split_seed", 0, "seed of the query / database / training split", check=SEED),
@@ -151,7 +151,8 @@ KEYS = (
     Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
     Key("pixel_norm", "imagenet", "device normalisation of uint8 images (imagenet needs RGB)",
         allowed=("imagenet", "unit")),
-    Key("data_workers", 2, "threads decoding list-file images (0: in the calling thread)",
+    Key("data_workers", 2, "threads decoding list-file / ArrayRecord images (0: in the calling "
+        "thread)",
         resumable=True, check=NON_NEGATIVE),
     Key("skip_bad_images", False, "replace unreadable images by a constant one and count them "
         "in results.json, instead of stopping"),
@@ -162,6 +163,13 @@ KEYS = (
     Key("synthetic_noise", 1.0, "synthetic descriptors: noise std times sqrt(dim)"),
     Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),
     Key("download", False, "tfds: allow downloading (never possible offline)", resumable=True),
+    Key("tfds_name", None, "tfds: TFDS dataset name (None: the dataset key, e.g. cifar10)",
+        type=str),
+    Key("tfds_splits", "per_class=train+test", "tfds: 'train=S,query=S,db=S' (TFDS split "
+        "expressions) or 'per_class=S' (S cut per class: num_query_per_class queries, "
+        "num_train_per_class training, database = training + the rest)"),
+    Key("image_feature", "image", "tfds: the image feature"),
+    Key("label_feature", "label", "tfds: the class-label feature"),
     # model
     Key("backbone", "mlp", "feature extractor",
         allowed=("mlp", "cnn", "cnn_gap", "identity") + IMAGENET_BACKBONES),
