@@ -140,7 +140,11 @@ def verify(directory: str):
       saved = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     return f"its digest {DIGEST} is unreadable ({e})"
-  current = file_digests(directory)
+  try:
+    current = file_digests(directory)
+  except OSError as e:  # a file that cannot be read (an I/O error, a dangling link)
+    return f"its file {os.path.relpath(e.filename or directory, directory)} is unreadable " \
+        f"({e.strerror or e})"
   for relative in sorted(saved.keys() | current.keys()):
     if saved.get(relative) != current.get(relative):
       what = ("is missing" if relative not in current else "was not saved" if relative not in
@@ -270,6 +274,7 @@ class Checkpointer:
     """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
     happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()
+    parallel.barrier("quarantine_checked")  # no process still reads it when process 0 moves it
     target = os.path.join(self.corrupt_dir, str(step))
     suffix = 0
     while os.path.exists(target):

@@ -179,3 +179,22 @@ def test_a_checkpoint_without_a_digest_restores_unverified(tmp_path):
   ckpt.close()
   assert step == 9
   np.testing.assert_array_equal(restored["w"], state["w"])
+
+
+def test_a_checkpoint_file_that_cannot_be_read_fails_the_check_in_one_line(tmp_path):
+  """A file of the newest checkpoint that cannot be opened (here a dangling link; an I/O error
+  alike) is a failed check, not an OSError that stops the run: step 5 is restored."""
+  state, abstract = save_two(tmp_path, lambda s: s)
+  step_dir = os.path.join(tmp_path, "checkpoints", "9")
+  name = next(n for n in sorted(os.listdir(step_dir)) if os.path.isfile(os.path.join(step_dir, n))
+              and n != checkpoint.DIGEST)
+  os.remove(os.path.join(step_dir, name))
+  os.symlink(os.path.join(tmp_path, "nowhere"), os.path.join(step_dir, name))
+  lines = []
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  restored, step = ckpt.restore_latest(abstract, log=lines.append)
+  ckpt.close()
+  assert step == 5 and len(lines) == 1
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert lines[0].startswith(f"warning: checkpoint at step 9 failed its check (its file {name} "
+                             "is unreadable (No such file or directory)); moved to")
