@@ -18,7 +18,8 @@ checkpoint that restores with a non-finite value in its state (which would give 
 loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
 non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
 version, or killed between the save and the digest: with background saves the digest is
-written when the save is waited for, at the next save or at the end) restore unverified.
+written by the first ``check`` after the save is complete, or when it is waited for) restore
+unverified.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
 files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
@@ -210,8 +211,8 @@ class Checkpointer:
 
   def _write_digest(self, step: int) -> None:
     """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it); called by
-    ``wait`` once the save is complete (a background save: at the next save, ``wait`` or
-    ``close``)."""
+    ``wait`` once the save is complete (a background save: by the first ``check`` that finds it
+    complete, else at the next ``save``, ``wait`` or ``close``)."""
     if parallel.is_main_process():
       step_dir = os.path.join(self.directory, str(step))
       files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
@@ -230,9 +231,12 @@ class Checkpointer:
       self.wait()
 
   def check(self) -> None:
-    """Raises ``SaveError`` if a background save has failed (no waiting)."""
+    """Raises ``SaveError`` if a background save has failed (no waiting); once it is complete,
+    writes its digest (so a run killed later resumes from a verified checkpoint)."""
     with self._save_errors():
       self.manager.check_for_errors()
+    if self.saving is not None and not self.manager.is_saving_in_progress():
+      self.wait()  # complete (orbax's finalize ended on every process): returns at once
 
   def wait(self) -> None:
     """Waits until the save in progress is complete; ``SaveError`` if it failed."""

@@ -1,6 +1,7 @@
 """Checkpoints (``checkpoint.Checkpointer``): quarantine of checkpoints that do not restore,
 failed saves, partial saves of a killed run."""
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -198,3 +199,18 @@ def test_a_checkpoint_file_that_cannot_be_read_fails_the_check_in_one_line(tmp_p
   np.testing.assert_array_equal(restored["w"], state["w"])
   assert lines[0].startswith(f"warning: checkpoint at step 9 failed its check (its file {name} "
                              "is unreadable (No such file or directory)); moved to")
+
+
+def test_a_completed_background_save_gets_its_digest_at_the_next_check(tmp_path):
+  """Not only at the next save: a run killed between two saves resumes from a verified
+  checkpoint. orbax's own wait stands for the save completing while a chunk trains."""
+  ckpt = checkpoint.Checkpointer(str(tmp_path), background=True)
+  ckpt.save(3, {"w": np.arange(1000, dtype=np.float32)})
+  ckpt.manager.wait_until_finished()
+  digest = os.path.join(ckpt.directory, "3", checkpoint.DIGEST)
+  assert not os.path.exists(digest)
+  ckpt.check()
+  with open(digest) as f:
+    assert json.load(f) == checkpoint.file_digests(os.path.join(ckpt.directory, "3"))
+  assert checkpoint.verify(os.path.join(ckpt.directory, "3")) is None
+  ckpt.close()
