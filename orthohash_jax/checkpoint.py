@@ -35,15 +35,14 @@ process received one, or orbax's preemption notice fired: the loop then saves an
 second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
-
-import hashlib
-import json
 
 import jax
 import jax.numpy as jnp
