@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
       raise Aborted("aborted by Ctrl-C (nothing saved since the last checkpoint)") from None
     if parallel.is_main_process():
-      kept = [name for name in workdir_lib.RUN_FILES[:4]
+      kept = [name for name in (workdir_lib.CONFIG, workdir_lib.CODEBOOK, workdir_lib.PROGRESS,
+                                workdir_lib.METRICS)
               if os.path.exists(workdir_lib.path(args.workdir, name))]
       cli.say(f"wrote {', '.join(workdir_lib.result_files(args.workdir, config))} (with "
               f"{', '.join(kept)}, checkpoints/ and TensorBoard events in {args.workdir}: "
