@@ -8,7 +8,7 @@ in its description). ``resumable`` keys alter neither the train state nor the ba
 a workdir may be resumed with other values of them (see ``workdir.check_same_run``).
 
 Validation lives here, with the declarations: a key's type (that of its default, or ``type``;
-a bool is not an integer), its ``allowed`` values or ``check``, and the rules that tie keys
+a bool is not an integer, a float is finite), its ``allowed`` values or ``check``, and the rules that tie keys
 together (``_rules``). ``validate(config)`` runs them all, once, before any data is read;
 nothing downstream checks config values again. Every message is one line: the key, what it
 must be, what was given. ``check_labels(config, multilabel)`` refuses, once the data is known,
@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import re
 from typing import Any
@@ -87,13 +88,13 @@ def shown(value, limit: int = 60) -> str:
 
 _TYPE_CHECKS = {
     int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     bool: lambda v: isinstance(v, bool),
     str: lambda v: isinstance(v, str),
     tuple: lambda v: isinstance(v, (tuple, list)),
     dict: lambda v: isinstance(v, dict),
 }
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+_TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
                tuple: "a tuple such as (512, 512)", dict: "a dict such as {'train': 100}"}
 
 
