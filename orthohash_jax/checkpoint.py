@@ -21,7 +21,8 @@ checkpoint that restores with a non-finite value in its state (which would give 
 loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
 non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
 version, or killed between the save and the digest: with background saves the digest is
-written when the save is waited for, at the next save or at the end) restore unverified.
+written by the first ``check`` after the save is complete, or when it is waited for) restore
+unverified.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
 files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
@@ -37,14 +38,13 @@ process received one, or orbax's preemption notice fired: the loop then saves an
 second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import signal
 import sys
 import tempfile
-
-import hashlib
-import json
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +138,11 @@ def verify(directory: str):
     saved = json.loads(files.path(digest_file).read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     return f"its digest {DIGEST} is unreadable ({e})"
-  current = file_digests(directory)
+  try:
+    current = file_digests(directory)
+  except OSError as e:  # a file that cannot be read (an I/O error, a dangling link)
+    return f"its file {os.path.relpath(e.filename or directory, directory)} is unreadable " \
+        f"({e.strerror or e})"
   for relative in sorted(saved.keys() | current.keys()):
     if saved.get(relative) != current.get(relative):
       what = ("is missing" if relative not in current else "was not saved" if relative not in
@@ -206,8 +210,8 @@ class Checkpointer:
 
   def _write_digest(self, step: int) -> None:
     """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it); called by
-    ``wait`` once the save is complete (a background save: at the next save, ``wait`` or
-    ``close``)."""
+    ``wait`` once the save is complete (a background save: by the first ``check`` that finds it
+    complete, else at the next ``save``, ``wait`` or ``close``)."""
     if parallel.is_main_process():
       step_dir = os.path.join(self.directory, str(step))
       files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
@@ -227,9 +231,12 @@ class Checkpointer:
       self.wait()
 
   def check(self) -> None:
-    """Raises ``SaveError`` if a background save has failed (no waiting)."""
+    """Raises ``SaveError`` if a background save has failed (no waiting); once it is complete,
+    writes its digest (so a run killed later resumes from a verified checkpoint)."""
     with self._save_errors():
       self.manager.check_for_errors()
+    if self.saving is not None and not self.manager.is_saving_in_progress():
+      self.wait()  # complete (orbax's finalize ended on every process): returns at once
 
   def wait(self) -> None:
     """Waits until the save in progress is complete; ``SaveError`` if it failed."""
@@ -271,6 +278,7 @@ class Checkpointer:
     """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
     happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()
+    parallel.barrier("quarantine_checked")  # no process still reads it when process 0 moves it
     target = os.path.join(self.corrupt_dir, str(step))
     suffix = 0
     while files.path(target).exists():

@@ -8,7 +8,7 @@ in its description). ``resumable`` keys alter neither the train state nor the ba
 a workdir may be resumed with other values of them (see ``workdir.check_same_run``).
 
 Validation lives here, with the declarations: a key's type (that of its default, or ``type``;
-a bool is not an integer), its ``allowed`` values or ``check``, and the rules that tie keys
+a bool is not an integer, a float is finite), its ``allowed`` values or ``check``, and the rules that tie keys
 together (``_rules``). ``validate(config)`` runs them all, once, before any data is read;
 nothing downstream checks config values again. Every message is one line: the key, what it
 must be, what was given. ``check_labels(config, multilabel)`` refuses, once the data is known,
@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import re
 from typing import Any
@@ -87,13 +88,13 @@ def shown(value, limit: int = 60) -> str:
 
 _TYPE_CHECKS = {
     int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     bool: lambda v: isinstance(v, bool),
     str: lambda v: isinstance(v, str),
     tuple: lambda v: isinstance(v, (tuple, list)),
     dict: lambda v: isinstance(v, dict),
 }
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+_TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
                tuple: "a tuple such as (512, 512)", dict: "a dict such as {'train': 100}"}
 
 
@@ -143,7 +144,7 @@ KEYS = (
     # data
     Key("dataset", "digits", "data source",
         allowed=("digits", "fashion_mnist", "imagenet100", "nuswide", "coco", "listfile",
-                 "cifar10", "gldv2", "synthetic_descriptors")),
+                 "arrayrecord", "tfds", "cifar10", "gldv2", "synthetic_descriptors")),
     Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
         resumable=True, type=str),
     Key("split_seed", 0, "seed of the query / database / training split", check=SEED),
@@ -163,7 +164,8 @@ KEYS = (
     Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
     Key("pixel_norm", "imagenet", "device normalisation of uint8 images (imagenet needs RGB)",
         allowed=("imagenet", "unit")),
-    Key("data_workers", 2, "threads decoding list-file images (0: in the calling thread)",
+    Key("data_workers", 2, "threads decoding list-file / ArrayRecord images (0: in the calling "
+        "thread)",
         resumable=True, check=NON_NEGATIVE),
     Key("skip_bad_images", False, "replace unreadable images by a constant one and count them "
         "in results.json, instead of stopping"),
@@ -174,6 +176,13 @@ KEYS = (
     Key("synthetic_noise", 1.0, "synthetic descriptors: noise std times sqrt(dim)"),
     Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),
     Key("download", False, "tfds: allow downloading (never possible offline)", resumable=True),
+    Key("tfds_name", None, "tfds: TFDS dataset name (None: the dataset key, e.g. cifar10)",
+        type=str),
+    Key("tfds_splits", "per_class=train+test", "tfds: 'train=S,query=S,db=S' (TFDS split "
+        "expressions) or 'per_class=S' (S cut per class: num_query_per_class queries, "
+        "num_train_per_class training, database = training + the rest)"),
+    Key("image_feature", "image", "tfds: the image feature"),
+    Key("label_feature", "label", "tfds: the class-label feature"),
     # model
     Key("backbone", "mlp", "feature extractor",
         allowed=("mlp", "cnn", "cnn_gap", "identity") + IMAGENET_BACKBONES),

@@ -133,7 +133,6 @@ def step_counts(config, data):
 def make_trainer(config, data, mesh=None, codebook=None) -> trainer_lib.Trainer:
   """The Trainer of a validated config for ``data`` on ``mesh`` (None: from the config);
   ``codebook`` (C, K): the class targets (None: generated from the config)."""
-  methods.apply_architecture(config)
   if codebook is None:
     codebook = workdir_lib.codebook(config, data.num_classes)
   return trainer_lib.Trainer(

@@ -339,7 +339,8 @@ def _metrics_lines(file: str) -> list:
 def truncate_metrics(workdir: str, step: int):
   """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)
   and a half-written last line; returns the last step logged before (None: no line; every
-  logged chunk had finite losses). Process 0 rewrites the file; the others only read it."""
+  logged chunk had finite losses). Process 0 reads and rewrites the file and returns that step;
+  the others return None (``run`` combines them with ``parallel.any_process``)."""
   file = path(workdir, METRICS)
   if not files.path(file).exists():
     return None

@@ -252,8 +252,9 @@ def test_smoke_images_write_a_paper_datasets_layout(dataset, classes, multilabel
   labels_per_row = set()
   for filename, n in (("train.txt", 3), ("test.txt", 2), ("database.txt", 2)):
     names, _, rows = listfile.parse_list(str(tmp_path / filename), classes)
+    names = [os.fsdecode(n) for n in names]
     assert len(names) == n and [os.path.splitext(p)[1] for p in names][:2] == [".jpg", ".png"]
-    labels_per_row |= set(rows.sum(axis=1).tolist())
+    labels_per_row |= set(rows.counts.tolist())
     for name in names:
       with Image.open(tmp_path / name) as img:
         assert img.size == (256, 256) and img.format == ("JPEG" if name.endswith("jpg") else "PNG")
