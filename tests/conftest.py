@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-impo
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-import-position
+from orthohash_jax import config_base, files, parallel, run  # pylint: disable=wrong-import-position
 from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
 from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -139,14 +139,16 @@ def assert_one_line_error(proc, pattern, status=2):
 
 
 def checkpoint_steps(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(p) for p in os.listdir(d) if p.isdigit()) if os.path.isdir(d) else []
+  """The saved steps of a workdir, local or gs://."""
+  d = files.path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
 def final_params(workdir):
-  """(step, params) of the latest checkpoint, restored onto this process's first device."""
+  """(step, params) of the latest checkpoint (local or gs://), restored onto this process's
+  first device."""
   step = checkpoint_steps(workdir)[-1]
-  path = os.path.join(workdir, "checkpoints", str(step), "default")
+  path = files.path(workdir) / "checkpoints" / str(step) / "default"
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

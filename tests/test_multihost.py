@@ -1,5 +1,4 @@
 """Multi-process data parallelism and preemption, each run as real subprocesses."""
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, final_params, free_port, main_cmd
-from orthohash_jax import parallel, run
+from orthohash_jax import files, parallel, run, workdir as workdir_lib
 
 # Adam divides by sqrt(v) + eps: with torch's eps 1e-8, parameters whose gradient is ~0 move by
 # +-lr with the sign of float32 rounding noise, and sums split over devices round differently,
@@ -32,8 +31,7 @@ def env(devices):
 
 
 def results(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
+  return files.read_json(files.path(workdir) / "results.json")
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +147,14 @@ def test_sigterm_saves_and_restart_matches(single_run, tmp_path):
 
 
 # ---- preemption: SIGTERM to one process, kill -9 of one process ----
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "gs"])
 def shared_workdir(request, tmp_path):
-  """``make(name)``: a workdir that every process of a test shares (local: a directory of this
-  box, the processes' only shared state besides the coordinator)."""
-  del request
+  """``make(name)``: a workdir that every process of a test shares, the processes' only shared
+  state besides the coordinator: a directory of this box, or a gs:// prefix on the local GCS
+  emulator (the subprocesses inherit its environment from this process while the ``gcs``
+  fixture is active)."""
+  if request.param == "gs":
+    return request.getfixturevalue("gcs").prefix
   return lambda name: str(tmp_path / name)
 
 
@@ -222,9 +223,11 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
   hosts the coordination service) killed: jaxlib aborts process 1 at once (1 run in 6 here, the
   failed collective came first: status 4 and the line naming process 0).
   docs/multihost.md#preemption."""
-  procs = _start_two(shared_workdir("killed"), "--config.num_epochs=1000",
-                     "--config.checkpoint_every_steps=46", "--config.chunk_seconds=0.2")
-  _wait_for_step(procs[0], 50)
+  killed = shared_workdir("killed")
+  procs = _start_two(killed, "--config.num_epochs=1000", "--config.checkpoint_every_steps=46",
+                     "--config.chunk_seconds=0.2")
+  # by step 140 a save at step >= 92 has started, which first waited for the one at >= 46
+  _wait_for_step(procs[0], 140)
   procs[victim].kill()
   began = time.monotonic()
   survivor = procs[1 - victim]
@@ -241,3 +244,17 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
     assert survivor.returncode == -signal.SIGABRT, err[-3000:]
     assert "Terminating process because the JAX distributed service detected fatal errors" in err
     assert ("stopped sending heartbeats):\n1\n" in err if victim == 1 else "Socket closed" in err)
+  # The same command resumes on every host (here with num_epochs=8, which ends at step 184: the
+  # lr has not decayed, so the run may be shortened). A killed holder cannot release an object
+  # store's lock: it is broken by deleting it, as docs/multihost.md says.
+  lock = files.path(killed) / workdir_lib.LOCK
+  if files.is_remote(killed):
+    assert lock.exists()
+    lock.unlink()
+  procs = _start_two(killed, "--config.num_epochs=8", "--config.checkpoint_every_steps=46")
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  resumed = int(outs[0][0].split("resumed from checkpoint at step ")[1].split()[0])
+  assert 46 <= resumed < 184
+  assert final_params(killed)[0] == 184
