@@ -10,7 +10,8 @@ r"""Evaluation of a trained state: encoding in batches, category- and instance-l
   ``quantization_angle`` (database); ``progress(split, done, n)`` follows the encoding of each
   split ("query", "db"):
   - "category": mAP@R (R = ``config.eval_topk``, None = all) with relevance from the labels
-    (single-label: same class; multi-label: a shared label); ties by database index.
+    (single-label: same class; multi-label: a shared label); ties by database index; the
+    queries split over every device of every process of ``trainer.mesh``, the APs gathered.
   - "gldv2": GLDv2 mAP@100 against the ground-truth lists (labels are unknown); with
     ``config.recompute_bn`` also ``mAP_recompute_bn``.
 * ``recompute_bn(trainer, state, read, n)`` (paper Sec. 4.3): the state whose hash BatchNorm
@@ -30,7 +31,7 @@ def encode_rows(trainer, state, read, n: int, pre_bn: bool = False, progress=Non
   """Codes float32 (n, K) of inputs 0..n-1; ``read(indices int64 (m,))`` returns their inputs;
   ``progress(done, n)`` (optional) reports the rows encoded so far."""
   batch = trainer.eval_batch
-  rows = np.arange(batch)[parallel.process_batch_slice(batch)]
+  rows = parallel.process_rows(trainer.mesh, batch)  # ascending: padding is at the end
   out = []
   if progress:
     progress(0, n)
@@ -79,7 +80,7 @@ def evaluate_category(trainer, data, state, progress=None) -> dict:
   result = _codes_result(data, q_codes, db_codes)
   result["mAP"] = metrics.mean_average_precision(
       result["query_codes"], result["db_codes"], result["query_labels"], result["db_labels"],
-      trainer.config.eval_topk)
+      trainer.config.eval_topk, trainer.mesh)
   return result
 
 

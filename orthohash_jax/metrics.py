@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthohash_jax import hamming_kernel, retrieval
+from orthohash_jax import hamming_kernel, parallel, retrieval
 
 QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
 # Query chunks ranked concurrently (numpy's sorts release the GIL): one per core, at most 4.
@@ -206,7 +206,7 @@ def _ranked_hits(idx, order, q_rows, db_rows):
   return rel * hits, hits[:, -1]
 
 
-def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth):
+def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   """Yields (dist, idx, q_rows, db_rows, n) per chunk of ``TOPK_QUERY_CHUNK`` queries: the first
   depth neighbours listed in index order (``retrieval.hamming_topk_unranked``), the chunk's label
   rows, padded like the chunk to a power of two (few shapes: few compilations), the database's
@@ -218,18 +218,18 @@ def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth):
     n = min(TOPK_QUERY_CHUNK, len(q) - s)
     size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())
     pad = lambda a: jnp.pad(jnp.asarray(a[s:s + n]), [(0, size - n)] + [(0, 0)] * (a.ndim - 1))
-    dist, idx = retrieval.hamming_topk_unranked(pad(q), blocked, depth)
+    dist, idx = retrieval.hamming_topk_unranked(pad(q), blocked, depth, mesh=mesh)
     yield dist, idx, pad(q_rows), db_rows, n
 
 
-def _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth):
+def _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   """AP@R (Q,) for R < N: per chunk, the R neighbours' relevance and running hits in rank order
   on the device (exact integers); sum_p rel_p hits_p / p in float64 on the host, by ``einsum``,
   not ``@`` (no BLAS call: see the module notes)."""
   inv_rank = 1.0 / np.arange(1, depth + 1)
   aps = []
   for dist, idx, q_rows, db_rows, n in _topk_chunks(q, db, q_labels, db_labels, multilabel,
-                                                    depth):
+                                                    depth, mesh):
     terms, num_rel = _ranked_hits(idx, retrieval.rank_order(dist), q_rows, db_rows)
     prec_sum = np.einsum("ij,j->i", np.asarray(terms)[:n], inv_rank)
     num_rel = np.asarray(num_rel)[:n]
@@ -262,19 +262,39 @@ def _depth(topk, num_db):
   return num_db if topk is None else retrieval.check_k(topk, num_db, "topk")
 
 
-def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
-  """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions."""
-  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
-  depth = _depth(topk, len(db))
+def _local_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
+  """AP@depth float64 (Q,) of the queries q on this process (``mesh``: its devices, for R < N)."""
+  if not len(q):
+    return np.zeros(0)
   if _uses_topk(depth, len(db)):
-    return _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth)
+    return _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh)
   return np.concatenate(_map_ranked(_average_precisions, q, db, q_labels, db_labels, multilabel,
                                     depth))
 
 
-def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:
-  """mAP@R (R = ``topk``, None = all) ranking by (Hamming distance, database index)."""
-  return float(average_precisions(q_codes, db_codes, q_labels, db_labels, topk).mean())
+def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None, mesh=None):
+  """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions.
+
+  ``mesh``: the queries split over every device of every process of the mesh
+  (``parallel.process_share``): each process ranks only its share, on its own devices, and the
+  APs are gathered (a collective: every process calls it and gets all Q values, equal bit for
+  bit to those without a mesh)."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  depth = _depth(topk, len(db))
+  if mesh is None:
+    return _local_average_precisions(q, db, q_labels, db_labels, multilabel, depth)
+  ids = parallel.process_share(mesh, len(q))
+  mine = ids[ids >= 0]
+  aps = np.zeros(len(ids))
+  aps[ids >= 0] = _local_average_precisions(q[mine], db, q_labels[mine], db_labels, multilabel,
+                                            depth, parallel.local_mesh(mesh))
+  return parallel.gather_rows(ids, aps, len(q))
+
+
+def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None, mesh=None) -> float:
+  """mAP@R (R = ``topk``, None = all) ranking by (Hamming distance, database index); ``mesh``:
+  computed over its devices and processes (``average_precisions``)."""
+  return float(average_precisions(q_codes, db_codes, q_labels, db_labels, topk, mesh).mean())
 
 
 def _distance_counts(dist, rel, num_bits_max):

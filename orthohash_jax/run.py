@@ -161,7 +161,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       while step < total_steps:
         stop = min(step + chunk, total_steps)
         state, losses = trainer.run_chunk(
-            state, *data_lib.host_batch(config, data, step, stop, train_labels))
+            state, *data_lib.host_batch(config, data, step, stop, train_labels, trainer.mesh))
         if pending:
           finish(*pending)
         pending, step = (step, stop, losses), stop

@@ -86,3 +86,23 @@ def test_gldv2_synthetic_config_class_sharded():
   assert evaluation.evaluate(trainer, d, state)["mAP"] > 0.3  # chance is 1/40
   with pytest.raises(ValueError, match="'real' or 'synthetic'"):
     config_base.load_config_file("configs/gldv2.py:fake")
+
+
+def test_rows_from_the_sharding_in_any_device_order():
+  """One process holds every row whatever the device order; a reversed mesh keeps every row's
+  data on the device the sharding names; shares of n rows over 4 devices pad with -1."""
+  devices = jax.devices()[:4][::-1]
+  mesh = parallel.make_mesh(4, 2, devices)
+  assert list(mesh.devices.flat) == devices and mesh.shape == {"data": 2, "model": 2}
+  np.testing.assert_array_equal(parallel.process_rows(mesh, 6), np.arange(6))
+  x = np.arange(12).reshape(6, 2)
+  placed = parallel.global_batch(mesh, x)
+  for shard in placed.addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), x[shard.index])
+  with pytest.raises(ValueError, match="not divisible"):
+    parallel.process_rows(mesh, 5)
+  np.testing.assert_array_equal(parallel.process_share(parallel.make_mesh(4), 6),
+                                [0, 1, 2, 3, 4, 5, -1, -1])
+  np.testing.assert_array_equal(parallel.gather_rows([2, -1, 0], np.array([2.5, 9.0, 0.5]), 3),
+                                [0.5, 0.0, 2.5])
+  assert parallel.local_mesh(mesh).devices.tolist() == devices
