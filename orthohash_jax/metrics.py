@@ -23,11 +23,12 @@ Computation (exact, same values as a full stable sort; memory O(chunk x N))
   uint32 rows (``label_rows``). P@k needs no ranking; for AP, ``retrieval.rank_order`` (a radix
   sort of the R distances on the host) ranks them, and the device forms rel_p * hits_p with
   exact integer prefix sums; sum_p rel_p hits_p / p is taken in float64.
-* R = N (mAP@all): per chunk of queries the device computes distances and relevance in one
-  fused pass; numpy's stable radix argsort of the 8/16-bit distances ranks by (distance, index),
-  which is exactly the index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the
-  values do not depend on it). AP from the cumulative sum of the ranked relevance:
-  sum_p rel_p hits_p / p.
+* R = N (mAP@all): per chunk of queries (about ``MAP_PAIRS`` pairs: blocks of queries even at
+  N = 1M) the device computes distances and relevance (class ids equal, or packed multi-hot
+  words ANDed) in one fused pass; numpy's stable radix argsort of the 8/16-bit distances (a
+  counting pass: at most K + 1 distinct keys) ranks by (distance, index), which is exactly the
+  index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the values do not depend on
+  it). AP from the ranks pos_t of the relevant items only: (1 / r) sum_t t / pos_t.
 * Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
 * No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS's idle threads keep
   spinning after a call and take cores from XLA, which runs its loops on every core.
@@ -43,6 +44,7 @@ import numpy as np
 from orthohash_jax import hamming_kernel, parallel, retrieval
 
 QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
+MAP_PAIRS = 1 << 24  # query-database pairs per chunk of mAP@all (11 bytes each on the host)
 # Query chunks ranked concurrently (numpy's sorts release the GIL): one per core, at most 4.
 THREADS = min(4, os.cpu_count() or 1)
 TOPK_QUERY_CHUNK = 512  # queries per top-R call (memory O(chunk x R) plus the database)
@@ -137,14 +139,17 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
     yield dist, relevant(slice(s, s + chunk))
 
 
-@functools.partial(jax.jit, static_argnames=("multilabel", "dtype"))
-def _distances_relevance_jit(q, planes, q_labels, db_labels, multilabel, dtype):
-  """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes."""
+@functools.partial(jax.jit, static_argnames="dtype")
+def _distances_relevance_jit(q, planes, q_labels, db_labels, dtype):
+  """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes;
+  labels as ``label_rows``: class ids (equal) or bit-packed multi-hot rows, the database's as
+  word planes (W_l, N) (a shared bit: AND of the words, no matmul)."""
   dist = hamming_kernel.planes_distance(q, planes).astype(dtype)
-  if multilabel:
-    rel = jnp.dot(q_labels, db_labels.T, preferred_element_type=jnp.float32) > 0
-  else:
+  if db_labels.ndim == 1:
     rel = q_labels[:, None] == db_labels[None, :]
+  else:
+    rel = functools.reduce(jnp.bitwise_or, [q_labels[:, w, None] & db_labels[w][None, :]
+                                            for w in range(db_labels.shape[0])]) != 0
   return dist, rel.astype(jnp.uint8)
 
 
@@ -152,24 +157,22 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   """[fn(relevance uint8 (q, depth) in (distance, index) order), ...] over query chunks.
 
   The device computes a chunk's distances (uint8; uint16 from K = 255 bits) and relevance;
-  numpy's stable argsort of the distances (a radix sort for 8/16-bit keys) ranks by
-  (distance, index), and one flat gather puts the relevance in that order. Chunks run on
-  ``THREADS`` threads (the sorts release the GIL).
+  numpy's stable argsort of the distances (a radix sort for 8/16-bit keys: a counting pass)
+  ranks by (distance, index), and one flat gather puts the relevance in that order. Chunks of
+  about ``MAP_PAIRS`` query-database pairs (up to ``QUERY_CHUNK`` queries; several queries per
+  call up to N = 2^20) run on ``THREADS`` threads (the sorts release the GIL).
   """
-  chunk = _query_chunk(len(db))
+  chunk = max(1, min(QUERY_CHUNK, MAP_PAIRS // max(len(db), 1)))
   dtype = _distance_dtype(q)
-  if multilabel:
-    q_ids, db_ids = q_labels.astype(np.float32), db_labels.astype(np.float32)
-  else:
-    q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, False))
-  planes, db_ids = retrieval.word_planes(jnp.asarray(db)), jnp.asarray(db_ids)
+  q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, multilabel))
+  planes = retrieval.word_planes(jnp.asarray(db))
+  db_ids = retrieval.word_planes(jnp.asarray(db_ids)) if multilabel else jnp.asarray(db_ids)
 
   def run(s):
     rows = slice(s, s + chunk)
     n = len(q[rows])
     pad = lambda a: jnp.asarray(np.pad(a, [(0, chunk - n)] + [(0, 0)] * (a.ndim - 1)))
-    dist, rel = _distances_relevance_jit(pad(q[rows]), planes, pad(q_ids[rows]), db_ids,
-                                         multilabel, dtype)
+    dist, rel = _distances_relevance_jit(pad(q[rows]), planes, pad(q_ids[rows]), db_ids, dtype)
     order = np.argsort(np.asarray(dist)[:n], axis=1, kind="stable")[:, :depth]
     order += (np.arange(n) * len(db))[:, None]
     return fn(np.asarray(rel)[:n].ravel()[order])
@@ -250,10 +253,18 @@ def _uses_topk(depth, num_db):
 
 
 def _average_precisions(ranked):
-  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item."""
-  hits = np.cumsum(ranked, axis=1, dtype=np.int32)
-  num_rel = hits[:, -1]
-  prec_sum = np.einsum("ij,j->i", ranked * hits, 1.0 / np.arange(1, ranked.shape[1] + 1))
+  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item.
+
+  With pos_t the (1-based) rank of the t-th relevant item of a row and r its relevant items,
+  AP = (1 / r) sum_t t / pos_t (= sum_p rel_p hits_p / p / r): only the relevant positions are
+  visited (one ``flatnonzero`` pass), summed per row in rank order by ``bincount``.
+  """
+  num_q, depth = ranked.shape
+  flat = np.flatnonzero(ranked.view(bool) if ranked.dtype == np.uint8 else ranked)
+  rows = flat // depth
+  num_rel = np.bincount(rows, minlength=num_q)
+  t = np.arange(1, len(flat) + 1) - np.repeat(np.cumsum(num_rel) - num_rel, num_rel)
+  prec_sum = np.bincount(rows, weights=t / (flat - rows * depth + 1.0), minlength=num_q)
   return np.where(num_rel > 0, prec_sum / np.maximum(num_rel, 1), 0.0)
 
 
