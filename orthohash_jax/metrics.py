@@ -139,11 +139,10 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
     yield dist, relevant(slice(s, s + chunk))
 
 
-@functools.partial(jax.jit, static_argnames="dtype")
-def _distances_relevance_jit(q, planes, q_labels, db_labels, dtype):
+def _distances_relevance(q, planes, q_labels, db_labels, dtype):
   """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes;
   labels as ``label_rows``: class ids (equal) or bit-packed multi-hot rows, the database's as
-  word planes (W_l, N) (a shared bit: AND of the words, no matmul)."""
+  word planes (W_l, N) (a shared bit: AND of the words, no matmul). Traceable."""
   dist = hamming_kernel.planes_distance(q, planes).astype(dtype)
   if db_labels.ndim == 1:
     rel = q_labels[:, None] == db_labels[None, :]
@@ -151,6 +150,23 @@ def _distances_relevance_jit(q, planes, q_labels, db_labels, dtype):
     rel = functools.reduce(jnp.bitwise_or, [q_labels[:, w, None] & db_labels[w][None, :]
                                             for w in range(db_labels.shape[0])]) != 0
   return dist, rel.astype(jnp.uint8)
+
+
+_distances_relevance_jit = jax.jit(_distances_relevance, static_argnames="dtype")
+
+
+def _device_labels(q, db, q_labels, db_labels, multilabel):
+  """(database word planes, query label rows numpy, database label rows on the device) as
+  ``_distances_relevance`` takes them."""
+  q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, multilabel))
+  planes = retrieval.word_planes(jnp.asarray(db))
+  return planes, q_ids, (retrieval.word_planes(jnp.asarray(db_ids)) if multilabel
+                         else jnp.asarray(db_ids))
+
+
+def _pairs_chunk(num_db):
+  """Queries per chunk of about ``MAP_PAIRS`` query-database pairs (at most ``QUERY_CHUNK``)."""
+  return max(1, min(QUERY_CHUNK, MAP_PAIRS // max(num_db, 1)))
 
 
 def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
@@ -162,11 +178,9 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   about ``MAP_PAIRS`` query-database pairs (up to ``QUERY_CHUNK`` queries; several queries per
   call up to N = 2^20) run on ``THREADS`` threads (the sorts release the GIL).
   """
-  chunk = max(1, min(QUERY_CHUNK, MAP_PAIRS // max(len(db), 1)))
+  chunk = _pairs_chunk(len(db))
   dtype = _distance_dtype(q)
-  q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, multilabel))
-  planes = retrieval.word_planes(jnp.asarray(db))
-  db_ids = retrieval.word_planes(jnp.asarray(db_ids)) if multilabel else jnp.asarray(db_ids)
+  planes, q_ids, db_ids = _device_labels(q, db, q_labels, db_labels, multilabel)
 
   def run(s):
     rows = slice(s, s + chunk)
@@ -316,6 +330,32 @@ def _distance_counts(dist, rel, num_bits_max):
   n = np.bincount(flat, minlength=size).reshape(nq, -1)
   r = np.bincount(flat, weights=rel.ravel().astype(np.float64), minlength=size).reshape(nq, -1)
   return n.astype(np.float64), r
+
+
+@functools.partial(jax.jit, static_argnames=("bins", "dtype"))
+def _pair_counts_jit(q, planes, q_labels, db_labels, num_q, bins, dtype):
+  """int32 (2, bins): pairs of the first num_q queries by (not relevant, distance)."""
+  dist, rel = _distances_relevance(q, planes, q_labels, db_labels, dtype)
+  real = jnp.arange(q.shape[0])[:, None] < num_q
+  key = jnp.where(real, dist.astype(jnp.int32) + bins * (1 - rel.astype(jnp.int32)), 2 * bins)
+  return jnp.zeros(2 * bins, jnp.int32).at[key.ravel()].add(1, mode="drop").reshape(2, bins)
+
+
+def pair_distance_counts(q_codes, db_codes, q_labels, db_labels):
+  """(intra, inter) int64 (K_max + 1,), K_max = 32 W: the Hamming distances of all query-database
+  pairs, relevant (intra) and not (inter). Counted on the device per chunk of about
+  ``MAP_PAIRS`` pairs: only the counts reach the host (O(bins) host memory per chunk)."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  bins = retrieval.WORD_BITS * q.shape[1] + 1
+  chunk = _pairs_chunk(len(db))
+  planes, q_ids, db_ids = _device_labels(q, db, q_labels, db_labels, multilabel)
+  counts = np.zeros((2, bins), np.int64)
+  for s in range(0, len(q), chunk):
+    n = len(q[s:s + chunk])
+    pad = lambda a: jnp.asarray(np.pad(a[s:s + n], [(0, chunk - n)] + [(0, 0)] * (a.ndim - 1)))
+    counts += np.asarray(_pair_counts_jit(pad(q), planes, pad(q_ids), db_ids, n, bins,
+                                          _distance_dtype(q)))
+  return counts[0], counts[1]
 
 
 def tie_aware_mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:

@@ -178,3 +178,18 @@ def test_map_over_a_mesh_equals_unsharded_and_brute_force(multilabel, topk):
   for mesh in (parallel.make_mesh(1), parallel.make_mesh(4), parallel.make_mesh(4, 2)):
     np.testing.assert_array_equal(metrics.average_precisions(qb, db, ql, dl, topk, mesh), ref)
     assert metrics.mean_average_precision(qb, db, ql, dl, topk, mesh) == ref.mean()
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_chunked_map_all_and_pair_counts_match_brute_force(monkeypatch, multilabel):
+  """Chunks of 3 queries (the last one padded): mAP@all (the counting-sort ranking, AP from the
+  relevant ranks only) and the device pair counts against brute force, codes with many ties."""
+  monkeypatch.setattr(metrics, "MAP_PAIRS", 120)
+  qb, db, ql, dl = make_data(5, 36, nq=13, ndb=40, multilabel=multilabel, distinct=4)
+  dist, order = ranking(qb, db)
+  rel = relevant(ql, dl)
+  np.testing.assert_allclose(metrics.average_precisions(qb, db, ql, dl),
+                             [brute_ap(r[o], None) for r, o in zip(rel, order)], rtol=1e-12)
+  intra, inter = metrics.pair_distance_counts(qb, db, ql, dl)
+  np.testing.assert_array_equal(intra, np.bincount(dist[rel], minlength=65))
+  np.testing.assert_array_equal(inter, np.bincount(dist[~rel], minlength=65))
