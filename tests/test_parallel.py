@@ -106,3 +106,32 @@ def test_rows_from_the_sharding_in_any_device_order():
   np.testing.assert_array_equal(parallel.gather_rows([2, -1, 0], np.array([2.5, 9.0, 0.5]), 3),
                                 [0.5, 0.0, 2.5])
   assert parallel.local_mesh(mesh).devices.tolist() == devices
+
+
+def test_encode_rows_reads_ahead_and_copies_late():
+  """The next batch is read while the current one encodes, and a batch's codes are copied to the
+  host only after the next batch is dispatched; the codes are those of rows 0..n-1 in order."""
+  events = []
+
+  class Codes:
+    def __init__(self, i, x):
+      self.i, self.x = i, x
+
+    def __array__(self, dtype=None, copy=None):
+      events.append(f"copy{self.i}")
+      return self.x * 2
+
+  class FakeTrainer:
+    eval_batch, mesh = 4, parallel.make_mesh(1)
+
+    def encode(self, state, x, pre_bn=False):
+      del state, pre_bn
+      events.append(f"encode{len([e for e in events if e.startswith('encode')])}")
+      return Codes(events[-1][6:], x)
+
+  x = np.arange(10, dtype=np.float32)[:, None]
+  reads = []
+  codes = evaluation.encode_rows(FakeTrainer(), None, lambda idx: reads.append(idx) or x[idx], 10)
+  np.testing.assert_array_equal(codes, x * 2)
+  assert [list(r) for r in reads] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+  assert events == ["encode0", "encode1", "copy0", "encode2", "copy1", "copy2"]
