@@ -18,6 +18,8 @@ from orthohash_jax.config_base import base_config
 from orthohash_jax.data import idx
 
 
+VARIANTS = ("idx", "files")  # --config=configs/fashion_mnist.py:VARIANT; the first is the default
+
 def get_config(variant: str = "idx"):
   config = base_config()
   config.dataset = "fashion_mnist"

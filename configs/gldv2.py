@@ -16,6 +16,8 @@ logits (B x C) are split over ``model_axis`` devices. The optimiser settings (Ad
 from orthohash_jax.config_base import base_config
 
 
+VARIANTS = ("real", "synthetic")  # --config=configs/gldv2.py:VARIANT; the first is the default
+
 def get_config(mode: str = "real"):
   config = base_config()
   config.backbone = "identity"

@@ -21,7 +21,13 @@ Measured, per server (a small asyncio HTTP/1.1 client, keep-alive connections, n
   ``--hold_seconds``, while a probe (a new connection, GET /api/info) runs every 0.25 s:
   probe p50 / max and failures (no answer within 10 s);
 * uploads: ``--uploads`` concurrent uploads of a 6,300 x 6,300 16-bit RGBA PNG (~300 KB): status
-  codes, seconds, and the server's peak RSS (sampled every 20 ms).
+  codes, seconds, and the server's peak RSS (sampled every 20 ms);
+* big answers (issue 36, item 10): ``--unread`` connections (4 KiB receive buffers) each POST
+  {"k": 256, "queries": [1,024 rows]} and read nothing for ``--hold_seconds``: the server's RSS
+  before, its peak, and after they closed; then ``--readers`` clients that POST the same batch
+  and read the answers, for ``--seconds``: answers, non-200 answers, peak RSS.
+``--only=big_answers`` runs only that last cell (e.g. with ``--old_rev`` of the server before a
+change).
 Prints a markdown table (and writes the rows as JSON to ``--output``).
 """
 import argparse
@@ -30,6 +36,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,14 +53,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_KS = (33, 65, 129, 257)
 
 
-def old_server_source(rev: str) -> str:
-  """The text of orthohash_jax/serve.py at ``rev`` (default: before the move to uvicorn)."""
+def old_server_source(rev: str, name: str = "serve.py") -> str:
+  """The text of orthohash_jax/<name> at ``rev`` (default: before the move to uvicorn); "" when
+  that revision has no such file."""
   if not rev:
     changed = subprocess.run(["git", "log", "-1", "--format=%H", "-Shttp.server", "--",
                               "orthohash_jax/serve.py"], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout.strip()
     rev = changed + "^"
-  return subprocess.run(["git", "show", f"{rev}:orthohash_jax/serve.py"], cwd=ROOT, check=True,
+  return subprocess.run(["git", "show", f"{rev}:orthohash_jax/{name}"], cwd=ROOT,
                         capture_output=True, text=True).stdout
 
 
@@ -245,8 +253,76 @@ def peak_rss_during(child, fn):
     thread.join()
 
 
+def batch_request(num_queries: int) -> bytes:
+  """POST /api/search of 1,024 query rows (cycling through the query set), k = 256."""
+  body = json.dumps({"k": 256, "queries": [q % num_queries for q in range(1024)]}).encode()
+  return (b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
+          % len(body)) + body
+
+
+def unread_answers(port, num, seconds, data: bytes):
+  """Opens ``num`` connections with 4 KiB receive buffers, sends ``data`` on each, reads nothing
+  for ``seconds``, then closes them."""
+  conns = []
+  try:
+    for _ in range(num):
+      s = socket.socket()
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+      s.connect(("127.0.0.1", port))
+      s.sendall(data)
+      conns.append(s)
+    time.sleep(seconds)
+  finally:
+    for s in conns:
+      s.close()
+
+
+async def reading_clients(port, clients, seconds, data: bytes):
+  """(answers, non-200) of ``clients`` connections sending ``data`` and reading each answer."""
+  counts, deadline = [0, 0], time.monotonic() + seconds
+
+  async def client():
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+      while time.monotonic() < deadline:
+        writer.write(data)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        counts[0] += 1
+        counts[1] += int(head.split()[1]) != 200
+    finally:
+      writer.close()
+
+  await asyncio.gather(*(client() for _ in range(clients)))
+  return counts
+
+
+def big_answers(child, args, num_queries):
+  """The rows of the big-answer cell (module docstring)."""
+  data = batch_request(num_queries)
+  before = child.rss()
+  _, peak = peak_rss_during(child, lambda: unread_answers(child.port, args.unread,
+                                                          args.hold_seconds, data))
+  time.sleep(1.0)  # the server sees the closes
+  yield {"server": child.name, "test": f"{args.unread} unread 1024 x k=256 answers "
+         f"{args.hold_seconds:g} s", "RSS MB": f"{before:.0f} -> peak {peak:.0f} -> "
+         f"{child.rss():.0f} after"}
+  before, start = child.rss(), time.perf_counter()
+  (answers, bad), peak = peak_rss_during(child, lambda: asyncio.run(reading_clients(
+      child.port, args.readers, args.seconds, data)))
+  seconds = time.perf_counter() - start
+  yield {"server": child.name, "test": f"{args.readers} reading clients, 1024 x k=256 answers",
+         "req/s": answers / seconds, "errors": bad, "seconds": seconds,
+         "RSS MB": f"{before:.0f} -> peak {peak:.0f}"}
+
+
 def bench(child, args, num_queries, png):
   """The rows of one server (a generator: each as soon as it is measured)."""
+  if args.only == "big_answers":
+    yield from big_answers(child, args, num_queries)
+    return
   for k in (10, 100):
     for clients in (16, 64):
       before = child.rss()
@@ -279,6 +355,7 @@ def bench(child, args, num_queries, png):
   yield {"server": child.name, "test": f"{args.uploads} concurrent 6300x6300 uploads",
          "seconds": time.perf_counter() - start, "errors": sum(s != 200 for s in statuses),
          "RSS MB": f"{before:.0f} -> peak {peak:.0f}"}
+  yield from big_answers(child, args, num_queries)
 
 
 def table(rows) -> str:
@@ -300,6 +377,9 @@ def main(argv=None) -> int:
   parser.add_argument("--held", type=int, default=500)
   parser.add_argument("--hold_seconds", type=float, default=30)
   parser.add_argument("--uploads", type=int, default=16)
+  parser.add_argument("--unread", type=int, default=100, help="connections not reading answers")
+  parser.add_argument("--readers", type=int, default=64, help="clients reading big answers")
+  parser.add_argument("--only", choices=["all", "big_answers"], default="all")
   parser.add_argument("--old_rev", default="", help="git revision of the old serve.py")
   parser.add_argument("--output", default="")
   args = parser.parse_args(argv)
@@ -310,6 +390,8 @@ def main(argv=None) -> int:
   with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(tmp, "old_serve.py"), "w") as f:
       f.write(old_server_source(args.old_rev))
+    with open(os.path.join(tmp, "serve_page.html"), "w") as f:  # the page it serves, if any
+      f.write(old_server_source(args.old_rev, "serve_page.html"))
     old = [sys.executable, "-c", f"import sys; sys.path[:0] = [{tmp!r}, {ROOT!r}]; "
            "import old_serve; sys.exit(old_serve.main())", f"--workdir={args.workdir}"]
     new = [sys.executable, "-m", "orthohash_jax.serve", f"--workdir={args.workdir}", "--quiet"]

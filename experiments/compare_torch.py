@@ -104,7 +104,7 @@ def main() -> int:
       maps = {"jax": [], "torch": []}
       for seed in args.seeds:
         name = f"{method}_{k}b_s{seed}"
-        overrides = {**run_grid.METHODS[method], "num_bits": k, "seed": seed}
+        overrides = {**run_grid.METHODS[method][0], "num_bits": k, "seed": seed}
         sets = [*args.set, *(f"{key}={value}" for key, value in overrides.items())]
         workdir = os.path.join(args.out, "jax", name)
         torch_output = os.path.join(args.out, "torch", name + ".json")

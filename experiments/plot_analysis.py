@@ -113,19 +113,26 @@ def plot_pr(codes: dict, path: str) -> dict:
   """Precision-recall curve over Hamming radii; returns ``metrics.precision_recall_curve``."""
   pr = metrics.precision_recall_curve(codes["query_codes"], codes["db_codes"],
                                       codes["query_labels"], codes["db_labels"])
+  save(pr_figure(pr, codes["num_bits"]), path)
+  return pr
+
+
+def pr_figure(pr: dict, num_bits: int) -> Figure:
+  """The PR curve of ``metrics.precision_recall_curve``, radii 0, 2 and K/4 marked; the axes fit
+  the curve's points (with a margin), not [0, 1]: a curve near the top right fills the plot."""
   fig = Figure(figsize=(5, 4))
   ax = fig.subplots()
   ax.plot(pr["recall"], pr["precision"], marker=".")
-  for n, r in enumerate((0, 2, codes["num_bits"] // 4)):
+  ax.margins(0.08)
+  for n, r in enumerate((0, 2, num_bits // 4)):
     if np.isfinite(pr["precision"][r]):
       ax.annotate(f"r={r}", (pr["recall"][r], pr["precision"][r]), textcoords="offset points",
-                  xytext=(-40, -15 * (n + 1)), arrowprops={"arrowstyle": "-", "color": "gray"})
-  ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
-         title=f"PR by Hamming radius ({codes['num_bits']} bits)")
+                  xytext=(12, -15 * (n + 1)), arrowprops={"arrowstyle": "-", "color": "gray"})
+  ax.set(xlabel="recall", ylabel="precision",
+         title=f"PR by Hamming radius ({num_bits} bits)")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  save(fig, path)
-  return pr
+  return fig
 
 
 def analysis_record(trainer, data, state, epoch) -> dict:
@@ -163,6 +170,7 @@ def train_with_analysis(config, workdir: str, every_epochs: int) -> list:
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   try:
     records = [analysis_record(trainer, data, trainer.initial_state(), 0)]
+    print(json.dumps(records[-1]), flush=True)  # the initial state's (epoch 0) scores too
     for step in sorted(ckpt.manager.all_steps()):
       state = ckpt.manager.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
       epoch = step // steps_per_epoch if step % steps_per_epoch == 0 else step / steps_per_epoch
@@ -239,7 +247,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.labels is not None and not args.workdirs:
     parser.error("--labels goes with --workdirs")
-  data = None
+  data, written = None, []
+  out = lambda name: written.append(os.path.join(args.out, name)) or written[-1]
   try:
     if args.num_queries < 1 or args.k < 1:
       raise ValueError(f"--num_queries and --k must be positive, got {args.num_queries}, {args.k}")
@@ -247,7 +256,7 @@ def main(argv=None) -> int:
     if args.workdirs:
       for label, means in compare_histograms(args.workdirs, args.labels, args.out).items():
         print(f"{label}: {json.dumps(means)}")
-      print(f"wrote plots to {args.out}")
+      print(f"wrote {out('hamming_histograms.png')} and {out('histograms.json')}")
       return 0
     workdir = args.workdir
     if args.config:
@@ -257,19 +266,19 @@ def main(argv=None) -> int:
       config_base.apply_overrides(config, args.set)
       workdir = os.path.join(args.out, "run")
       records = train_with_analysis(config, workdir, args.every_epochs)
-      with open(os.path.join(args.out, "analysis.json"), "w") as f:
+      with open(out("analysis.json"), "w") as f:
         json.dump(records, f, indent=2)
-      plot_figure4(records, os.path.join(args.out, "figure4.png"))
+      plot_figure4(records, out("figure4.png"))
     codes = codes_file.load_codes(workdir_lib.path(workdir, workdir_lib.CODES))
     data = load_run_data(workdir)
-    plot_histogram(codes, os.path.join(args.out, "hamming_histogram.png"))
-    plot_pr(codes, os.path.join(args.out, "pr_curve.png"))
+    plot_histogram(codes, out("hamming_histogram.png"))
+    plot_pr(codes, out("pr_curve.png"))
     try:
       images.check_pictures(data.input_shape, data.input_dtype)
     except ValueError as e:
       print(f"no retrieval grid: {e}")
     else:
-      plot_retrieval(codes, data, os.path.join(args.out, "retrieval.png"), args.num_queries,
+      plot_retrieval(codes, data, out("retrieval.png"), args.num_queries,
                      min(args.k, len(codes["db_codes"])))
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -277,7 +286,8 @@ def main(argv=None) -> int:
   finally:
     if data is not None:
       data.close()
-  print(f"wrote plots to {args.out}")
+  print(f"wrote {', '.join(written)}"
+        + (f" and the run in {os.path.join(args.out, 'run')}" if args.config else ""))
   return 0
 
 

@@ -5,9 +5,13 @@ r"""Runs a grid of (method x bits x seed) trainings and writes a markdown + CSV 
 
 Every run gets its own workdir under --out (a finished run, one with results.json, is not
 redone, so an interrupted grid resumes). Extra --set key=value pairs override config keys for
-every run (e.g. --set num_epochs=10). Methods are the rows of the paper's Table 1 / ablations
-and its comparison methods (Tables 2-3: HashNet, DTSH, SDH-C, GreedyHash, JMLH, DPN, CSQ).
+every run (e.g. --set num_epochs=10). Methods are every ``config.loss`` under its name in the
+paper's tables (OrthoCos+BN, CE+BN and the comparison methods of Tables 2-3: HashNet, DTSH,
+SDH-C, GreedyHash, JMLH, DPN, CSQ), each with its own declared architecture (``methods``:
+use_bn), and the ablations of Table 1 (``ABLATIONS``). Writes <out>/runs/<method>_<bits>b_s<seed>/
+(one run each), <out>/runs.csv and <out>/table.md, and names each.
 """
+import argparse
 import csv
 import json
 import os
@@ -15,29 +19,39 @@ import sys
 
 import numpy as np
 
-from orthohash_jax import cli, config_base, run
+from orthohash_jax import cli, config_base, files, run
+from orthohash_jax import methods as methods_lib
 from orthohash_jax import workdir as workdir_lib
 
-METHODS = {
-    "CE": {"loss": "ce", "use_bn": False},
-    "CE+BN": {"loss": "ce", "use_bn": True},
-    "OrthoCos": {"loss": "orthohash", "use_bn": False},
-    "OrthoCos+BN": {"loss": "orthohash", "use_bn": True},
-    "OrthoArc+BN": {"loss": "orthohash", "use_bn": True, "margin_type": "arc"},
-    "OrthoCos+BN/N": {"loss": "orthohash", "codebook": "gaussian"},
-    "OrthoCos+BN/O": {"loss": "orthohash", "codebook": "maxmin"},
-    "OrthoCos+BN/H": {"loss": "orthohash", "codebook": "hadamard"},
-    "OrthoCos+BN+Qcs": {"loss": "orthohash", "quantization_weight": 0.1, "quantization_kind": "cs"},
-    "OrthoCos+BN+Ql2": {"loss": "orthohash", "quantization_weight": 0.1, "quantization_kind": "l2"},
-    # the paper's comparison methods (Tables 2-3) with FIRe's defaults: hash layers without BN
-    "HashNet": {"loss": "hashnet", "use_bn": False},
-    "DTSH": {"loss": "dtsh", "use_bn": False},
-    "SDH-C": {"loss": "sdhc", "use_bn": False},
-    "GreedyHash": {"loss": "greedyhash", "use_bn": False},
-    "JMLH": {"loss": "jmlh", "use_bn": False},
-    "DPN": {"loss": "dpn", "use_bn": False},
-    "CSQ": {"loss": "csq", "use_bn": False},
+# Ablations of the paper's Table 1: a method (``loss``) with keys set away from its defaults.
+ABLATIONS = {
+    "CE": ({"loss": "ce", "use_bn": False}, "CE baseline without the BN layer"),
+    "OrthoCos": ({"loss": "orthohash", "use_bn": False}, "OrthoHash without the BN layer"),
+    "OrthoArc+BN": ({"loss": "orthohash", "margin_type": "arc"}, "OrthoHash, angular margin"),
+    "OrthoCos+BN/N": ({"loss": "orthohash", "codebook": "gaussian"},
+                      "OrthoHash, codebook: sign of Gaussian"),
+    "OrthoCos+BN/O": ({"loss": "orthohash", "codebook": "maxmin"},
+                      "OrthoHash, codebook: max-min Hamming distance"),
+    "OrthoCos+BN/H": ({"loss": "orthohash", "codebook": "hadamard"},
+                      "OrthoHash, codebook: Hadamard (num_bits a power of two)"),
+    "OrthoCos+BN+Qcs": ({"loss": "orthohash", "quantization_weight": 0.1,
+                         "quantization_kind": "cs"}, "OrthoHash + cosine quantization loss 0.1"),
+    "OrthoCos+BN+Ql2": ({"loss": "orthohash", "quantization_weight": 0.1,
+                         "quantization_kind": "l2"}, "OrthoHash + L2 quantization loss 0.1"),
 }
+# Every method under its paper name, with its own declared architecture (``methods``), then the
+# ablations: {name: (config overrides, one-line description)}.
+METHODS = {**{m.name: ({"loss": loss}, f"loss={loss}: {m.summary}")
+              for loss, m in methods_lib.METHODS.items()},
+           **{name: (values, f"{', '.join(f'{k}={v}' for k, v in values.items())}: {line}")
+              for name, (values, line) in ABLATIONS.items()}}
+
+
+def methods_help() -> str:
+  """One line per ``--methods`` name (``--help``'s epilog)."""
+  width = max(len(name) for name in METHODS)
+  return "methods:\n" + "\n".join(f"  {name:<{width}}  {line}"
+                                    for name, (_, line) in METHODS.items())
 
 
 def parse_methods(parser, text: str, known=tuple(METHODS)) -> list:
@@ -52,8 +66,11 @@ def parse_methods(parser, text: str, known=tuple(METHODS)) -> list:
 def run_one(config_path, sets, overrides, workdir):
   done = workdir_lib.path(workdir, workdir_lib.RESULTS)
   if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+    results = files.read_json(done)
+    if not isinstance(results, dict) or not {"mAP", "steps_per_second"} <= set(results):
+      raise ValueError(f"{done}: expected the results of a run (a JSON object with mAP and "
+                       "steps_per_second); delete it to train the run again")
+    return results
   config = config_base.load_config_file(config_path)
   config_base.apply_overrides(config, sets)
   config.update(overrides)
@@ -61,9 +78,11 @@ def run_one(config_path, sets, overrides, workdir):
 
 
 def main() -> int:
-  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0], epilog=methods_help(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True)
-  parser.add_argument("--methods", default="CE+BN,OrthoCos+BN")
+  parser.add_argument("--methods", default="CE+BN,OrthoCos+BN",
+                      help="comma-separated names (listed below)")
   parser.add_argument("--bits", type=cli.int_list(1), default="16,32,64",
                       help="code lengths, comma-separated")
   parser.add_argument("--seeds", type=cli.int_list(0), default="0",
@@ -79,8 +98,8 @@ def main() -> int:
       for seed in seeds:
         workdir = os.path.join(args.out, "runs", f"{method.replace('/', '_')}_{k}b_s{seed}")
         try:
-          res = run_one(args.config, args.set, {**METHODS[method], "num_bits": k, "seed": seed},
-                        workdir)
+          res = run_one(args.config, args.set,
+                        {**METHODS[method][0], "num_bits": k, "seed": seed}, workdir)
         except (ValueError, OSError, run.TrainingError) as e:
           print(f"error: {method} {k} bits seed {seed}: {e}", file=sys.stderr)
           return 2
@@ -105,6 +124,8 @@ def main() -> int:
   with open(os.path.join(args.out, "table.md"), "w") as f:
     f.write(table)
   print(table)
+  print(f"wrote {os.path.join(args.out, 'runs.csv')}, {os.path.join(args.out, 'table.md')} and "
+        f"the runs in {os.path.join(args.out, 'runs')}")
   return 0
 
 

@@ -30,7 +30,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from orthohash_jax import codebook as codebook_lib
-from orthohash_jax import config_base, metrics
+from orthohash_jax import config_base, methods, metrics
 from orthohash_jax import data as data_lib
 
 ARC_EPS = 1e-5
@@ -123,6 +123,7 @@ def main() -> int:
   torch.set_num_threads(args.threads)
   config = config_base.load_config_file(args.config)
   config_base.apply_overrides(config, args.set)
+  methods.apply_architecture(config)
   if config.backbone != "mlp" or config.loss not in ("ce", "orthohash"):
     print("error: the torch reference implements the mlp backbone with ce / orthohash losses",
           file=sys.stderr)

@@ -1,15 +1,29 @@
 """Orbax checkpoints of the train state in ``<workdir>/checkpoints``, resumed automatically.
 
-Checkpoints are written synchronously (orbax writes to a temporary directory and renames it, so
-a process killed mid-save leaves the previous checkpoints intact). A checkpoint that fails to
+Checkpoints are written by background threads with ``background=True`` (training; orbax's
+``enable_async_checkpointing``: ``save`` returns once the state is off the devices, ``wait``
+waits for the files), else before ``save`` returns. Orbax writes to a temporary directory and
+renames it once complete, so a process killed mid-save leaves the previous checkpoints intact,
+and deletes old checkpoints only after a newer one is complete. A checkpoint that fails to
 restore is reported in one line and moved, by process 0 while the others wait, to
 ``<workdir>/checkpoints_corrupt/<step>`` (``<step>.1``, ``<step>.2``, ... when that name is taken;
 kept for inspection, never deleted); the next older one is tried. The libraries' own error
 output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
 no checkpoint restores, one line says that training starts from step 0.
 
+Every checkpoint is verified on restore: process 0 writes ``<step>/DIGEST`` (the SHA-256 of
+each of its files) once the save is complete; a checkpoint whose files differ from it (flipped,
+zeroed or missing bytes) is quarantined as one that fails to restore, before orbax reads it. A
+checkpoint that restores with a non-finite value in its state (which would give a non-finite
+loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
+non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
+version, or killed between the save and the digest: with background saves the digest is
+written when the save is waited for, at the next save or at the end) restore unverified.
+
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
-files; partial saves left by a killed process are deleted when the checkpoints are next opened.
+files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
+or ``close``; partial saves left by a killed process are deleted when the checkpoints are next
+opened.
 
 ``has_checkpoints(workdir)``: whether ``<workdir>/checkpoints`` holds a saved step (an empty or
 missing directory does not count).
@@ -20,24 +34,42 @@ process received one, or orbax's preemption notice fired: the loop then saves an
 second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 
+import hashlib
+import json
+
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from orthohash_jax import cli, parallel
+from orthohash_jax import cli, files, parallel
 
 DIRECTORY = "checkpoints"
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a save in progress
 CORRUPT_DIRECTORY = "checkpoints_corrupt"
+DIGEST = "orthohash_sha256.json"  # in a step's directory: {relative path: SHA-256 of the file}
 
 
 class SaveError(cli.CommandError):
   """A checkpoint could not be written (a full disk): training stops, exit status 1."""
   status = 1
+
+
+class _OrbaxErrorLogs(logging.Filter):
+  """Drops orbax's error logs (tracebacks, also from its background save threads, which
+  ``quiet_stderr`` cannot reach): ``Checkpointer`` reports every failure in one line."""
+
+  def filter(self, record):
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_QUIET_ORBAX = _OrbaxErrorLogs()
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -84,6 +116,47 @@ def quiet_stderr():
       os.close(saved)
 
 
+def file_digests(directory: str) -> dict:
+  """{path relative to ``directory``: SHA-256 hex digest} of every file under it but DIGEST."""
+  digests = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      file = os.path.join(root, name)
+      relative = os.path.relpath(file, directory)
+      if relative != DIGEST:
+        with open(file, "rb") as f:
+          digests[relative] = hashlib.file_digest(f, "sha256").hexdigest()
+  return dict(sorted(digests.items()))
+
+
+def verify(directory: str):
+  """Why the checkpoint in ``directory`` differs from the digest written at its save (one
+  phrase), or None when it matches or has no digest."""
+  digest_file = os.path.join(directory, DIGEST)
+  if not os.path.exists(digest_file):
+    return None
+  try:
+    with open(digest_file) as f:
+      saved = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    return f"its digest {DIGEST} is unreadable ({e})"
+  current = file_digests(directory)
+  for relative in sorted(saved.keys() | current.keys()):
+    if saved.get(relative) != current.get(relative):
+      what = ("is missing" if relative not in current else "was not saved" if relative not in
+              saved else "differs from the digest written at save")
+      return f"its file {relative} {what}"
+  return None
+
+
+def non_finite(state):
+  """The path of the first array of ``state`` holding NaN or Inf, or None."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+      return jax.tree_util.keystr(path)
+  return None
+
+
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
@@ -92,17 +165,19 @@ def _first_line(e: Exception) -> str:
 class Checkpointer:
   """Saves and restores a pytree train state keyed by training step."""
 
-  def __init__(self, workdir: str, keep: int = 3):
+  def __init__(self, workdir: str, keep: int = 3, background: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
     self.corrupt_dir = os.path.abspath(os.path.join(workdir, CORRUPT_DIRECTORY))
-    self.keep = keep
+    self.keep, self.background = keep, background
+    self.saving = None  # the step of the latest save started
+    logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
     self.manager = self._open()
 
   def _open(self):
     if parallel.is_main_process():
       self._remove_partial_saves()
     options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=False,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=self.background)
     return ocp.CheckpointManager(self.directory, options=options)
 
   def _remove_partial_saves(self) -> None:
@@ -112,22 +187,56 @@ class Checkpointer:
         if TMP_MARK in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
-  def save(self, step: int, state) -> None:
-    """Saves ``state`` as ``step``; a failed save (a full disk) raises ``SaveError`` (one line)
-    and leaves the checkpoints as they were, without its partial files."""
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """Turns a failed save into ``SaveError`` (one line) without its partial files."""
     try:
-      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
       with quiet_stderr():  # orbax logs a failed save's tracebacks itself
-        self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
-        self.manager.wait_until_finished()
+        yield
     except Exception as e:  # pylint: disable=broad-except
+      step, self.saving = self.saving, None
       if parallel.is_main_process():
         self._remove_partial_saves()
+      self.manager.reload()  # orbax already dropped the steps the failed save was to replace
       last = self.latest_step()
       raise SaveError(f"cannot save the checkpoint of step {step} in {self.directory} "
                       f"({_first_line(e)}); "
                       + (f"the last checkpoint is step {last}" if last is not None
                          else "no checkpoint was saved")) from None
+
+  def _write_digest(self, step: int) -> None:
+    """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it); called by
+    ``wait`` once the save is complete (a background save: at the next save, ``wait`` or
+    ``close``)."""
+    if parallel.is_main_process():
+      step_dir = os.path.join(self.directory, str(step))
+      files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
+
+  def save(self, step: int, state) -> None:
+    """Starts saving ``state`` as ``step`` (``background``: returns once the state is off the
+    devices; else once it is written); a failed save (a full disk), this one or the previous
+    background one, raises ``SaveError`` (one line) and leaves the checkpoints as they were,
+    without its partial files."""
+    self.wait()  # one save at a time; an earlier failure is reported as such
+    self.saving = int(step)
+    with self._save_errors():
+      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
+      self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    if not self.background:
+      self.wait()
+
+  def check(self) -> None:
+    """Raises ``SaveError`` if a background save has failed (no waiting)."""
+    with self._save_errors():
+      self.manager.check_for_errors()
+
+  def wait(self) -> None:
+    """Waits until the save in progress is complete; ``SaveError`` if it failed."""
+    with self._save_errors():
+      self.manager.wait_until_finished()
+    if self.saving is not None:
+      self._write_digest(self.saving)
+      self.saving = None
 
   def latest_step(self):
     """The newest saved step, or None."""
@@ -138,18 +247,26 @@ class Checkpointer:
     ``log`` receives one line per quarantined checkpoint and one if none restores."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     for step in steps:
-      try:
-        with quiet_stderr():
-          state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        return state, step
-      except Exception as e:  # pylint: disable=broad-except
-        log(f"warning: checkpoint at step {step} could not be restored ({_first_line(e)}); "
-            f"{self._quarantine(step)}")
+      problem = verify(os.path.join(self.directory, str(step)))
+      if problem is None:
+        try:
+          with quiet_stderr():
+            state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f"could not be restored ({_first_line(e)})"
+        else:
+          bad = non_finite(state)
+          if bad is None:
+            return state, step
+          problem = f"holds non-finite values in {bad}"
+      else:
+        problem = f"failed its check ({problem})"
+      log(f"warning: checkpoint at step {step} {problem}; {self.quarantine(step)}")
     if steps:
       log(f"warning: none of the {len(steps)} checkpoints restored; training starts from step 0")
     return None, 0
 
-  def _quarantine(self, step: int) -> str:
+  def quarantine(self, step: int) -> str:
     """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
     happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()
@@ -178,4 +295,6 @@ class Checkpointer:
             or self.manager.reached_preemption(int(step)))
 
   def close(self) -> None:
+    """Waits for the save in progress (``SaveError`` if it failed), then closes."""
+    self.wait()
     self.manager.close()

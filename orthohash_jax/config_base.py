@@ -7,12 +7,18 @@ their own. A key whose default is ``None`` is a typed placeholder (``None`` has 
 in its description). ``resumable`` keys alter neither the train state nor the batch of any step, so
 a workdir may be resumed with other values of them (see ``workdir.check_same_run``).
 
-Validation lives here, with the declarations: a key's ``allowed`` values or ``check``, and the
-rules that tie keys together (``_rules``). ``validate(config)`` runs them all, once, before any
-data is read; nothing downstream checks config values again.
+Validation lives here, with the declarations: a key's type (that of its default, or ``type``;
+a bool is not an integer), its ``allowed`` values or ``check``, and the rules that tie keys
+together (``_rules``). ``validate(config)`` runs them all, once, before any data is read;
+nothing downstream checks config values again. Every message is one line: the key, what it
+must be, what was given. ``check_labels(config, multilabel)`` refuses, once the data is known,
+a single-label loss on multi-label data and a multi-label key changed on single-label data.
+``use_bn`` defaults to None: the method's own (``methods.apply_architecture``).
 
 ``apply_overrides(config, ["key=value", ...])`` sets keys from strings (``main``'s
-``--config.key=value``, the experiment scripts' ``--set``). ``check_known_keys(config)``
+``--config.key=value``, the experiment scripts' ``--set``; ``parse_value``).
+``load_config_file("PATH[:VARIANT]")`` loads a config file; a variant of a config without any is
+refused naming the ``VARIANTS`` of the configs beside it. ``check_known_keys(config)``
 rejects keys that are not declared here (a typo such as ``num_bitz`` in a config file);
 ``describe()`` lists the keys with their defaults and descriptions
 (``python -m orthohash_jax.main --list_keys``).
@@ -22,6 +28,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -43,16 +50,51 @@ class Key:
   allowed: tuple = ()
   check: tuple = ()
   losses: tuple = ()  # the values of ``loss`` that read this key (empty: every one)
+  multilabel_only: bool = False  # read only with multi-label data (else it must keep its default)
+
+  @property
+  def value_type(self) -> type:
+    """The type a value must have: ``type``, else that of the default."""
+    return self.type or type(self.default)
+
+  def type_error(self, value):
+    """The one-line message for a ``value`` of the wrong type, or None."""
+    if value is None and self.default is None:
+      return None
+    if not _TYPE_CHECKS[self.value_type](value):
+      return f"{self.name} must be {_TYPE_WORDS[self.value_type]}, got {shown(value)}"
+    return None
 
   def error(self, value):
     """The one-line message for an invalid ``value``, or None when it is valid."""
     if value is None and self.default is None:
       return None
+    wrong_type = self.type_error(value)
+    if wrong_type:
+      return wrong_type
     if self.allowed and value not in self.allowed:
       return f"{self.name} must be one of {list(self.allowed)}, got {value!r}"
     if self.check and not self.check[0](value):
       return f"{self.name} must be {self.check[1]}, got {value!r}"
     return None
+
+
+def shown(value, limit: int = 60) -> str:
+  """``repr(value)`` cut to ``limit`` characters (a 100k-character value stays one short line)."""
+  text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 60 else "<a long integer>"
+  return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} characters)"
+
+
+_TYPE_CHECKS = {
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    bool: lambda v: isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    tuple: lambda v: isinstance(v, (tuple, list)),
+    dict: lambda v: isinstance(v, dict),
+}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               tuple: "a tuple such as (512, 512)", dict: "a dict such as {'train': 100}"}
 
 
 def _positive(x):
@@ -63,7 +105,16 @@ def _non_negative(x):
   return x >= 0
 
 
+def _positive_ints(sizes):
+  return len(sizes) > 0 and all(_TYPE_CHECKS[int](x) and x > 0 for x in sizes)
+
+
+def _uint32(x):
+  return 0 <= x < 2 ** 32
+
+
 POSITIVE = (_positive, "positive")
+SEED = (_uint32, "an integer in [0, 2**32 - 1] (JAX keys take 32 bits)")
 NON_NEGATIVE = (_non_negative, ">= 0")
 AT_LEAST_ONE = (_positive, "at least 1")  # of a count
 IMAGENET_BACKBONES = ("alexnet", "vgg16", "resnet50")  # torchvision's, weights from .pth files
@@ -76,14 +127,14 @@ def _revisited_list(text):
 
 
 KEYS = (
-    Key("seed", 0, "model init, codebook, data order and augmentation draws"),
+    Key("seed", 0, "model init, codebook, data order and augmentation draws", check=SEED),
     # data
     Key("dataset", "digits", "data source",
         allowed=("digits", "fashion_mnist", "imagenet100", "nuswide", "coco", "listfile",
-                 "cifar10", "gldv2", "synthetic_descriptors")),
+                 "arrayrecord", "tfds", "cifar10", "gldv2", "synthetic_descriptors")),
     Key("data_dir", None, "directory of the dataset's files (None: the source's documented location)",
         resumable=True, type=str),
-    Key("split_seed", 0, "seed of the query / database / training split"),
+    Key("split_seed", 0, "seed of the query / database / training split", check=SEED),
     Key("num_query_per_class", 30, "queries per class (digits, Fashion-MNIST, CIFAR-10, synthetic)"),
     Key("num_train_per_class", 500, "training items per class (Fashion-MNIST, CIFAR-10, synthetic)"),
     Key("num_classes", None, "list files / descriptors: number of classes (None: the dataset's own)",
@@ -100,7 +151,8 @@ KEYS = (
     Key("jpeg_draft", False, "decode JPEGs at a reduced DCT scale when much larger than needed"),
     Key("pixel_norm", "imagenet", "device normalisation of uint8 images (imagenet needs RGB)",
         allowed=("imagenet", "unit")),
-    Key("data_workers", 2, "threads decoding list-file images (0: in the calling thread)",
+    Key("data_workers", 2, "threads decoding list-file / ArrayRecord images (0: in the calling "
+        "thread)",
         resumable=True, check=NON_NEGATIVE),
     Key("skip_bad_images", False, "replace unreadable images by a constant one and count them "
         "in results.json, instead of stopping"),
@@ -111,10 +163,18 @@ KEYS = (
     Key("synthetic_noise", 1.0, "synthetic descriptors: noise std times sqrt(dim)"),
     Key("synthetic_eval_classes", 1000, "synthetic descriptors: classes of queries and database"),
     Key("download", False, "tfds: allow downloading (never possible offline)", resumable=True),
+    Key("tfds_name", None, "tfds: TFDS dataset name (None: the dataset key, e.g. cifar10)",
+        type=str),
+    Key("tfds_splits", "per_class=train+test", "tfds: 'train=S,query=S,db=S' (TFDS split "
+        "expressions) or 'per_class=S' (S cut per class: num_query_per_class queries, "
+        "num_train_per_class training, database = training + the rest)"),
+    Key("image_feature", "image", "tfds: the image feature"),
+    Key("label_feature", "label", "tfds: the class-label feature"),
     # model
     Key("backbone", "mlp", "feature extractor",
         allowed=("mlp", "cnn", "cnn_gap", "identity") + IMAGENET_BACKBONES),
-    Key("hidden", (512, 512), "MLP widths"),
+    Key("hidden", (512, 512), "MLP widths",
+        check=(_positive_ints, "a non-empty tuple of positive integers")),
     Key("init", "torch", "layer initialisation (torch: as the PyTorch modules; flax: Flax's "
         "defaults, mlp / cnn / cnn_gap only)", allowed=("torch", "flax")),
     Key("stem_stride", 1, "cnn / cnn_gap: average-pool k x k blocks before the first convolution "
@@ -125,10 +185,11 @@ KEYS = (
     Key("compute_dtype", "float32", "convolutions and matmuls (parameters, BatchNorm, head and "
         "loss stay float32)", allowed=("float32", "bfloat16")),
     Key("num_bits", 64, "code length K", check=POSITIVE),
-    Key("use_bn", True, "BatchNorm after the hash layer"),
+    Key("use_bn", None, "BatchNorm after the hash layer (None: the method's own, as "
+        "docs/methods.md: orthohash and ce with, the comparison methods without)", type=bool),
     # loss
-    Key("loss", "orthohash", "orthohash (cosine head on the codebook) | ce (linear head: CE / "
-        "CE+BN) | the paper's comparison methods, as FIRe", allowed=LOSSES),
+    Key("loss", "orthohash", "training method (each in a line below; docs/methods.md)",
+        allowed=LOSSES),
     Key("codebook", "bernoulli", "class targets (hadamard: num_bits a power of two)",
         allowed=("bernoulli", "gaussian", "hadamard", "maxmin"), losses=("orthohash", "dpn", "csq")),
     Key("scale", 8.0, "s of the cosine-margin softmax (the paper uses sqrt(num_bits))",
@@ -137,7 +198,7 @@ KEYS = (
     Key("margin_type", "cos", "cos: s (cos - m); arc: s cos(theta + m)", allowed=("cos", "arc"),
         losses=("orthohash",)),
     Key("multilabel_loss", "label_smoothing", "loss of multi-label data",
-        allowed=("label_smoothing", "bce"), losses=("orthohash",)),
+        allowed=("label_smoothing", "bce"), losses=("orthohash",), multilabel_only=True),
     Key("quantization_weight", 0.0, "weight of the quantization loss (ablation only)"),
     Key("quantization_kind", "cs", "kind of the quantization loss", allowed=("cs", "l1", "l2")),
     # comparison methods (FIRe's defaults; each key is read by its loss only)
@@ -178,6 +239,9 @@ KEYS = (
         check=NON_NEGATIVE),
     Key("steps_per_chunk", 0, "steps per compiled lax.scan call (0: one epoch)", resumable=True,
         check=NON_NEGATIVE),
+    Key("chunk_seconds", 0.0, "if > 0: chunks of about this many seconds (at most "
+        "steps_per_chunk), timed at the start of each invocation; a stop request is saved within "
+        "about two chunks", resumable=True, check=NON_NEGATIVE),
     # evaluation
     Key("eval_topk", None, "R of mAP@R (None: the whole database)", resumable=True, type=int,
         check=POSITIVE),
@@ -269,25 +333,61 @@ def validate(config) -> None:
                        f"{config.loss!r}: leave it at its default")
 
 
+MAX_VALUE_CHARS = 10_000  # an override longer than this is refused before it is parsed
+
+
+def parse_value(key: str, text: str):
+  """The value of ``--config.key=text``: a Python literal, else the string itself (``true`` /
+  ``false`` for a boolean key); raises ValueError (one line: key, expected type, what was given)
+  for a value of the wrong type."""
+  declared = KEYS_BY_NAME[key]
+  if len(text) > MAX_VALUE_CHARS:
+    raise ValueError(f"{key} must be {_TYPE_WORDS[declared.value_type]}, got a value of "
+                     f"{len(text)} characters")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+    value = text  # not a literal (or an unhashable / too deep one): the string itself
+  if declared.value_type is bool and text.lower() in ("true", "false"):
+    value = text.lower() == "true"
+  if declared.value_type is tuple and isinstance(value, list):
+    value = tuple(value)
+  if declared.value_type is float and _TYPE_CHECKS[int](value):
+    value = float(value)
+  message = declared.type_error(value)
+  if message:
+    raise ValueError(message)
+  return value
+
+
 def apply_overrides(config, items) -> None:
-  """Sets ``"key=value"`` strings on ``config`` (values read as Python literals, else as
-  strings); raises ValueError (one line) for a malformed item, an unknown key or a value of the
-  wrong type."""
+  """Sets ``"key=value"`` strings on ``config`` (``parse_value``); raises ValueError (one line)
+  for a malformed item, an unknown key or a value of the wrong type."""
   for item in items:
     key, sep, text = item.partition("=")
     if not sep or not key:
-      raise ValueError(f"config overrides are key=value, got {item!r}")
+      raise ValueError(f"config overrides are key=value, got {shown(item)}")
     check_known_keys({key: None})
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    if isinstance(config.get(key), bool) and text.lower() in ("true", "false"):
-      value = text.lower() == "true"
+    value = parse_value(key, text)
     try:
       setattr(config, key, value)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"bad value for {key}: {text!r} ({str(e).splitlines()[0]})") from None
+    except (TypeError, ValueError):  # the config file gave the key a value of another type
+      raise ValueError(f"{key} must be {_TYPE_WORDS[KEYS_BY_NAME[key].value_type]} as its "
+                       f"config file sets it, got {shown(value)}") from None
+
+
+def check_labels(config, multilabel: bool) -> None:
+  """Refuses (ValueError, one line) settings that cannot apply to data with (``multilabel``) or
+  without multi-hot labels: a single-label loss on multi-label data, a multi-label key changed
+  on single-label data."""
+  if multilabel and config.loss in SINGLE_LABEL_LOSSES:
+    takers = [name for name in LOSSES if name not in SINGLE_LABEL_LOSSES]
+    raise ValueError(f"loss {config.loss!r} takes single-label data only; multi-label data "
+                     f"takes loss {' / '.join(takers)}")
+  for key in KEYS:
+    if key.multilabel_only and not multilabel and config[key.name] != key.default:
+      raise ValueError(f"{key.name} is a setting of multi-label data; dataset "
+                       f"{config.dataset!r} is single-label: leave it at its default")
 
 
 def describe() -> str:
@@ -297,12 +397,51 @@ def describe() -> str:
                    + (" [may change on resume]" if k.resumable else "") for k in KEYS)
 
 
+def _variants(path: str):
+  """The variants of the config file ``path``: its ``VARIANTS`` tuple, "?" when its
+  ``get_config`` takes a parameter but it declares none, or () (read with ast: nothing is
+  run)."""
+  try:
+    with open(path) as f:
+      tree = ast.parse(f.read())
+  except (OSError, SyntaxError, ValueError):
+    return ()
+  takes = any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
+              and (node.args.args or node.args.vararg) for node in tree.body)
+  for node in tree.body:
+    if (takes and isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["VARIANTS"]):
+      try:
+        return tuple(ast.literal_eval(node.value))
+      except ValueError:
+        break
+  return "?" if takes else ()
+
+
+def _refuse_variant(path: str, arg: str) -> None:
+  """Raises ValueError when ``--config=path:arg`` names a variant of a config that has none,
+  naming the configs beside it that have variants, and theirs."""
+  if _variants(path):
+    return
+  directory = os.path.dirname(path) or "."
+  others = {name: _variants(os.path.join(directory, name))
+            for name in sorted(os.listdir(directory)) if name.endswith(".py")}
+  listed = "; ".join(f"{name}: {', '.join(v) if v != '?' else 'see its docstring'}"
+                     for name, v in others.items() if v)
+  raise ValueError(f"config {path} has no variants: drop ':{arg}'"
+                   + (f" (configs with variants: {listed})" if listed else ""))
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """The ConfigDict of a config file, as ``--config=PATH[:ARG]`` gives it (``get_config(ARG)``)."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ValueError(f"config file {path} does not exist")
+  if arg:
+    _refuse_variant(path, arg)
   module_spec = importlib.util.spec_from_file_location("experiment_config", path)
+  if module_spec is None or module_spec.loader is None:
+    raise ValueError(f"config file {path} is not a Python file (configs/*.py)")
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
@@ -314,8 +453,17 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   except Exception as e:  # pylint: disable=broad-except
     # the file's own error (a typo, a bad import), as one line
     text = str(e).strip().splitlines()
+    field = re.match(r"Could not override field '(\w+)' \(reference\)\. (.*) is of original type",
+                     text[0] if text else "")
+    if isinstance(e, TypeError) and field and field.group(1) in KEYS_BY_NAME:
+      key = KEYS_BY_NAME[field.group(1)]  # ml_collections' type check, in our words
+      raise ValueError(f"config {path} sets {key.name} to {shown(field.group(2))}: it must be "
+                       f"{_TYPE_WORDS[key.value_type]}") from None
     raise ValueError(f"cannot load the config {path}: {type(e).__name__}"
                      + (f": {text[0]}" if text else "")) from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"config file {path}: get_config() must return an ml_collections "
+                     f"ConfigDict (config_base.base_config()), got {type(config).__name__}")
   check_known_keys(config)
   return config
 

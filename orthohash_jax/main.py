@@ -5,24 +5,31 @@
 
 ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) sets a declared key (``config_base``): VALUE
 is read as a Python literal (``32``, ``(64,)``, ``None``; ``true`` / ``false`` for booleans),
-else as a string. Writes into the workdir: config.json, metrics.jsonl, checkpoints/,
-results.json, codes.npz (see ``workdir``). A rerun with the same workdir resumes from the latest
-checkpoint. Exit status (each with one line on stderr when not 0):
+else as a string. Writes into the workdir: config.json, codebook.npy, progress.json,
+metrics.jsonl, checkpoints/, TensorBoard events, results.json, codes.npz (and codes.faissbin
+with ``export_faiss``; see ``workdir``); the next-to-last output line names them, the last is
+the results as JSON. A rerun with the same workdir resumes from the latest checkpoint. Exit status (each with one line on stderr when not 0):
   0  finished: results.json and codes.npz written;
   1  training failed (non-finite loss): stopped without saving, the last good checkpoint kept;
+     or a file could not be written (a full disk): the checkpoints kept, rerun once space is free;
   2  bad flags, config or data: nothing trained, nothing new on disk;
   3  interrupted (SIGTERM, Ctrl-C or a preemption notice): the running chunk finished and a
      checkpoint was saved; the same command resumes. A second Ctrl-C aborts at once (130,
      nothing saved since the last checkpoint).
+  4  multi-process: another process died (a collective failed); checkpoints kept, the same
+     command on every host resumes. jaxlib itself aborts a process (134, SIGABRT) when process
+     0 dies or another stops sending heartbeats for 30 s (docs/multihost.md#preemption).
 Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or pass
 --coordinator=auto on TPU pods) on every process.
 """
 import json
+import os
 import sys
 
 from absl import logging
 
-from orthohash_jax import cli, config_base, parallel, run
+from orthohash_jax import cli, config_base, methods, parallel, run
+from orthohash_jax import workdir as workdir_lib
 
 OVERRIDE = "--config."
 
@@ -60,6 +67,8 @@ def main(argv=None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   if args.list_keys:
     print(config_base.describe())
+    print(f"\nmethods (--config.loss=NAME; the paper's name; docs/methods.md):\n"
+          f"{methods.describe()}")
     return 0
 
   def body():
@@ -74,6 +83,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
       raise Aborted("aborted by Ctrl-C (nothing saved since the last checkpoint)") from None
     if parallel.is_main_process():
+      kept = [name for name in workdir_lib.RUN_FILES[:4]
+              if os.path.exists(workdir_lib.path(args.workdir, name))]
+      cli.say(f"wrote {', '.join(workdir_lib.result_files(args.workdir, config))} (with "
+              f"{', '.join(kept)}, checkpoints/ and TensorBoard events in {args.workdir}: "
+              "docs/runs.md)")
       cli.say(json.dumps(results))
   return cli.run_tool(body)
 

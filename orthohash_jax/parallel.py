@@ -13,33 +13,43 @@ interleaves the processes, and a ``model`` axis spanning processes, whose replic
 same rows), which ``global_batch`` assembles into one global ``jax.Array``.
 """
 import os
+import time
 
 import jax
+from jax._src import distributed  # the coordination client (as orbax uses it): no public API
 from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
+# A process that stops sending heartbeats for this long is declared dead by the coordination
+# service, which then aborts every other process (jaxlib: SIGABRT); JAX's default is 100 s.
+HEARTBEAT_TIMEOUT_SECONDS = 30
+SHUTDOWN_TIMEOUT_SECONDS = 60  # how long the exit of a finished run waits for the others
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None):
+def initialize(coordinator_address=None, num_processes=None, process_id=None,
+               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS):
   """Starts ``jax.distributed`` when several processes are requested; otherwise does nothing.
 
   Arguments default to the environment variables ``JAX_COORDINATOR_ADDRESS``,
   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; on TPU pods and SLURM clusters, where JAX detects
-  them itself, pass ``coordinator_address="auto"``.
+  them itself, pass ``coordinator_address="auto"``. A killed process is detected by the others
+  within ``heartbeat_timeout_seconds`` at the latest (docs/multihost.md#preemption).
   """
+  timeouts = {"heartbeat_timeout_seconds": heartbeat_timeout_seconds,
+              "shutdown_timeout_seconds": SHUTDOWN_TIMEOUT_SECONDS}
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
   num_processes = int(num_processes or os.environ.get("JAX_NUM_PROCESSES", 1))
   process_id = process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID")
   if coordinator_address == "auto":
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
   elif num_processes > 1:
     # CPU collectives across processes (ignored by GPU/TPU backends); set before any JAX call
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes=num_processes,
-                               process_id=int(process_id))
+                               process_id=int(process_id), **timeouts)
 
 
 def make_mesh(num_devices: int = -1, model_axis: int = 1, devices=None) -> Mesh:
@@ -177,3 +187,30 @@ def barrier(name: str) -> None:
   """Waits until every process reaches the barrier ``name`` (no-op for one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def agreed_max(value: float) -> float:
+  """The largest ``value`` over processes, the same on every one (a collective)."""
+  if jax.process_count() == 1:
+    return float(value)
+  return float(np.max(multihost_utils.process_allgather(np.asarray([value], np.float32))))
+
+
+def unresponsive_processes(tag: str, seconds: float) -> list:
+  """After a failed collective: the processes that do not check in under ``tag`` through the
+  coordination service within ``seconds`` (every live process calls this); [0] when the service
+  itself (on process 0) is gone."""
+  client, me = distributed.global_state.client, jax.process_index()
+  try:
+    client.key_value_set(f"{tag}/{me}", "alive")
+  except Exception:  # pylint: disable=broad-except
+    return [0]
+  deadline, lost = time.monotonic() + seconds, []
+  for p in range(jax.process_count()):
+    try:
+      if p != me:
+        client.blocking_key_value_get(f"{tag}/{p}",
+                                      max(1, int(1000 * (deadline - time.monotonic()))))
+    except Exception:  # pylint: disable=broad-except
+      lost.append(p)
+  return lost

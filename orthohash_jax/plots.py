@@ -10,7 +10,8 @@ in threads and without a display).
   separability of the project's plots: the histogram's arrow, ``analysis.json`` and Figure 4
   of ``experiments/plot_analysis.py`` all use query-database pairs.
 * ``histogram_figure(intra, inter, num_bits)``: paper Figure 3, each histogram normalised to
-  sum 1, dashed lines at the means, an arrow between them labelled with the separability.
+  sum 1, dashed lines at the means, an arrow between them labelled with the separability above
+  the tallest bar, the legend below the axes (never over a bar).
   ``histograms_figure(panels)``: the same for several runs, one panel each, side by side.
 * ``retrieval_figure(query_pictures, neighbour_pictures, ...)``: a grid, one row per query:
   the query, then its neighbours in rank order, each framed green (relevant) or red (not), its
@@ -23,7 +24,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orthohash_jax import cli, metrics, retrieval
+from orthohash_jax import cli, metrics
 
 RELEVANT, IRRELEVANT, QUERY = "#2ca02c", "#d62728", "#1f4e99"  # frame colours
 
@@ -71,14 +72,16 @@ def _draw_histogram(ax, intra, inter, num_bits: int, title: str) -> None:
            label=f"{name} ({counts.sum()} pairs)")
     means[name] = _mean(counts)
     ax.axvline(means[name], color=colour, linestyle="--")
-  top = ax.get_ylim()[1]
+  top = 1.25 * max(c[:num_bits + 1].max() / c.sum() for c in (intra, inter))
+  ax.set_ylim(0, top)  # the arrow and its label above the tallest bar
   ax.annotate("", xy=(means["inter-class"], 0.9 * top), xytext=(means["intra-class"], 0.9 * top),
               arrowprops={"arrowstyle": "<->", "color": "black"})
   ax.text((means["intra-class"] + means["inter-class"]) / 2, 0.92 * top,
           f"separability {separability(intra, inter):.2f}", ha="center")
   ax.set(xlabel="Hamming distance", ylabel="fraction of pairs", xlim=(-0.5, num_bits + 0.5),
          title=title)
-  ax.legend(loc="center right")
+  # below the axes: inside, it would cover the bars of a distribution that lies under it
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 def _show(ax, picture, colour, width):

@@ -5,16 +5,24 @@
    the data against the config (``check_data``); nothing is written before all of them passed;
 2. the trainer, with the class targets of ``<workdir>/codebook.npy`` (``workdir.codebook``);
 3. resume from the latest usable checkpoint (``checkpoint.Checkpointer``), then the loop over
-   chunks of ``steps_per_chunk`` steps (an epoch by default), each one compiled ``lax.scan``.
-   The next chunk is dispatched before the losses of the previous one are read (host batching
-   and logging overlap the device), so a non-finite loss is seen one chunk late; a checkpoint is
-   only saved after the losses of every step before it were read and found finite, so the last
-   checkpoint is always a good one. Each chunk adds a line to ``metrics.jsonl``, stdout and
-   TensorBoard (``reporting``);
+   chunks of ``steps_per_chunk`` steps (an epoch by default), each one compiled ``lax.scan``,
+   cut at every evaluation step. With ``chunk_seconds``, the first two chunks of an invocation
+   are single steps, the second one timed; the slowest process's time (agreed by a collective)
+   then sets the chunk length (``chunk_seconds`` / step time, at most ``steps_per_chunk``).
+   Chunk lengths never change results: the batch and random draws of a step depend on
+   (seed, step) only. The next chunk is dispatched before the losses of the previous one are
+   read (host batching and logging overlap the device), so a non-finite loss is seen one chunk
+   late; a checkpoint is only saved after the losses of every step before it were read and
+   found finite, so the last checkpoint is always a good one. Saves happen once
+   ``checkpoint_every_steps`` steps have passed since the last one, at the end of a chunk, and
+   are written in the background while the next chunks run. Each chunk adds a line to
+   ``metrics.jsonl``, stdout and TensorBoard (``reporting``);
 4. SIGTERM, SIGINT (Ctrl-C) or orbax's preemption notice: the chunk finishes, a checkpoint is
-   saved and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError`` without
-   saving. On resume, ``metrics.jsonl`` lines after the restored step are dropped, and
-   ``check_extension`` says what a changed ``num_epochs`` may do;
+   saved (waited for) and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError``
+   without saving; a failed save raises ``checkpoint.SaveError``; a collective that fails
+   because another process died ends this one at once (``lost_process_exit``). On resume,
+   ``metrics.jsonl`` lines after the restored step are dropped, and ``check_extension`` says
+   what a changed ``num_epochs`` may do;
 5. evaluation (``evaluation.evaluate``; revisited Oxford/Paris when ``config.revisited``), then
    ``codes.npz`` and ``results.json`` (process 0 writes every file).
 
@@ -22,16 +30,22 @@
 export, instance and serve tools.
 """
 import contextlib
+import os
+import sys
+import time
 
 import jax
 import numpy as np
 
-from orthohash_jax import checkpoint, cli, config_base, evaluation, reporting
+from orthohash_jax import checkpoint, cli, config_base, evaluation, methods, parallel, reporting
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
 
 LARGE_NUM_BITS = 4096  # beyond this a warning: the paper uses 16 to 128 bits
+PROBE_CHUNKS = 2  # with chunk_seconds: single-step chunks first, the second one timed
+LOST_PROBE_SECONDS = 5  # after a failed collective: how long a survivor waits for the others
+PROCESS_LOST_STATUS = 4  # exit status of a survivor that lost another process
 
 
 class TrainingError(cli.CommandError):
@@ -45,15 +59,42 @@ class Interrupted(cli.CommandError):
   status, prefix = 3, ""
 
 
+@contextlib.contextmanager
+def lost_process_exit():
+  """Turns a failed cross-process collective (a process was killed) into one ``error:`` line
+  naming the processes that no longer answer and exit status 4, at once (``os._exit``): any
+  cleanup, jax.distributed's exit-time shutdown included, would wait for the lost process until
+  the coordination service's heartbeat timeout and then abort. One process, or every process
+  still answering: the error goes on as it is."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    lost = parallel.unresponsive_processes("orthohash_lost", LOST_PROBE_SECONDS)
+    if not lost:  # every process answers: an error of another kind
+      raise
+    names = " and ".join(f"process {p}" for p in lost)
+    cli.say(f"error: lost {names} of {jax.process_count()} "
+            f"({str(e).strip().splitlines()[0][:160]}); rerun the same command on every host "
+            "to resume from the last checkpoint", err=True)
+    sys.stdout.flush()
+    os._exit(PROCESS_LOST_STATUS)
+
+
+def chunk_stop(step: int, length: int, total_steps: int, eval_every: int) -> int:
+  """The end of the chunk that starts at ``step``: ``length`` steps, cut at the next evaluation
+  (every ``eval_every`` steps, 0: none) and at the end of training."""
+  stop = min(step + length, total_steps)
+  return min(stop, (step // eval_every + 1) * eval_every) if eval_every else stop
+
+
 def check_data(config, data) -> None:
   """Checks of the config against the loaded data."""
   if config.batch_size > data.size("train"):
     raise ValueError(f"batch_size {config.batch_size} is larger than the training set "
                      f"({data.size('train')})")
-  if data.multilabel and config.loss in config_base.SINGLE_LABEL_LOSSES:
-    takers = [name for name in config_base.LOSSES if name not in config_base.SINGLE_LABEL_LOSSES]
-    raise ValueError(f"loss {config.loss!r} takes single-label data only; multi-label data "
-                     f"takes loss {' / '.join(takers)}")
+  config_base.check_labels(config, data.multilabel)
   if 2 ** min(config.num_bits, 63) < data.num_classes:
     raise ValueError(f"num_bits {config.num_bits} gives at most {2 ** config.num_bits} distinct "
                      f"codes for {data.num_classes} classes; use num_bits >= "
@@ -90,6 +131,7 @@ def step_counts(config, data):
 def make_trainer(config, data, mesh=None, codebook=None) -> trainer_lib.Trainer:
   """The Trainer of a validated config for ``data`` on ``mesh`` (None: from the config);
   ``codebook`` (C, K): the class targets (None: generated from the config)."""
+  methods.apply_architecture(config)
   if codebook is None:
     codebook = workdir_lib.codebook(config, data.num_classes)
   return trainer_lib.Trainer(
@@ -101,6 +143,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, writes results.json and codes.npz in workdir;
   returns the results."""
   # Checks, before anything is written.
+  methods.apply_architecture(config)  # the method's use_bn unless set: config.json records it
   config_base.validate(config)
   saved = workdir_lib.check_same_run(workdir, config)
   if config.num_bits > LARGE_NUM_BITS:
@@ -117,22 +160,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
     steps_per_epoch, total_steps = step_counts(config, data)
     stack.enter_context(workdir_lib.lock(workdir))  # one run per workdir
     ckpt = stack.enter_context(contextlib.closing(
-        checkpoint.Checkpointer(workdir, config.keep_checkpoints)))
+        checkpoint.Checkpointer(workdir, config.keep_checkpoints, background=True)))
+    stack.enter_context(lost_process_exit())
     state, start = ckpt.restore_latest(trainer.abstract_state(),
                                        log=lambda line: cli.say(line, err=True))
     check_extension(config, saved, start, steps_per_epoch)
     workdir_lib.start(workdir, config, targets)  # every check passed
+    resumed = state is not None
     if state is None:
       state = trainer.initial_state()
     else:
       cli.say(f"resumed from checkpoint at step {start}")
-    workdir_lib.truncate_metrics(workdir, start)
+    logged = workdir_lib.truncate_metrics(workdir, start)
+    # the losses of the restored step were finite before: a non-finite one now is the checkpoint's
+    restored_step_was_finite = resumed and parallel.any_process(
+        logged is not None and logged > start)
     report = stack.enter_context(contextlib.closing(reporting.Reporter(
         workdir, total_steps, steps_per_epoch, workdir_lib.read_progress(workdir))))
 
     # Training: chunks of steps; the losses of a chunk are read while the next one runs.
-    chunk = config.steps_per_chunk or steps_per_epoch
-    checkpoint_every = max(chunk, -(-config.checkpoint_every_steps // chunk) * chunk)
+    length = config.steps_per_chunk or steps_per_epoch
+    probes = PROBE_CHUNKS if config.chunk_seconds and length > 1 else 0
     eval_every = config.eval_every_epochs * steps_per_epoch
     eval_due = lambda step: bool(eval_every) and step % eval_every == 0 and step < total_steps
     train_labels = data.labels("train")
@@ -142,11 +190,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       (the state at ``stop``) also evaluates when an evaluation is due."""
       losses = np.asarray(losses)
       if not np.all(np.isfinite(losses)):
+        bad = begin + int(np.argmin(np.isfinite(losses)))
+        if bad == start and restored_step_was_finite:  # damage no check caught
+          raise TrainingError(f"checkpoint at step {start} gives a non-finite loss at its own "
+                              f"step; {ckpt.quarantine(start)}; rerun the same command to "
+                              "resume from the previous checkpoint")
         last = ckpt.latest_step()
         where = (f"last good checkpoint: step {last} in {ckpt.directory}" if last is not None
                  else "no checkpoint was saved yet")
-        raise TrainingError(f"loss is not finite at step {begin + np.argmin(np.isfinite(losses))}"
-                            f"; stopped without saving ({where})")
+        raise TrainingError(f"loss is not finite at step {bad}; stopped without saving ({where})")
       record = report.chunk(begin, stop, losses, float(trainer.schedule(stop - 1)),
                             keep=stop == total_steps or eval_due(stop))
       if state is not None and eval_due(stop):
@@ -157,24 +209,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
       workdir_lib.append_metrics(workdir, record)
 
     with checkpoint.StopSignals() as signals:
-      pending, step = None, start  # pending: (begin, stop, losses) not read yet
+      pending, step, saved_at = None, start, start  # pending: (begin, stop, losses) not read yet
       while step < total_steps:
-        stop = min(step + chunk, total_steps)
+        stop = chunk_stop(step, 1 if probes else length, total_steps, eval_every)
+        began = time.perf_counter()
         state, losses = trainer.run_chunk(
             state, *data_lib.host_batch(config, data, step, stop, train_labels, trainer.mesh))
+        if probes:
+          probes -= 1
+          if not probes:  # the last probe, compiled by the one before: one step's wall time
+            jax.block_until_ready(losses)
+            step_seconds = parallel.agreed_max(time.perf_counter() - began)
+            length = max(1, min(length, int(config.chunk_seconds / step_seconds)))
         if pending:
           finish(*pending)
         pending, step = (step, stop, losses), stop
+        ckpt.check()  # a background save that failed stops the run here
         interrupted = ckpt.stop_requested(step, signals)
-        save = step % checkpoint_every == 0 or step == total_steps or interrupted
+        save = (step - saved_at >= config.checkpoint_every_steps or step == total_steps
+                or interrupted)
         if save or eval_due(step):
           finish(*pending, state=state)
           pending = None
         if save:
-          ckpt.save(step, state)
+          ckpt.save(step, state)  # in the background: the next chunk runs meanwhile
+          saved_at = step
           workdir_lib.write_progress(workdir, step, report.train_seconds, report.steps_timed)
           report.restart_clock()
         if interrupted:
+          ckpt.wait()
           raise Interrupted(f"interrupted at step {step}; checkpoint saved in "
                             f"{ckpt.directory}; rerun the same command to resume")
 
@@ -200,6 +263,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for spec in config.revisited.split(",") if config.revisited else ():
       root, name = evaluation.parse_revisited(spec)  # ROxford / RParis E/M/H, trained hash layer
       results[name] = evaluation.evaluate_revisited(trainer, data, state, root, name)
+    ckpt.wait()  # the final checkpoint, saved while the evaluation ran
     workdir_lib.write_results(workdir, results, result, config)
     return results
 

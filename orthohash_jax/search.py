@@ -53,6 +53,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from orthohash_jax import cli, codes_file, hamming_kernel, metrics, parallel, retrieval
+from orthohash_jax import workdir as workdir_lib
 
 BACKENDS = ("jax", "faiss")
 CHUNK_ROWS = 1 << 22  # rows per streamed chunk of a code file (16 MiB at 64 bits)
@@ -302,7 +303,7 @@ class HammingIndex:
   @classmethod
   def load(cls, path, backend: str = "jax", method=None):
     """Reads an index or a run's codes file (``codes_file``; the query arrays are not used)."""
-    data = codes_file.read_npz(path, codes_file.INDEX_KEYS)
+    data = codes_file.read_npz(path, codes_file.INDEX_KEYS, optional=("db_labels",))
     index = cls(data["num_bits"], backend, method)
     index.add(data["db_codes"], data.get("db_labels"))
     return index
@@ -319,7 +320,7 @@ def load_queries(path, num_bits):
     except (OSError, ValueError) as e:
       raise ValueError(f"{path}: not a readable .npy file ({e})") from None
     return retrieval.check_codes(codes, num_bits, f"{path}: query codes"), None
-  data = codes_file.read_npz(path, ("query_codes",), num_bits)
+  data = codes_file.read_npz(path, ("query_codes",), num_bits, optional=("query_labels",))
   codes, labels = data["query_codes"], data.get("query_labels")
   if labels is not None and len(labels) != len(codes):
     raise ValueError(f"{path}: {len(labels)} query_labels for {len(codes)} query_codes")
@@ -396,6 +397,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   def body():
+    if args.output:
+      workdir_lib.refuse_run_file(args.output)
     if args.num_processes > 1:
       if not args.coordinator or not 0 <= args.process_id < args.num_processes:
         raise ValueError("multi-process search needs --coordinator and 0 <= --process_id < "

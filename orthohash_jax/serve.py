@@ -3,20 +3,28 @@ r"""Command line: a search page over a finished run, served by Starlette on uvic
   python -m orthohash_jax.serve --workdir=RUN [--port=8000] [--host=127.0.0.1] \
       [--allowed_hosts=a.example,b.example] [--quiet] [limit flags, see ``Limits``]
 
-Loads the run's codes file ``<workdir>/codes.npz`` (the codes ``python -m orthohash_jax.search``
-searches), its data (pictures through ``data.eval_rows``, see ``images``) and its latest
-checkpoint (to encode uploaded images), then serves on ``host:port`` (127.0.0.1 by default: only
-this machine can connect; 0 picks a free port). The page picks a query of the query set (or
-uploads an image) and shows its top k database items with Hamming distance, label, relevance
-(green / red frame) and the query's AP. One access-log line per request goes to stderr (not with
-``--quiet``); a client that goes away mid-request is no error.
+Binds ``host:port`` first (a taken port fails at once; 127.0.0.1 by default: only this machine
+can connect; 0 picks a free port; an address that is not loopback, decided on the address the
+host resolves to, needs ``--allowed_hosts``), then loads the run's codes file
+``<workdir>/codes.npz`` (the codes ``python -m orthohash_jax.search`` searches; its rows must
+match the run's data), ``results.json`` (mAP, and the step whose model made the codes), its data
+(pictures through ``data.eval_rows``, see ``images``) and its latest checkpoint (to encode
+uploaded images; when that is not the step of results.json, because newer checkpoints were
+quarantined, one warning line says so and uploads are refused with 409), then serves. The page
+picks a query of the query set (or uploads an image) and shows its top k database items with
+Hamming distance, label, relevance (green / red frame) and the query's AP. One access-log line
+per request goes to stderr (not with ``--quiet``; control characters, quotes and backslashes
+written as ``\xNN``); a client that goes away mid-request is no error.
 
 HTTP interface (every JSON answer is one object; every error the server decides is a 4xx / 503
 status with ``{"error": "<one line>"}``, and the server goes on serving):
   GET  /                          the page
-  GET  /healthz                   {"status": "ok", "compiled": [k sizes ready], "compiling": [...]}
+  GET  /healthz                   {"status": "ok", "compiled": [k sizes ready], "compiling": [...],
+                                   "answer_bytes": memory reserved by answers being sent}
   GET  /api/info                  {"workdir", "dataset", "num_bits", "num_queries", "num_database",
-                                   "mAP", "eval_topk", "labels": bool, "pictures": bool}
+                                   "mAP", "eval_topk", "labels": bool, "pictures": bool,
+                                   "uploads": bool, "codes_step": the step of results.json or
+                                   null, "checkpoint_step": the step of the model uploads use}
   GET  /api/search?query=I&k=K    query I of the query set: {"query", "k", "label", "ap",
                                    "precision", "neighbours": [{"index", "distance", "label",
                                    "relevant"}, ...]}; the neighbours are exactly those of
@@ -37,13 +45,20 @@ status with ``{"error": "<one line>"}``, and the server goes on serving):
                                   {"k", "neighbours"} (no label, AP or relevance)
   GET  /image/query/I.png, /image/db/I.png   the input of that row as a PNG
 Errors: k outside [1, database size] or not an integer, a missing parameter or field, a bad
-code, a bad Host header: 400; an unknown path or method: 404 / 405; a query index outside the
-query set, an unknown picture row: 404; an upload that is no image: 400; a body larger than
-``--max_body_bytes`` or an image of more than ``--max_pixels`` pixels (decompression bombs
-included): 413 (a body is refused from its Content-Length before it is read); a body slower than
-``--body_timeout``, headers slower than ``--header_timeout``: 408; headers over
+code, a body that is not valid JSON or nests deeper than ``MAX_JSON_DEPTH`` (checked before
+parsing), not exactly one Host header or one off the allow-list: 400; an unknown path or method:
+404 / 405; a query index outside the query set, an unknown picture row: 404; an upload that is
+no image: 400; an upload while the model is not the codes' (see above): 409; a body larger than
+``--max_body_bytes`` (a JSON body: than the largest batch of this run), an image of more than
+``--max_pixels`` pixels (decompression bombs included), an answer larger than
+``--max_answer_bytes``: 413 (a body is refused from its Content-Length before it is read); a
+body whose first bytes take longer than ``--body_timeout`` or whose rest comes slower than
+``--min_body_rate``, headers slower than ``--header_timeout``: 408; headers over
 ``--max_header_bytes``: 431; a malformed request (e.g. a non-numeric Content-Length): 400; a
-connection past ``--max_connections``, an upload that waited ``--queue_timeout`` for a slot: 503.
+connection past ``--max_connections``, a body that waited ``--queue_timeout`` for a slot, an
+answer that waited as long for its share of ``--answer_memory_bytes``: 503. A client that has
+not read an answer (down to the send buffer's low-water mark) within ``--write_timeout`` is
+disconnected.
 Labels: a class id, or the list of classes of a multi-hot row. Relevance: same class / a shared
 label. Runs of instance data (protocol "gldv2") have no labels: "label", "ap" and "relevant" are
 null.
@@ -57,9 +72,11 @@ the compiled query batch.
 """
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import http
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -81,13 +98,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orthohash_jax import (cli, codes_file, evaluation, hamming_kernel, images, metrics,
+from orthohash_jax import (cli, codes_file, evaluation, files, hamming_kernel, images, metrics,
                            retrieval, run, search)
 from orthohash_jax import workdir as workdir_lib
 
 MIN_BUCKET = 16  # the smallest compiled result size (searches of k <= 16 share it)
 MAX_BATCH = 1024  # queries of one POST /api/search
 MAX_BATCH_NEIGHBOURS = 1 << 18  # queries x k of one POST /api/search
+MAX_JSON_DEPTH = 8  # nesting of a JSON body (a batch needs 3: object, list of codes, a code)
+ANSWER_COPIES = 4  # an answer's memory in copies of its JSON bytes while built (see answer_bytes)
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 LOG = logging.getLogger("orthohash_jax.serve")
@@ -101,7 +120,9 @@ def _limit(default, help_text):
 class Limits:
   """The server's limits; each is the command-line flag ``--<name>`` (its help says what it
   bounds). Total upload memory is bounded by max_uploads x (max_body_bytes + the decoded image of
-  max_pixels pixels, ~4 bytes each, and its conversion to the model input)."""
+  max_pixels pixels, ~4 bytes each, and its conversion to the model input); answers by
+  answer_memory_bytes (``SearchService.answer_bytes`` of each answer, reserved before it is built
+  and held until the client has read it, or write_timeout closed the connection)."""
   header_timeout: float = _limit(10.0, "seconds from a connection (or the end of the previous "
                                  "response) to a request's complete headers; then 408")
   body_timeout: float = _limit(30.0, "seconds to read a request body once the server reads it; "
@@ -115,7 +136,18 @@ class Limits:
                            "decoded; then 413")
   max_uploads: int = _limit(2, "request bodies read and decoded at once (uploads, JSON batches); "
                             "the others wait for a slot")
-  queue_timeout: float = _limit(60.0, "seconds a body waits for a slot; then 503")
+  queue_timeout: float = _limit(60.0, "seconds a body waits for a slot, or an answer for its share "
+                                "of --answer_memory_bytes; then 503")
+  min_body_rate: float = _limit(16384.0, "bytes per second a request body must arrive at once its "
+                                "first bytes came (after 1 s of grace); then 408 and its slot is "
+                                "free")
+  max_answer_bytes: int = _limit(128 << 20, "bytes of memory one answer may take while it is built "
+                                 "and sent (ANSWER_COPIES x its JSON bytes); then 413")
+  answer_memory_bytes: int = _limit(512 << 20, "bytes of memory all answers being built or sent "
+                                    "may take together (each until its client has read it)")
+  write_timeout: float = _limit(30.0, "seconds an answer may stay in the server's send buffer "
+                                "above its high-water mark (the client reads too slowly or not "
+                                "at all); then the connection is closed and the memory freed")
 
   def check(self) -> "Limits":
     """self, when every limit is > 0 (else ValueError)."""
@@ -141,6 +173,13 @@ def _short(value) -> str:
 
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+_CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
+
+
+def printable(text: str) -> str:
+  """``text`` with control characters (C0, DEL, C1), quotes and backslashes as ``\\xNN``: one
+  line, no terminal escapes, unambiguous in a quoted log field."""
+  return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _integer(value, name: str, status: int = 400, what: str = "") -> int:
@@ -152,6 +191,35 @@ def _integer(value, name: str, status: int = 400, what: str = "") -> int:
     return int(value)
   raise RequestError(status, f"unknown {what} {_short(value)}" if what else
                      f"{name} must be an integer, got {_short(value)}")
+
+
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_DEPTH_CHUNK = 1 << 20  # brackets per numpy step of the depth scan (bounds its memory)
+
+
+def json_body(body: bytes, max_bytes: int):
+  """The JSON value of a request body, checked before it is parsed: larger than ``max_bytes``:
+  413; nested deeper than MAX_JSON_DEPTH: 400 (the parser never recurses that far); not JSON:
+  400 "the body is not valid JSON (<the parser's reason>)".
+
+  The depth is that of the brackets outside strings: escaped backslashes (``\\\\``, left to
+  right) and then escaped quotes are removed, the rest split at quotes (odd pieces are strings'
+  contents). Up to the first syntax error, where the parser stops, this is the parser's own
+  reading, so its depth bounds the parser's."""
+  if len(body) > max_bytes:
+    raise RequestError(413, f"JSON body of {len(body)} bytes is larger than {max_bytes} bytes")
+  outside = b"".join(body.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
+  brackets, depth = outside.translate(None, _NOT_BRACKETS), 0
+  for start in range(0, len(brackets), _DEPTH_CHUNK):
+    chunk = np.frombuffer(brackets[start:start + _DEPTH_CHUNK], np.uint8)
+    levels = depth + np.cumsum(((chunk >> 1) & 1).astype(np.int32) * 2 - 1)  # [{: +1, ]}: -1
+    if levels.max() > MAX_JSON_DEPTH:
+      raise RequestError(400, f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+    depth = int(levels[-1])
+  try:
+    return json.loads(body)
+  except (ValueError, RecursionError) as e:
+    raise RequestError(400, f"the body is not valid JSON ({printable(str(e))})") from None
 
 
 def _label(label):
@@ -212,6 +280,22 @@ class _Batcher:
       start += len(codes)
 
 
+def _read_results(path: str):
+  """(mAP, steps) of a run's results.json (None, None without one); a file that is no JSON
+  object, a mAP that is no number or steps that are no integer: ValueError naming the file."""
+  if not os.path.exists(path):
+    return None, None
+  results = files.read_json(path)
+  if not isinstance(results, dict):
+    raise ValueError(f"{path} must hold a JSON object, got {type(results).__name__}")
+  value, steps = results.get("mAP"), results.get("steps")
+  if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    raise ValueError(f"{path}: mAP must be a number or null, got {_short(value)}")
+  if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
+    raise ValueError(f"{path}: steps must be an integer, got {_short(steps)}")
+  return value, steps
+
+
 class SearchService:
   """The run's codes, data and model; answers searches (thread-safe).
 
@@ -222,8 +306,10 @@ class SearchService:
 
   def __init__(self, workdir: str, warm_up: bool = True):
     self.workdir = workdir
-    self.codes = codes_file.load_codes(workdir_lib.path(workdir, workdir_lib.CODES))
+    codes_path = workdir_lib.path(workdir, workdir_lib.CODES)
+    self.codes = codes_file.load_codes(codes_path)
     self.num_bits = int(self.codes["num_bits"])
+    self.map, self.codes_step = _read_results(workdir_lib.path(workdir, workdir_lib.RESULTS))
     self.index = search.HammingIndex(self.num_bits)
     self.index.add(self.codes["db_codes"])
     self.trainer, self.data, self.state, self.step = run.restore_run(workdir)
@@ -231,17 +317,28 @@ class SearchService:
     if config.num_bits != self.num_bits:
       raise ValueError(f"{workdir}/codes.npz holds {self.num_bits}-bit codes, the "
                        f"checkpoint's model {config.num_bits}")
+    for split, name in (("query", "query"), ("db", "database")):
+      rows = len(self.codes[f"{split}_codes"])
+      if np.shape(self.codes[f"{split}_labels"])[:1] != (rows,):
+        raise ValueError(f"{codes_path}: {split}_labels of shape "
+                         f"{np.shape(self.codes[f'{split}_labels'])} for {rows} {split}_codes")
+      if rows != self.data.size(split):
+        raise ValueError(f"{codes_path} holds {rows} {name} rows, the run's data "
+                         f"{self.data.size(split)}: not this run's codes (rerun the run's "
+                         "evaluation or export)")
+    self.stale = self.codes_step is not None and self.codes_step != self.step
+    if self.stale:
+      cli.say(f"warning: {codes_path} was made by the model of step {self.codes_step}, but the "
+              f"latest usable checkpoint is step {self.step} (the newer ones were quarantined): "
+              "uploads are refused, searches of the codes go on", err=True)
     self.labelled = self.data.protocol == "category"
     try:
       images.check_pictures(self.data.input_shape, self.data.input_dtype)
       self.pictures = True
     except ValueError:
       self.pictures = False
-    results_path = workdir_lib.path(workdir, workdir_lib.RESULTS)
-    self.map = None
-    if os.path.exists(results_path):
-      with open(results_path) as f:
-        self.map = json.load(f).get("mAP")
+    # the largest batch body: MAX_BATCH codes of num_bits values, room for indentation included
+    self.max_json_bytes = 4096 + MAX_BATCH * (64 + 16 * self.num_bits)
     num_items = len(self.index)
     self.sizes = [1 << e for e in range(MIN_BUCKET.bit_length() - 1, num_items.bit_length())
                   if 1 << e < num_items] + [num_items]
@@ -249,8 +346,18 @@ class SearchService:
     self.lock = threading.Lock()  # one device computation at a time
     self._compile_lock = threading.Lock()
     self.compiled = []  # result sizes ready, ascending
-    self._db_labels = ([_label(label) for label in self.codes["db_labels"]] if self.labelled
-                       else None)
+    self._db_labels = ([json.dumps(_label(label)) for label in self.codes["db_labels"]]
+                       if self.labelled else None)  # each row's label as JSON text
+    longest = max(map(len, self._db_labels), default=4) if self.labelled else 4
+    query_longest = (max((len(json.dumps(_label(label))) for label in self.codes["query_labels"]),
+                         default=4) if self.labelled else 4)
+    # upper bounds of the JSON bytes of one neighbour and of one result without its neighbours
+    big = max(num_items, len(self.codes["query_codes"]))  # more than any index or k
+    self._neighbour_bytes = len(f'{{"index": {big}, "distance": {self.num_bits}, "label": '
+                                f'{"x" * longest}, "relevant": false}}, ')
+    self._result_bytes = len(f'{{"query": {big}, "k": {big}, "label": '
+                             f'{"x" * query_longest}, "ap": {"x" * 24}, "precision": '
+                             f'{"x" * 24}, "neighbours": []}}, ')
     self.aps = (metrics.average_precisions(
         self.codes["query_codes"], self.codes["db_codes"], self.codes["query_labels"],
         self.codes["db_labels"], config.eval_topk) if self.labelled else None)
@@ -291,7 +398,23 @@ class SearchService:
             "num_bits": self.num_bits, "num_queries": len(self.codes["query_codes"]),
             "num_database": len(self.index), "mAP": self.map,
             "eval_topk": self.trainer.config.eval_topk, "labels": self.labelled,
-            "pictures": self.pictures}
+            "pictures": self.pictures, "uploads": self.pictures and not self.stale,
+            "codes_step": self.codes_step, "checkpoint_step": self.step}
+
+  def check_uploads(self) -> None:
+    """RequestError unless uploads can be encoded: 400 when the inputs are no pictures, 409 when
+    the model left is not the one that made codes.npz (its newer checkpoints quarantined)."""
+    if not self.pictures:
+      raise RequestError(400, "this run's inputs are not pictures: uploads are not possible")
+    if self.stale:
+      raise RequestError(409, f"uploads are off: codes.npz was made by the model of step "
+                         f"{self.codes_step}, the latest usable checkpoint is step {self.step} "
+                         "(the newer ones were quarantined)")
+
+  def answer_bytes(self, queries: int, k: int) -> int:
+    """The memory an answer of ``queries`` results of k neighbours is given: ANSWER_COPIES x an
+    upper bound of its JSON bytes (built a result at a time, see ``batch_answer``)."""
+    return ANSWER_COPIES * (256 + queries * (self._result_bytes + k * self._neighbour_bytes))
 
   def health(self) -> dict:
     compiled = self.compiled
@@ -328,24 +451,39 @@ class SearchService:
     self._batcher.submit(codes, size).add_done_callback(cut)
     return future
 
-  def neighbours(self, dist, idx, relevant=None) -> list:
-    """The JSON neighbours of one result row (dist, idx) (k,)."""
-    relevant = [None] * len(idx) if relevant is None else relevant
-    return [{"index": int(i), "distance": int(d),
-             "label": self._db_labels[i] if self.labelled else None,
-             "relevant": None if r is None else bool(r)}
-            for i, d, r in zip(idx.tolist(), dist.tolist(), relevant)]
+  def neighbours(self, dist, idx, relevant=None) -> str:
+    """The JSON text of the neighbours of one result row (dist, idx) (k,): a list of objects
+    {"index", "distance", "label", "relevant"} (written as ``json.dumps`` writes them)."""
+    labels = self._db_labels
+    flags = ["null"] * len(idx) if relevant is None else [
+        "true" if r else "false" for r in relevant]
+    return "[" + ", ".join(
+        f'{{"index": {i}, "distance": {d}, "label": {labels[i] if labels else "null"}, '
+        f'"relevant": {r}}}' for i, d, r in zip(idx.tolist(), dist.tolist(), flags)) + "]"
 
-  def query_answer(self, query: int, k: int, dist, idx) -> dict:
-    """The answer of GET /api/search for query row ``query`` and its result row (dist, idx)."""
+  def query_answer(self, query: int, k: int, dist, idx) -> str:
+    """The JSON text of GET /api/search's answer for query row ``query`` and its result row
+    (dist, idx)."""
     if not self.labelled:
-      return {"query": query, "k": k, "label": None, "ap": None, "precision": None,
-              "neighbours": self.neighbours(dist, idx)}
+      return (f'{{"query": {query}, "k": {k}, "label": null, "ap": null, "precision": null, '
+              f'"neighbours": {self.neighbours(dist, idx)}}}')
     label = self.codes["query_labels"][query]
     relevant = metrics.relevance(label[None], self.codes["db_labels"], idx[None])[0]
-    return {"query": query, "k": k, "label": _label(label), "ap": float(self.aps[query]),
-            "precision": float(np.mean(relevant)),
-            "neighbours": self.neighbours(dist, idx, relevant.tolist())}
+    return (f'{{"query": {query}, "k": {k}, "label": {json.dumps(_label(label))}, '
+            f'"ap": {json.dumps(float(self.aps[query]))}, '
+            f'"precision": {json.dumps(float(np.mean(relevant)))}, '
+            f'"neighbours": {self.neighbours(dist, idx, relevant.tolist())}}}')
+
+  def batch_answer(self, k: int, queries, dist, idx) -> bytes:
+    """The JSON bytes of POST /api/search's answer of result rows (dist, idx) (Q, k): of query
+    rows ``queries``, or of codes (``queries`` None). Built a result at a time (each encoded as
+    it is made), so its memory stays within ``answer_bytes(Q, k)``."""
+    parts = [b'{"k": %d, "results": [' % k]
+    for q, d, i in zip(queries or [None] * len(dist), dist, idx):
+      parts += [b", "] if len(parts) > 1 else []
+      parts.append((self.query_answer(q, k, d, i) if queries is not None else
+                    f'{{"neighbours": {self.neighbours(d, i)}}}').encode())
+    return b"".join(parts + [b"]}"])
 
   def parse_codes(self, codes) -> np.ndarray:
     """Packed codes uint32 (Q, W) of a JSON list of codes (hex words or ±1 values, see the
@@ -372,8 +510,7 @@ class SearchService:
   def decode(self, body: bytes, max_pixels: int) -> np.ndarray:
     """The model input of an uploaded image: 413 past ``max_pixels`` (checked from the header,
     before decoding), 400 for anything that is no readable image."""
-    if not self.pictures:
-      raise RequestError(400, "this run's inputs are not pictures: uploads are not possible")
+    self.check_uploads()
     try:
       with Image.open(io.BytesIO(body)) as img:
         if img.width * img.height > max_pixels:
@@ -409,6 +546,7 @@ class SearchService:
 BACKLOG = 2048  # pending connections the kernel queues before the server accepts them
 _OVER_CAPACITY = "orthohash_over_capacity"  # scope key: the connection is past max_connections
 _HEADERS_TOO_LARGE = "orthohash_headers_too_large"  # scope key: headers past max_header_bytes
+_DRAINED = "orthohash_drained"  # scope key: waits until the answer left the transport's buffer
 
 
 def _json(status: int, obj, close: bool = False) -> Response:
@@ -421,7 +559,8 @@ def _json(status: int, obj, close: bool = False) -> Response:
 def _access(client, request_line: str, status, size: int, seconds: float) -> None:
   """The access-log line of one request (logger ``orthohash_jax.serve``, level INFO)."""
   where = f"{client[0]}:{client[1]}" if client else "-"
-  request_line = request_line if len(request_line) <= 200 else request_line[:197] + "..."
+  request_line = printable(request_line if len(request_line) <= 200
+                           else request_line[:197] + "...")
   LOG.info('%s "%s" %s %d %.1fms', where, request_line, status, size, seconds * 1e3)
 
 
@@ -433,25 +572,56 @@ def _host_name(value: str) -> str:
   return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def bind_address(host: str, port: int = 0):
+  """(family, socket address) a server on ``host`` listens on: the first address ``host``
+  resolves to (as ``bind`` would resolve it: "0", "0x0", "::0" are the wildcard too); a
+  ValueError when it does not resolve."""
+  try:
+    family, _, _, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                  flags=socket.AI_PASSIVE)[0]
+  except (socket.gaierror, UnicodeError) as e:
+    raise ValueError(f"--host={printable(host)!r} does not resolve to an address "
+                     f"({getattr(e, 'strerror', None) or e})") from None
+  return family, address
+
+
 def allowed_hosts(host: str, names=()):
-  """The Host header names a server on ``host`` accepts: the loopback names, ``host`` unless it
-  is a wildcard, and ``names``; None (any) when names holds "*". A wildcard host without names is
-  a ValueError: on every interface, the names clients use must be given."""
+  """The Host header names a server on ``host`` accepts: the loopback names, ``names``, and
+  ``host`` and its address unless that is the wildcard; None (any) when names holds "*". Decided
+  on the address ``host`` resolves to: one that is not loopback (the wildcard included) without
+  names is a ValueError, as other machines can connect and the names they use must be given."""
   names = [n.strip().lower() for n in names if n.strip()]
   if "*" in names:
     return None
-  wildcard = host in ("", "0.0.0.0", "::")
-  if wildcard and not names:
-    raise ValueError(f"--host={host!r} listens on every interface: give the host names "
-                     "clients use with --allowed_hosts (or '*' for any)")
+  address = ipaddress.ip_address(bind_address(host)[1][0].split("%")[0])
+  if not address.is_loopback and not names:
+    raise ValueError(f"--host={host!r} listens on {address}, "
+                     f"{'every interface' if address.is_unspecified else 'not a loopback address'}"
+                     ": give the host names clients use with --allowed_hosts (or '*' for any)")
   return frozenset(LOOPBACK_NAMES) | frozenset(names) | (
-      frozenset() if wildcard else {_host_name(host)})
+      frozenset() if address.is_unspecified else {_host_name(host), str(address)})
+
+
+def listen(host: str, port: int) -> socket.socket:
+  """A socket listening on ``host``:``port`` (its resolved address); OSError "cannot listen on
+  host:port (reason)"."""
+  family, address = bind_address(host, port)
+  sock = socket.socket(family)
+  try:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(BACKLOG)
+  except OSError as e:
+    sock.close()
+    raise OSError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+  return sock
 
 
 class _Front:
   """ASGI middleware before the routes: 503 for a connection past max_connections, 431 for headers
-  past max_header_bytes, 400 for a Host header off the allow-list (a request without Host passes), and one access-log line per
-  request."""
+  past max_header_bytes, 400 for a request without exactly one Host header (RFC 9112, section
+  3.2; required of HTTP/1.0 requests too) or with one off the allow-list, and one access-log line
+  per request."""
 
   def __init__(self, app, hosts, limits: Limits):
     self.app, self.hosts, self.limits = app, hosts, limits
@@ -466,7 +636,7 @@ class _Front:
         sent["size"] += len(message.get("body", b""))
       await send(message)
 
-    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+    hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
     app = self.app
     if scope.get(_OVER_CAPACITY):
       app = _json(503, {"error": f"over the limit of {self.limits.max_connections} open "
@@ -474,8 +644,10 @@ class _Front:
     elif scope.get(_HEADERS_TOO_LARGE):
       app = _json(431, {"error": f"request headers larger than {self.limits.max_header_bytes} "
                                  "bytes (--max_header_bytes)"}, close=True)
-    elif host is not None and self.hosts is not None and _host_name(host) not in self.hosts:
-      app = _json(400, {"error": f"host {_short(host)} is not allowed (--allowed_hosts)"})
+    elif len(hosts) != 1:
+      app = _json(400, {"error": f"a request needs exactly one Host header, got {len(hosts)}"})
+    elif self.hosts is not None and _host_name(hosts[0]) not in self.hosts:
+      app = _json(400, {"error": f"host {_short(hosts[0])} is not allowed (--allowed_hosts)"})
     try:
       await app(scope, receive, counted)
     finally:
@@ -497,19 +669,44 @@ class _Protocol(HttpToolsProtocol):
   """uvicorn's httptools HTTP/1.1 protocol plus the limits uvicorn lacks (``limits``, set on a
   subclass): headers must be complete within header_timeout of the connection or of the first
   byte after a response (else 408) and within max_header_bytes (else 431); connections past
-  max_connections get a 503 for each request (``_Front``); a malformed request is a JSON 400."""
+  max_connections get a 503 for each request (``_Front``); a malformed request is a JSON 400; a
+  client that reads nothing of an answer for write_timeout while the transport's buffer is full
+  is disconnected (its buffered bytes freed). ``scope[_DRAINED]()`` waits until the answer's
+  bytes left the transport's buffer (or the connection is gone)."""
 
   limits = Limits()
 
   def connection_made(self, transport):
     super().connection_made(transport)
     self._header_timer, self._header_bytes, self._header_size = None, 0, 0
+    self._write_timer = None
     self._over_capacity = len(self.connections) > self.limits.max_connections
     self._arm_header_timer()
 
   def connection_lost(self, exc):
     self._disarm_header_timer()
+    self.resume_writing()
     super().connection_lost(exc)
+
+  def pause_writing(self):
+    super().pause_writing()
+    if self._write_timer is None:
+      self._write_timer = self.loop.call_later(self.limits.write_timeout, self._write_timeout)
+
+  def resume_writing(self):
+    if self._write_timer is not None:
+      self._write_timer.cancel()
+      self._write_timer = None
+    super().resume_writing()
+
+  def _write_timeout(self):
+    self._write_timer = None
+    _access(self.client, f"- answer not read within {self.limits.write_timeout} s "
+            "(--write_timeout): connection closed", "-", 0, self.limits.write_timeout)
+    self.transport.abort()
+
+  async def _drained(self):
+    await self.flow.drain()
 
   def _arm_header_timer(self):
     if self._header_timer is None:
@@ -546,6 +743,7 @@ class _Protocol(HttpToolsProtocol):
     super().on_message_begin()
     self._arm_header_timer()
     self._header_size = 0  # bytes of the parsed request target and headers
+    self.scope[_DRAINED] = self._drained
     if self._over_capacity:
       self.scope[_OVER_CAPACITY] = True
 
@@ -571,27 +769,114 @@ def _has_body(request: Request) -> bool:
   return "content-length" in request.headers or "transfer-encoding" in request.headers
 
 
-async def _read_body(request: Request, limits: Limits) -> bytes:
-  """The request body: 413 past max_body_bytes (from Content-Length before reading), 408 when it
-  takes longer than body_timeout."""
-  length = request.headers.get("content-length")
-  if length is not None and _integer(length, "Content-Length") > limits.max_body_bytes:
-    raise RequestError(413, f"body of {length} bytes is larger than {limits.max_body_bytes} "
-                       "bytes (--max_body_bytes)", close=True)
-  chunks, size = [], 0
-  try:
-    async with asyncio.timeout(limits.body_timeout):
-      async for chunk in request.stream():
+class _Slots:
+  """max_uploads slots for reading and decoding a body; one is taken once the body's first bytes
+  came (a request that sent only headers holds none), after at most queue_timeout (then 503)."""
+
+  def __init__(self, limits: Limits):
+    self.limits, self._free = limits, asyncio.Semaphore(limits.max_uploads)
+
+  @contextlib.asynccontextmanager
+  async def body(self, request: Request, max_bytes: int, what: str = "--max_body_bytes"):
+    """Holds a slot while the block runs and gives it the request body: 413 past ``max_bytes``
+    (from Content-Length before reading), 408 when the first bytes take longer than body_timeout
+    or the rest comes slower than min_body_rate (from the first bytes, 1 s of grace) or is not
+    complete within body_timeout."""
+    limits = self.limits
+    length = request.headers.get("content-length")
+    digits = length.lstrip("0") if length is not None and length.isascii() and length.isdigit() \
+        else None
+    if digits is not None and (len(digits) > 18 or int(digits or "0") > max_bytes):
+      raise RequestError(413, f"body of {digits[:40]} bytes is larger than {max_bytes} bytes "
+                         f"({what})", close=True)
+    if length is not None:
+      _integer(length, "Content-Length")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.body_timeout
+    stream = request.stream()
+    chunk = await self._next(stream, deadline, deadline)
+    try:
+      async with asyncio.timeout(limits.queue_timeout):
+        await self._free.acquire()
+    except TimeoutError:
+      raise RequestError(503, f"no upload slot free within {limits.queue_timeout} s "
+                         "(--max_uploads, --queue_timeout); retry later", close=True) from None
+    try:
+      chunks, size, first = [], 0, loop.time()
+      while chunk is not None:
         size += len(chunk)
-        if size > limits.max_body_bytes:
-          raise RequestError(413, f"body larger than {limits.max_body_bytes} bytes "
-                             "(--max_body_bytes)", close=True)
+        if size > max_bytes:
+          raise RequestError(413, f"body larger than {max_bytes} bytes ({what})", close=True)
         chunks.append(chunk)
-  except TimeoutError:
-    raise RequestError(408, f"request body not complete within {limits.body_timeout} s "
-                       "(--body_timeout)", close=True) from None
-  request.state.body_read = True
-  return b"".join(chunks)
+        chunk = await self._next(stream, deadline,
+                                 first + 1.0 + size / limits.min_body_rate)
+      request.state.body_read = True
+      body = b"".join(chunks)
+      del chunks
+      yield body
+    finally:
+      self._free.release()
+
+  async def _next(self, stream, deadline: float, due: float):
+    """The stream's next chunk (None at its end) by min(deadline, due), else 408."""
+    try:
+      async with asyncio.timeout_at(min(deadline, due)):
+        return await anext(stream, None)
+    except TimeoutError:
+      if due < deadline:
+        raise RequestError(408, f"request body slower than {self.limits.min_body_rate:g} bytes/s "
+                           "(--min_body_rate)", close=True) from None
+      raise RequestError(408, f"request body not complete within {self.limits.body_timeout} s "
+                         "(--body_timeout)", close=True) from None
+
+
+class _Budget:
+  """Memory for answers: ``held`` bytes reserved by the answers being built or sent, at most
+  answer_memory_bytes; one answer at most max_answer_bytes (413), and one that does not fit
+  waits up to queue_timeout for answers to finish (then 503)."""
+
+  def __init__(self, limits: Limits):
+    self.limits, self.held = limits, 0
+    self._freed = asyncio.Condition()
+
+  async def reserve(self, size: int) -> None:
+    limits = self.limits
+    if size > limits.max_answer_bytes:
+      raise RequestError(413, f"the answer would take {size} bytes of memory, more than "
+                         f"{limits.max_answer_bytes} (--max_answer_bytes); ask for fewer queries "
+                         "or a smaller k")
+    try:
+      async with asyncio.timeout(limits.queue_timeout), self._freed:
+        await self._freed.wait_for(lambda: self.held + size <= limits.answer_memory_bytes)
+        self.held += size
+    except TimeoutError:
+      raise RequestError(503, f"answers being sent hold the memory for answers "
+                         f"(--answer_memory_bytes {limits.answer_memory_bytes}) for longer than "
+                         f"{limits.queue_timeout} s (--queue_timeout); retry later") from None
+
+  async def release(self, size: int) -> None:
+    async with self._freed:
+      self.held -= size
+      self._freed.notify_all()
+
+
+class _Answer(Response):
+  """A 200 JSON answer whose reservation of a ``_Budget`` is released once its bytes left the
+  transport's buffer (the client read them, or the connection is gone)."""
+
+  media_type = "application/json"
+
+  def __init__(self, body: bytes, budget: _Budget, size: int):
+    super().__init__(body, 200, {"Cache-Control": "no-store"})
+    self._budget, self._size = budget, size
+
+  async def __call__(self, scope, receive, send):
+    try:
+      await super().__call__(scope, receive, send)
+      await scope[_DRAINED]()
+    finally:
+      self.body = b""
+      await self._budget.release(self._size)
 
 
 def _require(params, key):
@@ -602,23 +887,23 @@ def _require(params, key):
 
 def make_app(service: SearchService, limits: Limits) -> Starlette:
   """The routes of the module docstring over ``service`` (an ASGI app)."""
-  slots = asyncio.Semaphore(limits.max_uploads)
+  slots, budget = _Slots(limits), _Budget(limits)
+  max_json = min(service.max_json_bytes, limits.max_body_bytes)
+  max_json_what = ("--max_body_bytes" if max_json == limits.max_body_bytes
+                   else "the largest JSON batch of this run")
   with open(PAGE, "rb") as f:
     page = f.read()
 
-  class Slot:
-    """One of max_uploads slots for reading and decoding a body (503 after queue_timeout)."""
-
-    async def __aenter__(self):
-      try:
-        async with asyncio.timeout(limits.queue_timeout):
-          await slots.acquire()
-      except TimeoutError:
-        raise RequestError(503, f"no upload slot free within {limits.queue_timeout} s "
-                           "(--max_uploads, --queue_timeout); retry later", close=True) from None
-
-    async def __aexit__(self, *exc):
-      slots.release()
+  async def answer(queries: int, k: int, build) -> _Answer:
+    """``build()`` (the answer's JSON bytes, on a worker thread) within a reservation of
+    ``service.answer_bytes(queries, k)``."""
+    size = service.answer_bytes(queries, k)
+    await budget.reserve(size)
+    try:
+      return _Answer(await run_in_threadpool(build), budget, size)
+    except BaseException:
+      await budget.release(size)
+      raise
 
   async def topk(codes, k):
     return await asyncio.wrap_future(service.topk(codes, k))
@@ -628,7 +913,7 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
                     headers={"Cache-Control": "no-store"})
 
   async def healthz(_):
-    return _json(200, service.health())
+    return _json(200, {**service.health(), "answer_bytes": budget.held})
 
   async def info(_):
     return _json(200, service.info())
@@ -638,13 +923,10 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
     k = service.check_k(_require(params, "k"))
     query = service.check_query(_require(params, "query"))
     dist, idx = await topk(service.codes["query_codes"][query:query + 1], k)
-    return _json(200, service.query_answer(query, k, dist[0], idx[0]))
+    return await answer(1, k, lambda: service.query_answer(query, k, dist[0], idx[0]).encode())
 
   def parse_batch(body: bytes):
-    try:
-      obj = json.loads(body)
-    except ValueError:
-      raise RequestError(400, "the body must be a JSON object") from None
+    obj = json_body(body, max_json)
     if not isinstance(obj, dict):
       raise RequestError(400, "the body must be a JSON object")
     k = service.check_k(_require(obj, "k"))
@@ -662,27 +944,20 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
     return k, queries, service.codes["query_codes"][queries]
 
   async def search_post(request):
-    async with Slot():
-      k, queries, codes = await run_in_threadpool(parse_batch, await _read_body(request, limits))
+    async with slots.body(request, max_json, max_json_what) as body:
+      k, queries, codes = await run_in_threadpool(parse_batch, body)
     dist, idx = await topk(codes, k)
-
-    def answers():
-      if queries is None:
-        return [{"neighbours": service.neighbours(d, i)} for d, i in zip(dist, idx)]
-      return [service.query_answer(q, k, d, i) for q, d, i in zip(queries, dist, idx)]
-
-    return _json(200, {"k": k, "results": await run_in_threadpool(answers)})
+    return await answer(len(dist), k, lambda: service.batch_answer(k, queries, dist, idx))
 
   async def upload(request):
     k = service.check_k(_require(request.query_params, "k"))
-    if not service.pictures:
-      raise RequestError(400, "this run's inputs are not pictures: uploads are not possible")
-    async with Slot():
-      body = await _read_body(request, limits)
+    service.check_uploads()
+    async with slots.body(request, limits.max_body_bytes) as body:
       x = await run_in_threadpool(service.decode, body, limits.max_pixels)
       code = await run_in_threadpool(service.encode, x)
     dist, idx = await topk(code, k)
-    return _json(200, {"k": k, "neighbours": service.neighbours(dist[0], idx[0])})
+    return await answer(1, k, lambda: (f'{{"k": {k}, "neighbours": '
+                                       f'{service.neighbours(dist[0], idx[0])}}}').encode())
 
   async def picture(request):
     split, row = request.path_params["split"], request.path_params["row"]
@@ -698,11 +973,11 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
     return _json(e.status, {"error": str(e)}, close=e.close or unread_body(request))
 
   async def http_error(request, e):
-    path = request.url.path
+    path = printable(request.url.path)
     message = {404: f"no such page: {path}" if request.method in ("GET", "HEAD")
-                    else f"no such endpoint: {request.method} {path}",
-               405: f"method {request.method} not allowed on {path}"}.get(e.status_code,
-                                                                          e.detail)
+                    else f"no such endpoint: {printable(request.method)} {path}",
+               405: f"method {printable(request.method)} not allowed on {path}"}.get(
+                   e.status_code, e.detail)
     return _json(e.status_code, {"error": message}, close=unread_body(request))
 
   async def client_gone(_, __):
@@ -710,7 +985,7 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
 
   async def server_error(_, e):
     first = str(e).splitlines()[0] if str(e) else ""
-    return _json(500, {"error": f"{type(e).__name__}: {first}"}, close=True)
+    return _json(500, {"error": f"{type(e).__name__}: {printable(first)}"}, close=True)
 
   return Starlette(routes=[
       Route("/", index), Route("/healthz", healthz), Route("/api/info", info),
@@ -724,20 +999,13 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
 
 class Server:
   """A ``SearchService`` served over HTTP on host:port (uvicorn: one event loop, the listening
-  socket bound at construction) with ``limits`` and the Host allow-list ``hosts``
-  (``allowed_hosts``; None: any). ``serve_forever()`` runs until ``shutdown()``."""
+  socket ``sock``, else bound here with ``listen``) with ``limits`` and the Host allow-list
+  ``hosts`` (``allowed_hosts``; None: any). ``serve_forever()`` runs until ``shutdown()``."""
 
   def __init__(self, service: SearchService, host: str = "127.0.0.1", port: int = 8000,
-               limits: Limits = Limits(), hosts=None):
+               limits: Limits = Limits(), hosts=None, sock: socket.socket = None):
     self.service = service
-    self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-      self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-      self.socket.bind((host, port))
-      self.socket.listen(BACKLOG)
-    except OSError:
-      self.socket.close()
-      raise
+    self.socket = listen(host, port) if sock is None else sock
     protocol = type("Protocol", (_Protocol,), {"limits": limits.check()})
     hosts = allowed_hosts(host) if hosts is None else hosts
     config = uvicorn.Config(
@@ -793,17 +1061,20 @@ def main(argv=None) -> int:
       raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()
     hosts = allowed_hosts(args.host, args.allowed_hosts.split(","))
+    sock = listen(args.host, args.port)  # before loading: a taken port fails at once
+    try:
+      service = SearchService(args.workdir)
+    except BaseException:
+      sock.close()
+      raise
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = LOG.propagate, LOG.level
     LOG.addHandler(handler)
     LOG.propagate = False
     LOG.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    service = SearchService(args.workdir)
     try:
-      try:
-        server = Server(service, args.host, args.port, limits, hosts)
-      except OSError as e:
-        raise OSError(f"cannot listen on {args.host}:{args.port} ({e.strerror})") from None
+      server = Server(service, args.host, args.port, limits, hosts, sock)
       cli.say(f"serving {args.workdir} on {server.url} (Ctrl-C stops)")
       try:
         server.serve_forever()
@@ -812,6 +1083,9 @@ def main(argv=None) -> int:
       finally:
         server.server_close()
     finally:
+      LOG.removeHandler(handler)
+      LOG.propagate = saved[0]
+      LOG.setLevel(saved[1])
       service.close()
   return cli.run_tool(body)
 

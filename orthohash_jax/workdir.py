@@ -11,9 +11,13 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
   metrics.jsonl    a JSON line per chunk of steps (``append_metrics``); lines of steps after the
                    restored checkpoint are dropped on resume (``truncate_metrics``)
   results.json     the final summary (``write_results``)
-  codes.npz        packed codes and labels (``codes_file``)
+  codes.npz        packed codes and labels (``codes_file``); codes.faissbin with export_faiss
   checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
   events.out.tfevents.*  TensorBoard (``summary``)
+
+``refuse_run_file(output)``: a command's output path that names one of a run's files (a file
+above, or anything under checkpoints/) is refused, so no command writes over a run.
+``result_files(workdir, config)``: the paths ``write_results`` writes (commands name them).
 
 ``check_same_run(workdir, config)`` refuses a workdir that holds checkpoints of a run with
 another config (keys declared resumable in ``config_base`` may differ); a workdir without a
@@ -28,8 +32,8 @@ import socket
 import ml_collections
 import numpy as np
 
-from orthohash_jax import checkpoint, codebook as codebook_lib, codes_file, config_base, files
-from orthohash_jax import parallel
+from orthohash_jax import checkpoint, cli, codebook as codebook_lib, codes_file, config_base, files
+from orthohash_jax import methods, parallel
 
 CONFIG = "config.json"
 CODEBOOK = "codebook.npy"
@@ -38,6 +42,8 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CODES = "codes.npz"
 LOCK = ".lock"
+RUN_FILES = (CONFIG, CODEBOOK, PROGRESS, METRICS, RESULTS, CODES, LOCK,
+             codes_file.faiss_path(CODES))
 
 
 @contextlib.contextmanager
@@ -76,16 +82,60 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+def _is_run(directory: str) -> bool:
+  return (os.path.isfile(path(directory, CONFIG)) or os.path.isfile(path(directory, LOCK))
+          or os.path.isdir(path(directory, checkpoint.DIRECTORY)))
+
+
+def refuse_run_file(output: str) -> None:
+  """Raises ValueError (one line) when ``output`` would write over a file of a run: a name of
+  ``RUN_FILES`` (or a TensorBoard file) in a directory that holds a run, or a path inside a
+  run's checkpoints/ or checkpoints_corrupt/."""
+  output = os.path.realpath(output)
+  directory, name = os.path.split(output)
+  if _is_run(directory) and (name in RUN_FILES or name.startswith("events.out.tfevents")):
+    raise ValueError(f"--output {output} is a file of the run in {directory}: write it "
+                     "elsewhere (no command writes over a run's files)")
+  parent = directory
+  while os.path.dirname(parent) != parent:
+    if (os.path.basename(parent) in (checkpoint.DIRECTORY, checkpoint.CORRUPT_DIRECTORY)
+        and _is_run(os.path.dirname(parent))):
+      raise ValueError(f"--output {output} is inside the checkpoints of the run in "
+                       f"{os.path.dirname(parent)}: write it elsewhere")
+    parent = os.path.dirname(parent)
+
+
+def result_files(workdir: str, config) -> list:
+  """The paths ``write_results`` writes: results.json, codes.npz and, with ``export_faiss``,
+  codes.faissbin."""
+  codes = path(workdir, CODES)
+  return [path(workdir, RESULTS), codes] + ([codes_file.faiss_path(codes)]
+                                            if config.export_faiss else [])
+
+
 def _config_json(config) -> dict:
-  return json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+  """``config`` as config.json holds it: tuples as lists, the method's architecture applied."""
+  values = json.loads(json.dumps(config.to_dict()))
+  methods.apply_architecture(values)
+  return values
 
 
 def _saved_config(workdir: str) -> dict:
   """config.json of ``workdir``, with the keys declared after it was written at their defaults
-  (which keep the behaviour of the code that wrote it)."""
-  saved = files.read_json(path(workdir, CONFIG))
+  (which keep the behaviour of the code that wrote it) and its method's architecture where it
+  holds None; a file that is not a JSON object of
+  values of the declared types is one ValueError naming it."""
+  file = path(workdir, CONFIG)
+  saved = files.read_json(file)
+  if not isinstance(saved, dict):
+    raise ValueError(f"{file}: expected a JSON object of config keys, got "
+                     f"{config_base.shown(saved)}")
   for key in config_base.KEYS:
-    saved.setdefault(key.name, key.default)
+    saved.setdefault(key.name, json.loads(json.dumps(key.default)))  # (512, 512) as saved: a list
+    message = key.type_error(saved[key.name])
+    if message:
+      raise ValueError(f"{file}: {message}")
+  methods.apply_architecture(saved)
   return saved
 
 
@@ -125,7 +175,8 @@ def codebook(config, num_classes: int, workdir: str = None):
   try:
     saved = codebook_lib.check_binary(np.load(file, allow_pickle=False))
   except (OSError, ValueError) as e:
-    raise ValueError(f"{file} is not a readable +-1 codebook ({e})") from None
+    reason = "it holds Python objects, not numbers" if "allow_pickle" in str(e) else e
+    raise ValueError(f"{file} is not a readable +-1 codebook ({reason})") from None
   if saved.shape != (num_classes, config.num_bits):
     raise ValueError(f"{file} holds a {saved.shape} codebook, the run needs "
                      f"({num_classes}, {config.num_bits})")
@@ -144,9 +195,18 @@ def start(workdir: str, config, targets) -> None:
 
 
 def read_progress(workdir: str) -> dict:
-  if not os.path.exists(path(workdir, PROGRESS)):
+  """progress.json's training time totals; a file without them is one ValueError naming it."""
+  file = path(workdir, PROGRESS)
+  if not os.path.exists(file):
     return {"train_seconds": 0.0, "steps_timed": 0}
-  return files.read_json(path(workdir, PROGRESS))
+  progress = files.read_json(file)
+  if (not isinstance(progress, dict)
+      or not all(isinstance(progress.get(k), (int, float)) and not isinstance(progress[k], bool)
+                 and progress[k] >= 0 for k in ("train_seconds", "steps_timed"))):
+    raise ValueError(f"{file}: expected {{\"step\", \"train_seconds\", \"steps_timed\"}} "
+                     f"(numbers >= 0), got {config_base.shown(progress)}; delete it to reset "
+                     "the timing totals")
+  return progress
 
 
 def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: int) -> None:
@@ -155,18 +215,42 @@ def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: i
                                                "steps_timed": steps_timed})
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
-  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)."""
-  file = path(workdir, METRICS)
-  if not parallel.is_main_process() or not os.path.exists(file):
-    return
+def _metrics_lines(file: str) -> list:
+  """(line, step) of each line of metrics.jsonl; a half-written last line (a crash during an
+  append) is dropped with one warning; any other bad line is one ValueError naming the file."""
   with open(file) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in f if line.strip()]
+  out = []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        cli.say(f"warning: {file}: dropped its half-written last line (line {number}, left by a "
+                "crash during an append)", err=True)
+        break
+      raise ValueError(f"{file} line {number} is not JSON ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+      raise ValueError(f"{file} line {number}: expected a JSON object with an integer \"step\", "
+                       f"got {config_base.shown(record)}")
+    out.append((line if line.endswith("\n") else line + "\n", record["step"]))
+  return out
 
-  def write(tmp):
-    with open(tmp, "w") as f:
-      f.writelines(lines)
-  files.atomic_write(file, write)
+
+def truncate_metrics(workdir: str, step: int):
+  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)
+  and a half-written last line; returns the last step logged before (None: no line; every
+  logged chunk had finite losses). Process 0 rewrites the file; the others only read it."""
+  file = path(workdir, METRICS)
+  if not os.path.exists(file):
+    return None
+  logged = _metrics_lines(file) if parallel.is_main_process() else []
+  if parallel.is_main_process():
+    def write(tmp):
+      with open(tmp, "w") as f:
+        f.writelines(line for line, line_step in logged if line_step <= step)
+    files.atomic_write(file, write)
+  return max((line_step for _, line_step in logged), default=None)
 
 
 def append_metrics(workdir: str, record: dict) -> None:

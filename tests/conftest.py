@@ -17,7 +17,11 @@ import sys
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gcsfs picks its file-system class when imported: the plain one, which talks to the GCS emulator
+# (the "experimental" one first asks the bucket type over gRPC/TLS, which the emulator lacks)
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import fsspec  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -26,6 +30,7 @@ from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-positi
 
 from orthohash_jax import config_base, parallel, run  # pylint: disable=wrong-import-position
 from orthohash_jax import data as data_lib  # pylint: disable=wrong-import-position
+from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from experiments.browser import free_port  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
@@ -78,6 +83,23 @@ def train_steps(trainer, data, state, start, stop):
   """(state, losses numpy (stop - start,)) after training global steps [start, stop)."""
   state, losses = trainer.run_chunk(state, *data_lib.host_batch(trainer.config, data, start, stop))
   return state, np.asarray(losses)
+
+
+# ---- object storage ----
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A local GCS emulator (``gcs_emulator.Emulator``) for the session, with this process's
+  environment pointed at it while the session runs: ``gcs.prefix()`` is a fresh gs:// path,
+  ``gcs.subprocess_env(CLI_ENV)`` the environment of a command-line run that uses it."""
+  emulator = Emulator(str(tmp_path_factory.mktemp("gcs"))).start()
+  with pytest.MonkeyPatch.context() as patch:
+    for key, value in emulator.env.items():
+      patch.setenv(key, value)
+    patch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    # fsspec read its FSSPEC_* variables when it was imported (before this fixture ran)
+    patch.setitem(fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}), "token": "anon"})
+    yield emulator
+  emulator.stop()
 
 
 # ---- command-line runs ----

@@ -105,7 +105,7 @@ def test_corrupt_latest_checkpoint_falls_back(finished_run, tmp_path, capsys):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
   summary = run.train_and_evaluate(short_config(), workdir)
-  assert f"checkpoint at step {latest} could not be restored" in capsys.readouterr().err
+  assert f"checkpoint at step {latest} failed its check (its file " in capsys.readouterr().err
   assert os.path.isdir(os.path.join(workdir, "checkpoints_corrupt", str(latest)))
   assert summary["steps"] == 690
 
@@ -148,9 +148,30 @@ def test_fashion_idx_errors(tmp_path):
     (["--config=configs/nope.py"], "config file configs/nope.py does not exist"),
     (["--config=BROKEN"], "cannot load the config .*: NameError: name 'undefined_name'"),
     (["--config.num_bitz=3"], "unknown config key 'num_bitz'; did you mean 'num_bits'"),
-    (["--config.num_bits", "many"], "bad value for num_bits: 'many'"),
+    (["--config.num_bits", "many"], "num_bits must be an integer, got 'many'"),
     (["--config.loss=hinge"], r"loss must be one of \['orthohash', 'ce', .*\], got 'hinge'"),
     (["stray"], "unrecognized arguments: stray"),
+    # issue 36 #2: a multi-label setting on single-label data, as another method's key is
+    (["--config.multilabel_loss=bce"], "multilabel_loss is a setting of multi-label data; "
+     "dataset 'digits' is single-label: leave it at its default"),
+    # #3: a variant of a config that has none, naming those that have
+    (["--config=configs/digits.py:small"], r"config configs/digits.py has no variants: drop "
+     r"':small' \(configs with variants: coco.py: alexnet, small; fashion_mnist.py: idx, files; "
+     r"gldv2.py: real, synthetic; imagenet100.py: alexnet, small; nuswide.py: alexnet, small\)$"),
+    # #4 and #18: values in the project's words, never ml_collections' or a traceback
+    (["--config.num_bits=thirtytwo"], "num_bits must be an integer, got 'thirtytwo'$"),
+    (["--config.num_bits={[]:1}"], r"num_bits must be an integer, got '\{\[\]:1\}'$"),
+    (["--config.num_bits=" + "9" * 100_000], "num_bits must be an integer, got a value of "
+     "100000 characters$"),
+    (["--config.num_bits=" + "9" * 5000], r"num_bits must be an integer, got '9+\.\.\. \(5002 "
+     r"characters\)$"),
+    (["--config.seed=99999999999999999999"], r"seed must be an integer in \[0, 2\*\*32 - 1\]"),
+    (["--config.hidden=(0,)"], r"hidden must be a non-empty tuple of positive integers, got "
+     r"\(0,\)$"),
+    (["--config.hidden=(-5,5)"], "hidden must be a non-empty tuple of positive integers"),
+    (["--config=/etc/passwd"], "config file /etc/passwd is not a Python file"),
+    # #20: a boolean is not a batch size
+    (["--config.batch_size=True"], "batch_size must be an integer, got True$"),
 ])
 def test_main_bad_command_lines_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, args,
                                                                       message):
@@ -174,6 +195,17 @@ def test_main_sets_overrides_in_both_spellings(monkeypatch):
                     "--config.hidden=(64,)"]) == 0
   config = seen["config"]
   assert (config.num_bits, config.use_bn, config.hidden) == (32, False, (64,))
+
+
+def test_main_names_the_files_it_wrote_before_the_results(monkeypatch, capsys, tmp_path):
+  monkeypatch.setattr(run, "train_and_evaluate", lambda config, workdir: {"mAP": 1.0})
+  (tmp_path / "config.json").write_text("{}")
+  assert main.main([f"--workdir={tmp_path}", "--config.export_faiss=true"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[-2] == (f"wrote {tmp_path}/results.json, {tmp_path}/codes.npz, "
+                     f"{tmp_path}/codes.faissbin (with config.json, checkpoints/ and TensorBoard "
+                     f"events in {tmp_path}: docs/runs.md)")
+  assert json.loads(out[-1]) == {"mAP": 1.0}
 
 
 def test_say_survives_a_closed_stdout(monkeypatch):

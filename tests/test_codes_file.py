@@ -1,10 +1,13 @@
 """codes_file: the one reader / writer of .npz code files (atomic writes, one-line errors)."""
+import io
 import os
+import zipfile
 
 import numpy as np
 import pytest
 
-from orthohash_jax import codes_file
+from orthohash_jax import cli, codes_file
+from test_checkpoint import file_size_limit
 
 RESULT = {"query_codes": np.array([[3], [5]], np.uint32),
           "db_codes": np.array([[1], [2], [255]], np.uint32),
@@ -16,7 +19,8 @@ def test_save_and_load_round_trip(tmp_path):
   codes_file.save_codes(path, RESULT, 8, {"num_bits": 8})
   assert os.listdir(tmp_path) == ["codes.npz"]
   codes = codes_file.load_codes(path)
-  assert codes["num_bits"] == 8 and codes["config"] == '{"num_bits": 8}'
+  assert codes["num_bits"] == 8 and "config" not in codes  # the readers' arrays only
+  assert codes_file.read_npz(path, optional=("config",))["config"] == '{"num_bits": 8}'
   for key, value in RESULT.items():
     np.testing.assert_array_equal(codes[key], value)
 
@@ -86,3 +90,69 @@ def test_a_text_file_is_named_as_such_not_by_numpy_pickle_hint(tmp_path):
     assert "pickle" not in str(e.value)
   with pytest.raises(ValueError, match="not a .npz file"):
     codes_file.load_codes(str(tmp_path / "codes.npz"))
+
+
+def with_member(path, name, data: bytes):
+  """Adds a member ``name`` holding ``data`` (deflated) to the .npz ``path``."""
+  with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr(name, data)
+
+
+def test_only_the_arrays_a_command_uses_are_read(tmp_path):
+  """Issue 36 #19: an unused member is never decompressed (here it cannot be: its npy header
+  claims 2**40 bytes and its data is not there), and labels are read only where used."""
+  path = str(tmp_path / "codes.npz")
+  codes_file.save_codes(path, RESULT, 16, {"seed": 0})
+  huge = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.uint8))
+  huge["shape"] = (2 ** 40,)
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, huge)
+  with_member(path, "unused.npy", header.getvalue())
+  codes = codes_file.load_codes(path)
+  assert sorted(codes) == ["db_codes", "db_labels", "num_bits", "query_codes", "query_labels"]
+  index = codes_file.read_npz(path, codes_file.INDEX_KEYS)
+  assert sorted(index) == ["db_codes", "num_bits"]
+  index = codes_file.read_npz(path, codes_file.INDEX_KEYS, optional=("db_labels", "absent"))
+  np.testing.assert_array_equal(index["db_labels"], RESULT["db_labels"])
+
+
+def test_an_array_over_the_size_bound_is_refused_before_it_is_read(tmp_path, monkeypatch):
+  path = str(tmp_path / "codes.npz")
+  codes_file.save_codes(path, RESULT, 16, {})
+  monkeypatch.setattr(codes_file, "MAX_ARRAY_BYTES", RESULT["db_codes"].nbytes - 1)
+  monkeypatch.setattr(np.lib.format, "read_array", None)  # reading the data would fail here
+  with pytest.raises(ValueError) as e:
+    codes_file.read_npz(path, codes_file.INDEX_KEYS)
+  assert str(e.value).startswith(f"{path}: not a readable .npz file (ValueError: db_codes is "
+                                 f"uint32 {RESULT['db_codes'].shape}: ")
+  assert "GiB bound (half of this machine's memory)" in str(e.value)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"db_labels": np.int32(3)}, "db_labels must be (N,) class ids or (N, C) multi-hot rows for "
+     "the N = 3 db_codes, got shape ()"),
+    ({"query_labels": np.zeros(3, np.int32)}, "query_labels must be (N,) class ids or (N, C) "
+     "multi-hot rows for the N = 2 query_codes, got shape (3,)"),
+    ({"db_codes": np.zeros((0, 1), np.uint32), "db_labels": np.zeros(0, np.int32)},
+     "db_codes has no rows"),
+])
+def test_labels_that_do_not_fit_their_codes_and_an_empty_database_are_one_line(tmp_path, change,
+                                                                             message):
+  path = str(tmp_path / "codes.npz")
+  np.savez(path, **{**RESULT, "num_bits": np.int64(16), **change})
+  with pytest.raises(ValueError) as e:
+    codes_file.load_codes(path)
+  assert str(e.value) == f"cannot read codes file {path}: {message}"
+
+
+def test_a_full_disk_while_writing_codes_exits_1_not_2(tmp_path, capsys):
+  """Issue 36 #20: status 2 is for bad flags, config or data; a full disk is the machine's."""
+  path = str(tmp_path / "codes.npz")
+  big = {**RESULT, "db_codes": np.zeros((50_000, 1), np.uint32),
+         "db_labels": np.zeros(50_000, np.int32)}
+  with file_size_limit(20_000):
+    status = cli.run_tool(lambda: codes_file.save_codes(path, big, 16, {}))
+  assert status == 1 and os.listdir(tmp_path) == []
+  assert capsys.readouterr().err.strip() == f"error: cannot write {path} (File too large)"
+  assert cli.run_tool(lambda: codes_file.save_codes(str(tmp_path / "no" / "c.npz"), RESULT, 16,
+                                                    {})) == 2  # a bad path stays a usage error

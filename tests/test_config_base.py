@@ -1,7 +1,10 @@
 """Config keys: each key's allowed values are exactly what the module that implements it knows,
 and validation rejects what its declaration forbids (one line, before any data is read)."""
+import os
+
 import pytest
 
+from conftest import ROOT
 from orthohash_jax import backbones, codebook, config_base, losses, methods, models, trainer
 from orthohash_jax import data as data_lib
 from orthohash_jax.data import streaming, transforms
@@ -38,6 +41,8 @@ def test_each_declared_check_rejects_a_bad_value_in_one_line(key):
   bad = "no-such-value" if key.allowed else -1
   if key.name == "revisited":
     bad = "data/roxf"  # no ':name'
+  if key.value_type is tuple:
+    bad = (-1,)
   with config.unlocked():
     config[key.name] = bad
   with pytest.raises(ValueError) as e:
@@ -83,9 +88,59 @@ def test_overrides_reject_unknown_keys_and_bad_values():
   config = config_base.base_config()
   with pytest.raises(ValueError, match="unknown config key 'num_bitz'; did you mean 'num_bits'"):
     config_base.apply_overrides(config, ["num_bitz=8"])
-  with pytest.raises(ValueError, match="bad value for num_bits: 'abc'"):
+  with pytest.raises(ValueError, match="num_bits must be an integer, got 'abc'"):
     config_base.apply_overrides(config, ["num_bits=abc"])
   with pytest.raises(ValueError, match="key=value"):
     config_base.apply_overrides(config, ["num_bits"])
   config_base.apply_overrides(config, ["num_bits=8", "hidden=(4, 4)", "loss=ce"])
   assert (config.num_bits, tuple(config.hidden), config.loss) == (8, (4, 4), "ce")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("num_bits", "abc", "num_bits must be an integer, got 'abc'"),
+    ("num_bits", 2.5, "num_bits must be an integer, got 2.5"),
+    ("batch_size", True, "batch_size must be an integer, got True"),
+    ("learning_rate", "fast", "learning_rate must be a number, got 'fast'"),
+    ("use_bn", "yes", "use_bn must be true or false, got 'yes'"),
+    ("hidden", 512, r"hidden must be a tuple such as \(512, 512\), got 512"),
+    ("seed", 2 ** 32, r"seed must be an integer in \[0, 2\*\*32 - 1\]"),
+    ("seed", -1, r"seed must be an integer in \[0, 2\*\*32 - 1\]"),
+    ("split_seed", 10 ** 20, r"split_seed must be an integer in \[0, 2\*\*32 - 1\]"),
+])
+def test_a_value_of_the_wrong_type_or_range_is_one_line_naming_key_and_value(key, value, message):
+  """As a config file or a resumed config.json sets them (not through ``apply_overrides``)."""
+  config = config_base.base_config()
+  with config.ignore_type():
+    config[key] = value
+  with pytest.raises(ValueError, match=message) as e:
+    config_base.validate(config)
+  assert "\n" not in str(e.value)
+
+
+def test_a_config_file_setting_a_value_of_the_wrong_type_is_named_in_our_words(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("from orthohash_jax.config_base import base_config\n"
+                 "def get_config():\n  c = base_config()\n  c.num_bits = 'x'\n  return c\n")
+  with pytest.raises(ValueError) as e:
+    config_base.load_config_file(str(bad))
+  assert str(e.value) == f"config {bad} sets num_bits to 'x': it must be an integer"
+
+
+def test_a_config_file_returning_something_else_is_one_line(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config():\n  return [1]\n")
+  with pytest.raises(ValueError, match="get_config\\(\\) must return an ml_collections ConfigDict"):
+    config_base.load_config_file(str(bad))
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_the_declared_variants_of_each_config_are_what_it_loads(name):
+  """``VARIANTS`` (what ``--config=FILE:VARIANT`` errors name) equals what get_config takes."""
+  path = os.path.join(ROOT, "configs", name)
+  variants = config_base._variants(path)  # pylint: disable=protected-access
+  assert variants != "?", f"{name} takes a variant but declares no VARIANTS"
+  for variant in variants:
+    config_base.load_config_file(f"{path}:{variant}")
+  with pytest.raises(ValueError, match="has no variants" if not variants else r"takes? .*"
+                     r"no_such_variant"):
+    config_base.load_config_file(f"{path}:no_such_variant")

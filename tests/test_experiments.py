@@ -153,11 +153,16 @@ def test_labels_need_workdirs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_training_with_analysis(tmp_path):
+def test_training_with_analysis(tmp_path, capsys):
   assert plot_analysis.main(["--config=configs/digits.py", "--every_epochs=2", f"--out={tmp_path}",
                              "--set", "num_epochs=3", "num_bits=16"]) == 0
   records = json.loads((tmp_path / "analysis.json").read_text())
   assert [r["epoch"] for r in records] == [0, 2, 3]
+  out = capsys.readouterr().out.splitlines()
+  printed = [json.loads(line) for line in out if line.startswith('{"epoch"')]
+  assert printed == records  # epoch 0's scores printed too (issue 36 #9)
+  assert out[-1] == (f"wrote {', '.join(str(tmp_path / n) for n in ('analysis.json', 'figure4.png', 'hamming_histogram.png', 'pr_curve.png', 'retrieval.png'))}"
+                     f" and the run in {tmp_path / 'run'}")
   # the last record scores the run's final state as the run did
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert records[-1]["mAP"] == pytest.approx(results["mAP"], rel=1e-6)
@@ -188,7 +193,7 @@ def test_experiment_scripts_report_bad_arguments_in_one_line(capsys, monkeypatch
   assert plot_analysis.main([f"--config={ROOT}/configs/digits.py", f"--out={tmp_path}",
                              "--set", "num_bits=abc"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "bad value for num_bits" in err[0]
+  assert len(err) == 1 and "num_bits must be an integer, got 'abc'" in err[0]
 
 
 @pytest.mark.slow
@@ -247,8 +252,9 @@ def test_smoke_images_write_a_paper_datasets_layout(dataset, classes, multilabel
   labels_per_row = set()
   for filename, n in (("train.txt", 3), ("test.txt", 2), ("database.txt", 2)):
     names, _, rows = listfile.parse_list(str(tmp_path / filename), classes)
+    names = [os.fsdecode(n) for n in names]
     assert len(names) == n and [os.path.splitext(p)[1] for p in names][:2] == [".jpg", ".png"]
-    labels_per_row |= set(rows.sum(axis=1).tolist())
+    labels_per_row |= set(rows.counts.tolist())
     for name in names:
       with Image.open(tmp_path / name) as img:
         assert img.size == (256, 256) and img.format == ("JPEG" if name.endswith("jpg") else "PNG")

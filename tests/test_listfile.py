@@ -156,3 +156,90 @@ def test_missing_images_are_found_before_training(tmp_path):
   config.skip_bad_images = True
   with pytest.warns(UserWarning, match="substituted by a constant image"):
     data_lib.load(config).close()
+
+
+def _reference_parse(path, num_classes):
+  """The line-by-line reading (``str.split``) the vectorised parser must match: (names, line
+  numbers, uint8 (N, C) rows) or the DataError message of the first bad line."""
+  names, lines, rows, seen = [], [], [], {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      if len(parts) - 1 != num_classes:
+        return f"{path}:{lineno}: expected a path and {num_classes} labels, got {len(parts) - 1}"
+      bad = [v for v in parts[1:] if v not in ("0", "1")]
+      if bad:
+        return f"{path}:{lineno}: label values must be 0 or 1, got {bad[0]!r}"
+      if parts[0] in seen:
+        return f"{path}:{lineno}: {parts[0]} is a duplicate of line {seen[parts[0]]}"
+      seen[parts[0]] = lineno
+      names.append(parts[0])
+      lines.append(lineno)
+      rows.append([v == "1" for v in parts[1:]])
+  return names, lines, np.array(rows, np.uint8).reshape(-1, num_classes)
+
+
+def _random_line(rng, i, classes, error=None):
+  """A list-file line: mostly regular, sometimes with tabs, extra or leading spaces, CRLF, a
+  blank line; ``error`` 9, 10, 11: a wrong count, a bad value or a repeated path."""
+  row = (rng.random(classes) < 0.3).astype(int)
+  name = f"d{rng.integers(3)}/im_{i}_1{'0' * int(rng.integers(4))}.jpg"
+  kind = rng.integers(9) if error is None else error
+  values = [str(v) for v in row]
+  seps = [" "] * classes
+  if kind == 1:
+    seps = [rng.choice([" ", "\t", "  "]) for _ in range(classes)]
+  elif kind == 2:
+    return "   \n" if rng.random() < 0.5 else "\n"
+  elif kind == 9:
+    values = values[:-1]
+  elif kind == 10:
+    values[int(rng.integers(classes))] = rng.choice(["2", "01", "x", "10"])
+  elif kind == 11:
+    name = "d0/im_0_1.jpg"
+  text = name + "".join(s + v for s, v in zip(seps, values))
+  if kind == 3:
+    text = " " + text
+  return text + ("\r\n" if kind == 4 else " \n" if kind == 5 else "\n")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("block", [64, 1 << 24])
+def test_vectorised_parse_equals_line_by_line(tmp_path, monkeypatch, seed, block):
+  """Random files (regular and irregular lines, blocks of 64 bytes or one block), with and
+  without errors: the same rows, line numbers and labels, or the same first error."""
+  monkeypatch.setattr(data_lib.listfile, "_BLOCK", block)
+  rng = np.random.default_rng(seed)
+  classes = int(rng.integers(1, 7))
+  error = 9 + seed // 2 if seed % 2 else None  # seeds 1, 3, 5: each kind of error
+  text = "".join(_random_line(rng, i, classes, error if rng.random() < 0.05 else None)
+                 for i in range(200))
+  if seed == 2:
+    text = text.rstrip("\n")  # no newline after the last line
+  path = tmp_path / "list.txt"
+  path.write_text(text, newline="")
+  want = _reference_parse(path, classes)
+  if isinstance(want, str):
+    with pytest.raises(data_lib.DataError) as e:
+      data_lib.listfile.parse_list(str(path), classes)
+    assert str(e.value).startswith(want)
+    return
+  names, lines, labels = data_lib.listfile.parse_list(str(path), classes)
+  assert [n.decode() for n in names] == want[0]
+  np.testing.assert_array_equal(lines, want[1])
+  np.testing.assert_array_equal(labels.dense(classes), want[2])
+  assert labels.indices.dtype == np.int32 and lines.dtype == np.int32
+
+
+def test_single_label_ids_and_multilabel_class_limit(tmp_path):
+  rows = np.zeros((2, 1100), int)
+  rows[0, 1050] = rows[1, 7] = 1
+  _dataset(tmp_path, rows, rows, rows)
+  d = data_lib.load(_config(tmp_path, num_classes=1100))
+  np.testing.assert_array_equal(d.labels("train"), [1050, 7])
+  rows[1, 8] = 1
+  _dataset(tmp_path, rows, rows, rows)
+  with pytest.raises(data_lib.DataError, match="multi-label data with 1100 classes; at most 1024"):
+    data_lib.load(_config(tmp_path, num_classes=1100))

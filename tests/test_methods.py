@@ -5,16 +5,19 @@ The comparison methods against torch re-expressions of CISiPLab/cisip-FIRe's los
 parameters, single- and multi-label where FIRe takes it, float64 (skipped without torch). The
 registry: config keys, refusals, and every method training through the trainer and the CLI.
 """
+import json
 import os
+import re
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (assert_one_line_error, blobs, final_params, main_cmd, make_trainer, run_cmd,
-                      sigterm_during_step, small_config, train_steps)
-from orthohash_jax import config_base, methods, run
+from conftest import (ROOT, assert_one_line_error, blobs, final_params, main_cmd, make_trainer,
+                      run_cmd, sigterm_during_step, small_config, train_steps)
+from orthohash_jax import config_base, main, methods, run
 from orthohash_jax import data as data_lib
 from experiments import run_grid
 from orthohash_jax.methods import csq, dpn, dtsh, greedyhash, hashnet, jmlh, sdhc
@@ -258,6 +261,67 @@ def test_cli_refuses_a_key_of_another_method(tmp_path):
 def test_run_grid_takes_the_paper_names():
   names = "HashNet,DTSH,SDH-C,GreedyHash,JMLH,DPN,CSQ"
   assert run_grid.parse_methods(None, names) == names.split(",")  # the parser only reports errors
-  assert [run_grid.METHODS[n]["loss"] for n in names.split(",")] == list(COMPARISON)
+  assert [run_grid.METHODS[n][0]["loss"] for n in names.split(",")] == list(COMPARISON)
   for name in names.split(","):
-    config_base.validate(small_config(**run_grid.METHODS[name]))
+    config_base.validate(small_config(**run_grid.METHODS[name][0]))
+
+
+def docs_methods_table():
+  """{loss: {column: cell}} of docs/methods.md's table."""
+  with open(os.path.join(ROOT, "docs", "methods.md")) as f:
+    lines = [line for line in f if line.startswith("| ")]
+  split = lambda line: [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+  header = split(lines[0])
+  return {split(line)[0].strip("`"): dict(zip(header, split(line))) for line in lines[2:]}
+
+
+# FIRe's models of the comparison methods have no BatchNorm after the hash layer; OrthoHash's
+# and the CE baseline's have one (the paper's "+BN").
+EXPECTED_BN = {"orthohash": True, "ce": True, **{name: False for name in COMPARISON}}
+
+
+def test_each_method_declares_its_architecture_equal_to_the_grid_and_the_docs():
+  table = docs_methods_table()
+  assert list(table) == list(methods.METHODS)
+  for loss, method in methods.METHODS.items():
+    assert method.architecture == {"use_bn": EXPECTED_BN[loss]}, loss
+    row = table[loss]
+    assert row["`run_grid` name"] == method.name and row["`use_bn`"] == str(EXPECTED_BN[loss])
+    assert row["`codebook`"] == ("yes" if method.uses_codebook else "no")
+    keys = re.findall(r"`(\w+)=([^`]+)`", row["its keys (defaults)"])
+    assert keys == [(k, repr(config_base.KEYS_BY_NAME[k].default))
+                    for k in method.keys if k != "codebook"], loss
+    assert row["train it alone"].endswith(f"--config.loss={loss}`")
+    # the grid trains the method under its paper name with nothing but its loss set: the
+    # architecture comes from the same declaration
+    assert run_grid.METHODS[method.name][0] == {"loss": loss}
+    config = small_config(**run_grid.METHODS[method.name][0])
+    methods.apply_architecture(config)
+    assert config.use_bn is EXPECTED_BN[loss]
+
+
+def test_a_users_use_bn_wins_over_the_methods_and_config_json_records_the_value(tmp_path,
+                                                                               fake_load):
+  config = small_config(loss="hashnet", use_bn=True)
+  methods.apply_architecture(config)
+  assert config.use_bn is True
+  fake_load(blobs())
+  run.train_and_evaluate(small_config(loss="hashnet", num_epochs=1), str(tmp_path / "w"))
+  with open(tmp_path / "w" / "config.json") as f:
+    assert json.load(f)["use_bn"] is False
+  trainer, data, _, _ = run.restore_run(str(tmp_path / "w"))
+  data.close()
+  assert trainer.config.use_bn is False
+
+
+def test_list_keys_and_run_grid_help_list_every_method_a_line_each(capsys, monkeypatch):
+  assert main.main(["--list_keys"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  for loss, method in methods.METHODS.items():
+    assert len([line for line in out if line.split()[:2] == [loss, method.name]]) == 1, loss
+  monkeypatch.setattr(sys, "argv", ["run_grid", "--help"])
+  with pytest.raises(SystemExit):
+    run_grid.main()
+  out = capsys.readouterr().out.splitlines()
+  for name in run_grid.METHODS:
+    assert len([line for line in out if line.split()[:1] == [name]]) == 1, name

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 import sharded_worker
 from conftest import ROOT, final_params, free_port, main_cmd
-from orthohash_jax import config_base
+from orthohash_jax import config_base, parallel, run
 from orthohash_jax import data as data_lib
 
 # Adam divides by sqrt(v) + eps: with torch's eps 1e-8, parameters whose gradient is ~0 move by
@@ -178,3 +179,98 @@ def test_interleaved_device_order_equals_one_process(tmp_path):
   rows = data_lib.step_indices(config_base.base_config().seed, 48, 16, 0, 2)
   np.testing.assert_array_equal(a["interleaved1_batch"], data.train_x[rows])
   assert a["interleaved1_mAP"] > 0.9
+
+
+# ---- preemption: SIGTERM to one process, kill -9 of one process ----
+@pytest.fixture(params=["local"])
+def shared_workdir(request, tmp_path):
+  """``make(name)``: a workdir that every process of a test shares (local: a directory of this
+  box, the processes' only shared state besides the coordinator)."""
+  del request
+  return lambda name: str(tmp_path / name)
+
+
+def _start_two(workdir, *args, port=None):
+  """Starts the digits job as 2 processes x 2 devices (not waited for)."""
+  port = port or free_port()
+  return [subprocess.Popen(main_cmd(workdir, *args, f"--coordinator=127.0.0.1:{port}",
+                                    "--num_processes=2", f"--process_id={i}"),
+                           cwd=ROOT, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for i in range(2)]
+
+
+def _wait_for_step(proc, step):
+  """Reads ``proc``'s progress lines until one reports a step >= ``step``."""
+  for line in proc.stdout:
+    if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= step:
+      return
+  pytest.fail(f"the run ended before step {step}")
+
+
+# 4 epochs (92 steps) in chunks of about 0.2 s: their lengths vary with the machine's speed and
+# are agreed by the two processes; the uninterrupted reference runs one epoch per chunk.
+PREEMPT = ["--config.num_epochs=4", "--config.checkpoint_every_steps=46"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_and_the_rerun_matches(shared_workdir):
+  whole = shared_workdir("whole")
+  _, reference = _two_processes_two_devices(whole, *PREEMPT)
+  cut = shared_workdir("cut")
+  timed = [*PREEMPT, "--config.chunk_seconds=0.2"]
+  procs = _start_two(cut, *timed)
+  _wait_for_step(procs[0], 30)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=600) for p in procs]
+  stops = set()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 3, err[-3000:]  # both: interrupted, checkpoint saved
+    stops.add(int(err.split("interrupted at step ")[1].split(";")[0]))
+  (stopped,) = stops  # the same step on both
+  assert 30 <= stopped < 92
+  procs = _start_two(cut, *timed)
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert f"resumed from checkpoint at step {stopped}" in outs[0][0]
+  step, params = final_params(cut)
+  assert step == 92
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(x, y)
+  assert results(cut)["mAP"] == results(whole)["mAP"]
+
+
+# A killed process is noticed by the survivor's next collective (gloo: at once) or by the
+# coordination service's heartbeat timeout (parallel.HEARTBEAT_TIMEOUT_SECONDS); the survivor
+# then waits run.LOST_PROBE_SECONDS for the others to answer.
+LOST_BOUND_SECONDS = parallel.HEARTBEAT_TIMEOUT_SECONDS + run.LOST_PROBE_SECONDS + 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, victim):
+  """Process 1 killed: process 0 ends with status 4 and one line naming process 1 when its next
+  collective fails, or, when it was waiting elsewhere (likely in a save barrier of orbax; 2 runs
+  in 5 here), is aborted by jaxlib once the heartbeat timeout names process 1. Process 0 (which
+  hosts the coordination service) killed: jaxlib aborts process 1 at once (1 run in 6 here, the
+  failed collective came first: status 4 and the line naming process 0).
+  docs/multihost.md#preemption."""
+  procs = _start_two(shared_workdir("killed"), "--config.num_epochs=1000",
+                     "--config.checkpoint_every_steps=46", "--config.chunk_seconds=0.2")
+  _wait_for_step(procs[0], 50)
+  procs[victim].kill()
+  began = time.monotonic()
+  survivor = procs[1 - victim]
+  _, err = survivor.communicate(timeout=LOST_BOUND_SECONDS)
+  elapsed = time.monotonic() - began
+  procs[victim].wait()
+  assert elapsed < LOST_BOUND_SECONDS
+  if survivor.returncode == 4:
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: lost process {victim} of 2 ("), err[-3000:]
+    assert line.endswith("; rerun the same command on every host to resume from the last "
+                         "checkpoint")
+  else:
+    assert survivor.returncode == -signal.SIGABRT, err[-3000:]
+    assert "Terminating process because the JAX distributed service detected fatal errors" in err
+    assert ("stopped sending heartbeats):\n1\n" in err if victim == 1 else "Socket closed" in err)

@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from PIL import Image
 
@@ -11,7 +12,7 @@ from conftest import config_of
 from orthohash_jax import cli, images, plots, retrieval
 from orthohash_jax import data as data_lib
 
-from experiments import plot_analysis
+from experiments import browser, plot_analysis
 
 def test_distance_histograms_against_numpy():
   rng = np.random.default_rng(0)
@@ -122,3 +123,46 @@ def test_retrieval_grid_of_list_file_images(tmp_path):
     data.close()
   with Image.open(tmp_path / "grid.png") as img:
     assert img.format == "PNG" and img.size[0] > 500
+
+
+def separated_counts(num_bits=48):
+  """(intra, inter) counts: intra near 0, inter near K (a method whose codes separate well)."""
+  d = np.arange(num_bits + 1)
+  intra = np.round(1000 * np.exp(-0.5 * ((d - 4) / 2.0) ** 2)).astype(np.int64)
+  inter = np.round(3000 * np.exp(-0.5 * ((d - num_bits + 5) / 2.5) ** 2)).astype(np.int64)
+  return intra, inter
+
+
+def test_the_histogram_legend_and_label_cover_no_bar():
+  """Issue 36 #9: with the inter-class bars at the right (as HashNet's), the legend of the
+  3-run figure covered them; neither the legend nor the separability label may touch a bar."""
+  intra, inter = separated_counts()
+  fig = plots.histograms_figure([(f"run {i}", intra, inter, 48) for i in range(3)])
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  for ax in fig.axes:
+    bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_height() > 0]
+    assert len(bars) > 20
+    covers = [ax.get_legend().get_window_extent(renderer)] + [
+        t.get_window_extent(renderer) for t in ax.texts]
+    for box in covers:
+      assert not any(box.overlaps(bar) for bar in bars)
+
+
+def test_the_pr_curve_axes_fit_its_points():
+  """Issue 36 #9: a curve in the top right (precision 0.9 to 1) fills the plot."""
+  recall = np.linspace(0.02, 1.0, 17)
+  pr = {"recall": recall, "precision": 1.0 - 0.1 * recall ** 2, "radius": np.arange(17)}
+  ax = plot_analysis.pr_figure(pr, 16).axes[0]
+  low, high = ax.get_ylim()
+  assert 0.85 < low < 0.9 and 1.0 < high < 1.02
+  assert ax.get_xlim()[0] < 0.02 and ax.get_xlim()[0] > -0.1
+
+
+def test_browser_help_gives_the_whole_first_sentence(capsys):
+  with pytest.raises(SystemExit):
+    browser.main(["--help"])
+  out = " ".join(capsys.readouterr().out.split())
+  assert ("Headless Chromium driven over the W3C WebDriver protocol (standard library only), and "
+          "a screenshot of the search page of a run.") in out

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import blobs, small_config
+from orthohash_jax import checkpoint
 from orthohash_jax import codebook as codebook_lib
 from orthohash_jax import config_base, run, workdir
+from test_checkpoint import file_size_limit
 from orthohash_jax import data as data_lib
 
 
@@ -237,3 +239,106 @@ def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, 
   assert not new.exists()
   run.train_and_evaluate(small_config(num_epochs=1), str(new))  # the mlp takes 16x16
   assert (new / "results.json").exists()
+
+
+@pytest.mark.slow  # three runs and a re-save, ~7 s
+def test_a_checkpoint_giving_a_non_finite_loss_at_its_own_step_is_quarantined(tmp_path, fake_load,
+                                                                              capsys):
+  """Issue 36 #15: damage no check found (here: finite parameters x 1e20, saved with a valid
+  digest) shows as a non-finite loss at the checkpoint's own step, a step whose loss the run
+  logged as finite before: that checkpoint is quarantined in one line and the rerun resumes from
+  the previous one."""
+  fake_load(blobs())  # 8 steps per epoch, chunks of 4 steps, each one checkpointed
+  config = small_config(num_epochs=2, steps_per_chunk=4, checkpoint_every_steps=4)
+  run.train_and_evaluate(config, str(tmp_path))
+  shutil.rmtree(tmp_path / "checkpoints" / "16")  # as if killed after logging step 16
+  trainer, data, _, _ = run.restore_run(str(tmp_path))
+  data.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  state = ckpt.manager.restore(12, args=checkpoint.ocp.args.StandardRestore(
+      trainer.abstract_state()))
+  shutil.rmtree(tmp_path / "checkpoints" / "12")
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(12, state.replace(params=jax.tree.map(lambda p: p * 1e20, state.params)))
+  ckpt.close()
+  with pytest.raises(run.TrainingError) as e:
+    run.train_and_evaluate(config, str(tmp_path))
+  assert str(e.value) == (f"checkpoint at step 12 gives a non-finite loss at its own step; "
+                          f"moved to {tmp_path / 'checkpoints_corrupt' / '12'}; rerun the same "
+                          "command to resume from the previous checkpoint")
+  capsys.readouterr()
+  assert run.train_and_evaluate(config, str(tmp_path))["steps"] == 16
+  assert "resumed from checkpoint at step 8" in capsys.readouterr().out
+
+
+def test_nan_data_at_a_resumed_step_never_logged_keeps_the_checkpoint(tmp_path, fake_load):
+  """The other side: a step the run never reached gives a non-finite loss after resume (here
+  NaN inputs): the data may be at fault, so the checkpoint stays where it is."""
+  fake_load(blobs())
+  config = small_config(num_epochs=1)
+  run.train_and_evaluate(config, str(tmp_path))
+  bad = blobs()
+  bad.train_x[:] = np.nan
+  fake_load(bad)
+  config.num_epochs = 2
+  with pytest.raises(run.TrainingError, match="loss is not finite at step 8; stopped without "
+                     "saving"):
+    run.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints_corrupt").exists()
+def _chunk_ends(workdir):
+  return [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.slow
+def test_chunk_seconds_sets_the_chunks_and_changes_no_result(tmp_path, fake_load):
+  """3 epochs of 8 steps, evaluations at 8 and 16, a save once 5 steps have passed. Timed
+  chunks start with 2 single steps; chunk_seconds 1e9 then gives the whole epoch (cut at the
+  evaluations), 1e-9 one step per chunk. Same parameters and mAPs bit for bit."""
+  fake_load(blobs())
+  runs = {}
+  for seconds, ends, saves in [(0, [8, 16, 24], [8, 16, 24]),
+                               (1e9, [1, 2, 8, 16, 24], [8, 16, 24]),
+                               (1e-9, list(range(1, 25)), [15, 20, 24])]:
+    workdir = str(tmp_path / str(seconds))
+    config = small_config(num_epochs=3, eval_every_epochs=1, checkpoint_every_steps=5,
+                          chunk_seconds=seconds)
+    runs[seconds] = run.train_and_evaluate(config, workdir)["mAP"], params_of(workdir)
+    assert _chunk_ends(workdir) == ends
+    assert sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))) == saves
+    evaluated = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in evaluated if "mAP" in r] == [8, 16]
+  (map0, (step0, params0)) = runs[0]
+  for seconds in (1e9, 1e-9):
+    mean_ap, (step, params) = runs[seconds]
+    assert mean_ap == map0 and step == step0 == 24
+    for x, y in zip(params, params0):
+      np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_a_stop_request_with_one_step_chunks_saves_at_the_next_step(tmp_path, fake_load):
+  d = blobs()
+  stopping = _InterruptAt(**{f.name: getattr(d, f.name) for f in dataclasses.fields(d)})
+  stopping.step, stopping.signum = 17, signal.SIGTERM
+  fake_load(stopping)
+  config = small_config(num_epochs=5, checkpoint_every_steps=1000, chunk_seconds=1e-9)
+  with pytest.raises(run.Interrupted, match="interrupted at step 18; checkpoint saved"):
+    run.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path / "checkpoints") == ["18"]
+
+
+@pytest.mark.slow
+def test_a_failed_background_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path,
+                                                                               fake_load):
+  fake_load(blobs())
+  config = small_config(num_epochs=1, hidden=(2048,), keep_checkpoints=1)  # a state of ~600 kB
+  run.train_and_evaluate(config, str(tmp_path))
+  config.num_epochs = 2
+  with file_size_limit(200_000), pytest.raises(checkpoint.SaveError) as e:
+    run.train_and_evaluate(config, str(tmp_path))
+  assert str(e.value).startswith("cannot save the checkpoint of step 16 in ")
+  assert str(e.value).endswith("; the last checkpoint is step 8") and "\n" not in str(e.value)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["8"]
+  assert not (tmp_path / "results.json").exists() or json.loads(
+      (tmp_path / "results.json").read_text())["steps"] == 8

@@ -9,9 +9,12 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 import struct
 import threading
+import tracemalloc
 import urllib.error
 import urllib.request
 import zlib
@@ -22,7 +25,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, write_idx
-from orthohash_jax import config_base, images, metrics, retrieval, run, search, serve
+from orthohash_jax import codes_file, config_base, images, metrics, retrieval, run, search, serve
 
 from experiments import browser as browser_lib
 
@@ -50,7 +53,7 @@ def server(tmp_path_factory):
   config = config_base.load_config_file(os.path.join(ROOT, "configs/fashion_mnist.py"))
   config.update(data_dir=str(data_dir), num_query_per_class=3, num_train_per_class=20,
                 hidden=(32,), num_bits=16, num_epochs=3, batch_size=32, eval_batch_size=128,
-                num_devices=1)
+                num_devices=1, checkpoint_every_steps=10)  # checkpoints at steps 10, 20, 21
   run.train_and_evaluate(config, str(workdir))
   # no background warm-up: test_no_compilation_after_start_up compiles the other sizes itself
   service = serve.SearchService(str(workdir), warm_up=False)
@@ -277,7 +280,8 @@ def test_batch_and_code_queries_equal_the_search_cli(server, tmp_path):
     for q, result in zip(queries, answer["results"]):
       assert [n["index"] for n in result["neighbours"]] == idx[q].tolist()
       assert [n["distance"] for n in result["neighbours"]] == dist[q].tolist()
-  for body, pattern in ((b"[1]", "JSON object"), (b"{not json", "JSON object"),
+  for body, pattern in ((b"[1]", "JSON object"), (b"{not json", "not valid JSON"),
+                        (b'{"k":3', "not valid JSON"), (b"[" * 2000 + b"]" * 2000, "deeper than"),
                         (b'{"queries": [1]}', "missing parameter k"),
                         (b'{"k": 3}', "either queries"),
                         (b'{"k": 3, "queries": [30]}', "unknown query 30"),
@@ -337,8 +341,13 @@ def test_malformed_requests_are_json_4xx(server):
                  "\r\n\r\n".encode())
     assert status_and_error(answer)[0] == 400, (length, answer)
   assert status_and_error(raw(httpd, b"NOT HTTP\r\n\r\n"))[0] == 400
+  # item 20 of issue 36: a 19-digit Content-Length is a body too large, not a malformed request
+  status, error = status_and_error(raw(httpd, b"POST /api/upload?k=3 HTTP/1.1\r\nHost: localhost"
+                                       b"\r\nContent-Length: 9999999999999999999\r\n\r\n"))
+  assert status == 413 and "--max_body_bytes" in error, error
   # HTTP/1.0 with keep-alive: a whole answer and a closed connection (raw reads to the close)
-  answer = raw(httpd, b"GET /api/search?query=1&k=2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+  answer = raw(httpd, b"GET /api/search?query=1&k=2 HTTP/1.0\r\nHost: localhost\r\n"
+               b"Connection: keep-alive\r\n\r\n")
   head, _, body = answer.partition(b"\r\n\r\n")
   assert b" 200 " in head.split(b"\r\n")[0] and len(json.loads(body)["neighbours"]) == 2
   status, error = post(httpd, "/api/upload?k=3", png_header(20000, 20000))
@@ -346,7 +355,7 @@ def test_malformed_requests_are_json_4xx(server):
   status, error = post(httpd, "/api/upload?k=3", png_header(7000, 7000))
   assert status == 413 and "larger than 40000000 pixels" in error["error"]
   status, error = post(httpd, "/api/search?k=3", b"x", {"Content-Type": "text/plain"})
-  assert status == 400 and "JSON object" in error["error"]
+  assert status == 400 and "not valid JSON" in error["error"]
   assert post(httpd, "/nothing", b"x")[1] == {"error": "no such endpoint: POST /nothing"}
   assert post(httpd, "/api/info", b"x")[0] == 405
 
@@ -486,3 +495,271 @@ def test_access_log_and_clients_that_go_away(server, caplog):
   assert sum("/api/search?query=1&k=3 HTTP/1.1" in line for line in lines) == 1
   assert sum('"GET /api/info HTTP/1.1" 200' in line for line in lines) == 1
   assert not [r for r in seen.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+# ---- issue 36: the service's defects found by an attacker and a new user ----
+def test_a_port_in_use_is_refused_before_the_run_is_loaded(tmp_path, capsys):
+  """The port is bound first: a taken port fails at once (the workdir here does not even exist,
+  and the one error line names the port, not the run)."""
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    assert serve.main([f"--workdir={tmp_path / 'none'}", f"--port={port}"]) == 2
+  assert capsys.readouterr().err.splitlines() == [
+      f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"]
+
+
+@pytest.mark.parametrize("host", ["", "0", "0x0", "0.0.0.0", "000.0.0.0", "::", "::0",
+                                  "0:0::0", "10.1.2.3"])
+def test_every_address_that_is_not_loopback_needs_allowed_hosts(host, capsys):
+  """Decided on the address the host resolves to, not on its spelling."""
+  with pytest.raises(ValueError, match="--allowed_hosts"):
+    serve.allowed_hosts(host)
+  assert serve.allowed_hosts(host, ["search.example"]) >= {"search.example", "localhost"}
+  assert serve.main(["--workdir=/nonexistent", f"--host={host}", "--port=0"]) == 2
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith("error: ") and "--allowed_hosts" in line
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "0x7f.1", "127.0.0.2", "localhost", "::1",
+                                  "0:0::1"])
+def test_loopback_addresses_need_no_allowed_hosts(host):
+  assert serve.allowed_hosts(host) >= {"localhost", "127.0.0.1", "::1"}
+
+
+def test_json_bodies_are_bounded_before_parsing():
+  """Not JSON: said so (400); nested deeper than MAX_JSON_DEPTH, whatever brackets its strings
+  hold: 400 before parsing (no RecursionError); larger than the bound: 413."""
+  body = b'{"k": 3, "codes": [["ff", "0"]], "note": "]]]] [[[[ \\"]] {{{{{{{{{{{{"}'
+  assert serve.json_body(body, len(body)) == json.loads(body)
+  deep = b"[" * 2000 + b"]" * 2000
+  for body, status, pattern in (
+      (b'{"k":3', 400, "the body is not valid JSON (Expecting ',' delimiter: line 1 column 7"),
+      (b"{not json", 400, "not valid JSON"), (b"\xff\xfe{}", 400, "not valid JSON"),
+      (deep, 400, f"nested deeper than {serve.MAX_JSON_DEPTH} levels"),
+      (b'{"a": "' + b"]" * 3000 + b'", "b": ' + deep + b"}", 400, "nested deeper than"),
+      (b'{"a": "x\\"' + b"]" * 3000 + b'", "b": ' + deep + b"}", 400, "nested deeper than"),
+      (b'{"k": 3}' + b" " * 100, 413, "JSON body of 108 bytes is larger than 100 bytes")):
+    with pytest.raises(serve.RequestError, match=re.escape(pattern)) as e:
+      serve.json_body(body, 100 if status == 413 else len(body))
+    assert e.value.status == status
+
+
+def test_access_log_escapes_control_characters(caplog):
+  """No forged lines (%0a) and no raw terminal escapes (%1b) in the log: control characters,
+  quotes and backslashes are written as \\xNN."""
+  caplog.set_level(logging.INFO, logger="orthohash_jax.serve")
+  serve._access(("127.0.0.1", 5), 'GET /a\n127.0.0.1:1 "GET /forged HTTP/1.1" 200\x1b[2J\x9b\\ '
+                "HTTP/1.1", 404, 0, 0.0)
+  (line,) = [r.getMessage() for r in caplog.records]
+  assert not re.search("[\x00-\x1f\x7f-\x9f]", line)
+  assert "/a\\x0a127.0.0.1:1 \\x22GET /forged HTTP/1.1\\x22 200\\x1b[2J\\x9b\\x5c HTTP" in line
+
+
+def tiny_codes(workdir):
+  codes_file.save_codes(str(workdir / "codes.npz"), {
+      "query_codes": np.zeros((2, 1), np.uint32), "db_codes": np.zeros((3, 1), np.uint32),
+      "query_labels": np.zeros(2, np.int32), "db_labels": np.zeros(3, np.int32)}, 16, {})
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"mAP": 0.5', "is not readable JSON"), ("[1]", "must hold a JSON object, got list"),
+    ('{"mAP": "high"}', "mAP must be a number or null, got 'high'"),
+    ('{"mAP": 0.5, "steps": 1.5}', "steps must be an integer, got 1.5")])
+def test_a_damaged_results_json_is_one_line_naming_it(tmp_path, capsys, text, message):
+  tiny_codes(tmp_path)
+  (tmp_path / "results.json").write_text(text)
+  assert serve.main([f"--workdir={tmp_path}", "--port=0"]) == 2
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith(f"error: {tmp_path / 'results.json'}") and message in line, line
+
+
+@pytest.mark.slow
+def test_host_header_is_required_and_single(server):
+  httpd, _ = server
+  for headers in (b"", b"Host: localhost\r\nHost: evil.example\r\n",
+                  b"Host: localhost\r\nHost: localhost\r\n"):
+    for version in (b"1.1", b"1.0"):
+      status, error = status_and_error(raw(httpd, b"GET /api/info HTTP/" + version + b"\r\n"
+                                           + headers + b"Connection: close\r\n\r\n"))
+      assert status == 400 and "exactly one Host header" in error, (headers, error)
+
+
+def search_request(k: int, queries: int) -> bytes:
+  body = json.dumps({"k": k, "queries": [i % 30 for i in range(queries)]}).encode()
+  return (b"POST /api/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def small_send_buffers():
+  """A listening socket whose connections get 64 KiB send buffers (inherited on accept), so an
+  answer of megabytes stays in the server's transport whatever the host's TCP buffer tuning."""
+  sock = serve.listen("127.0.0.1", 0)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+  return sock
+
+
+def slow_reader(httpd):
+  """A connection with a 4 KiB receive buffer (set before connecting), so an answer it does not
+  read stays in the server's buffers."""
+  s = socket.socket()
+  s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+  s.settimeout(30)
+  s.connect(httpd.server_address[:2])
+  return s
+
+
+def read_all(s) -> bytes:
+  data = b""
+  try:
+    while chunk := s.recv(1 << 20):
+      data += chunk
+  except ConnectionResetError:
+    pass
+  return data
+
+
+def until(condition):
+  for _ in range(2000):
+    if condition():
+      return
+  raise AssertionError("condition not met after 2000 tries")
+
+
+@pytest.mark.slow
+def test_answers_count_against_the_memory_budget(server):
+  """Item 10: an answer's bytes are reserved before it is built, held until the client has read
+  it, and refused past --max_answer_bytes (413) or, while others hold the total
+  --answer_memory_bytes, after --queue_timeout (503)."""
+  httpd, _ = server
+  service = httpd.service
+  need = service.answer_bytes(1024, 256)
+  with serving(service, limits=serve.Limits(max_answer_bytes=need - 1)) as small:
+    status, error = post(small, "/api/search", search_request(256, 1024).split(b"\r\n\r\n")[1])
+    assert status == 413 and "--max_answer_bytes" in error["error"], error
+  limits = serve.Limits(answer_memory_bytes=need + need // 2, queue_timeout=0.5, write_timeout=600)
+  with serving(service, limits=limits, sock=small_send_buffers()) as budget:
+    held = slow_reader(budget)
+    try:
+      held.sendall(search_request(256, 1024))
+      until(lambda: get(budget, "/healthz")[1]["answer_bytes"] == need)
+      status, error = post(budget, "/api/search", search_request(256, 1024).split(b"\r\n\r\n")[1])
+      assert status == 503 and "--answer_memory_bytes" in error["error"], error
+      assert get(budget, "/api/search?query=1&k=3")[0] == 200  # a small answer still fits
+    finally:
+      held.close()
+    until(lambda: get(budget, "/healthz")[1]["answer_bytes"] == 0)
+    status, answer = post(budget, "/api/search", search_request(256, 1024).split(b"\r\n\r\n")[1])
+    assert status == 200 and len(answer["results"]) == 1024
+
+
+@pytest.mark.slow
+def test_an_answer_nobody_reads_is_closed_after_the_write_timeout(server):
+  """Item 10: the server gives up on an answer its client does not read within --write_timeout
+  (the access line comes then), closing the connection before the whole answer was sent."""
+  httpd, _ = server
+  seen = Seen('"POST /api/search HTTP/1.1" 200')
+  logging.getLogger().addHandler(seen)
+  logger = logging.getLogger("orthohash_jax.serve")
+  level = logger.level
+  logger.setLevel(logging.INFO)
+  try:
+    with serving(httpd.service, limits=serve.Limits(write_timeout=0.5),
+                 sock=small_send_buffers()) as timed, \
+        slow_reader(timed) as s:
+      s.sendall(search_request(256, 1024))
+      assert seen.seen.wait(60)
+      head, _, rest = read_all(s).partition(b"\r\n\r\n")
+      length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+      assert head.startswith(b"HTTP/1.1 200") and len(rest) < length > 10 << 20
+      assert get(timed, "/healthz")[1]["answer_bytes"] == 0
+  finally:
+    logger.setLevel(level)
+    logging.getLogger().removeHandler(seen)
+
+
+@pytest.mark.slow
+def test_a_body_slot_is_held_only_while_bytes_arrive(server):
+  """Item 11: a request that sent its headers but no body holds no slot; a body whose bytes
+  stop coming (below --min_body_rate) gets a 408 long before --body_timeout."""
+  httpd, _ = server
+  limits = serve.Limits(max_uploads=1, queue_timeout=2, body_timeout=600, min_body_rate=1000)
+  with serving(httpd.service, limits=limits) as one:
+    idle = [socket.create_connection(one.server_address[:2], timeout=30) for _ in range(2)]
+    try:
+      for s in idle:
+        s.sendall(b"POST /api/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+      assert get(one, "/healthz")[0] == 200  # the loop has read those headers by now
+      status, answer = post(one, "/api/search", json.dumps({"k": 3, "queries": [1]}).encode())
+      assert status == 200, answer
+    finally:
+      for s in idle:
+        s.close()
+    status, error = status_and_error(raw(one, b"POST /api/search HTTP/1.1\r\nHost: localhost\r\n"
+                                         b"Content-Length: 100\r\n\r\n{"))
+    assert status == 408 and "--min_body_rate" in error, error
+
+
+@pytest.mark.slow
+def test_codes_rows_and_the_checkpoint_behind_uploads_are_checked(server, tmp_path, capsys):
+  """Item 20: codes.npz's rows must match the run's data; when the latest checkpoint was
+  quarantined, the model left is not the one that made codes.npz: one warning line, /api/info
+  says so and uploads are refused (409)."""
+  httpd, workdir = server
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(".lock"))
+  with np.load(copy / "codes.npz") as f:
+    codes = dict(f)
+  codes_file.write_npz(copy / "codes.npz", dict(codes, db_codes=codes["db_codes"][:-1],
+                                                db_labels=codes["db_labels"][:-1]))
+  with pytest.raises(ValueError, match=f"codes.npz holds {NUM_DB - 1} database rows, the run's "
+                     f"data {NUM_DB}"):
+    serve.SearchService(str(copy), warm_up=False)
+  codes_file.write_npz(copy / "codes.npz", codes)
+  steps = sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())
+  (copy / "checkpoints_corrupt").mkdir()
+  shutil.move(copy / "checkpoints" / str(steps[-1]), copy / "checkpoints_corrupt")
+  capsys.readouterr()
+  service = serve.SearchService(str(copy), warm_up=False)
+  try:
+    (warning,) = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+    assert (f"codes.npz was made by the model of step {steps[-1]}" in warning
+            and f"latest usable checkpoint is step {steps[-2]}" in warning), warning
+    info = service.info()
+    assert (info["codes_step"], info["checkpoint_step"], info["uploads"]) == (
+        steps[-1], steps[-2], False)
+    _, png = get(httpd, "/image/query/1.png")
+    with serving(service) as stale:
+      status, error = post(stale, "/api/upload?k=3", png)
+      assert status == 409 and f"step {steps[-2]}" in error["error"], error
+      assert get(stale, "/api/search?query=1&k=3")[0] == 200
+  finally:
+    service.close()
+  assert httpd.service.info()["uploads"] is True
+
+
+@pytest.mark.slow
+def test_the_memory_given_to_an_answer_bounds_what_building_it_takes(server):
+  """``answer_bytes`` (what the budget reserves) is at least the peak Python memory of building
+  the answer, for one long result and for the largest batch, and at least its JSON bytes."""
+  service = server[0].service
+  rng = np.random.default_rng(0)
+  for queries, k in ((1, NUM_DB), (1024, 256), (30, 1)):
+    dist = rng.integers(0, 17, (queries, k)).astype(np.int32)
+    idx = rng.integers(0, NUM_DB, (queries, k)).astype(np.int32)
+    rows = [q % 30 for q in range(queries)]
+    for batch in (rows, None):
+      tracemalloc.start()
+      try:
+        body = service.batch_answer(k, batch, dist, idx)
+        peak = tracemalloc.get_traced_memory()[1]
+      finally:
+        tracemalloc.stop()
+      answer = json.loads(body)
+      assert len(answer["results"]) == queries and answer["results"][-1]["neighbours"][-1] == {
+          "index": int(idx[-1, -1]), "distance": int(dist[-1, -1]),
+          "label": service.codes["db_labels"][idx[-1, -1]].item(),
+          "relevant": None if batch is None else bool(
+              service.codes["db_labels"][idx[-1, -1]] == service.codes["query_labels"][rows[-1]])}
+      assert len(body) <= peak <= service.answer_bytes(queries, k), (queries, k, peak)

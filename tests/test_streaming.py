@@ -19,7 +19,9 @@ from conftest import ROOT, config_of, free_port, sigterm_during_step, write_idx
 from conftest import write_image_lists as _write
 from orthohash_jax import config_base, run
 from orthohash_jax import data as data_lib
-from orthohash_jax.data import DataError, idx, streaming, transforms, write_listfiles
+from orthohash_jax.data import DataError, arrayrecord, idx, streaming, transforms
+from orthohash_jax.data import write_arrayrecord
+from orthohash_jax.data import write_listfiles
 
 def _config(root, **kw):
   base = {"dataset": "listfile", "data_dir": str(root), "num_classes": 3, "seed": 7,
@@ -246,16 +248,30 @@ def _run_config(root, **kw):
                  checkpoint_every_steps=100, **kw)
 
 
+def _records_config(tmp_path, config):
+  """``config`` moved onto the ArrayRecord conversion of its list files (bytes kept)."""
+  assert write_arrayrecord.main(["--dataset=listfile", "--num_classes=3", "--workers=0",
+                                 f"--data_dir={config.data_dir}", "--shard_size=5",
+                                 f"--output={tmp_path / 'records'}"]) == 0
+  config.update(dataset="arrayrecord", data_dir=str(tmp_path / "records"), num_classes=None)
+  return config
+
+
 @pytest.mark.slow
-def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset", ["listfile", "arrayrecord"])
+def test_streaming_run_resumes_identically_after_sigterm(tmp_path, monkeypatch, dataset):
   (tmp_path / "data").mkdir()
   _write(tmp_path / "data", n_train=12)
-  run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "whole"))
-  original = sigterm_during_step(monkeypatch, streaming.ImageListSource, 4)
+  config = _run_config(tmp_path / "data")
+  if dataset == "arrayrecord":
+    config = _records_config(tmp_path, config)
+  source = arrayrecord.ArrayRecordSource if dataset == "arrayrecord" else streaming.ImageListSource
+  run.train_and_evaluate(config, str(tmp_path / "whole"))
+  original = sigterm_during_step(monkeypatch, source, 4)
   with pytest.raises(run.Interrupted, match="interrupted at step 5"):
-    run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
-  monkeypatch.setattr(streaming.ImageListSource, "train_rows", original)
-  run.train_and_evaluate(_run_config(tmp_path / "data"), str(tmp_path / "cut"))
+    run.train_and_evaluate(config, str(tmp_path / "cut"))
+  monkeypatch.setattr(source, "train_rows", original)
+  run.train_and_evaluate(config, str(tmp_path / "cut"))
   a, b = (np.load(tmp_path / w / "codes.npz") for w in ("whole", "cut"))
   np.testing.assert_array_equal(a["db_codes"], b["db_codes"])
   np.testing.assert_array_equal(a["query_codes"], b["query_codes"])
@@ -269,7 +285,7 @@ jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv
 from orthohash_jax import config_base, run
 from orthohash_jax.data import streaming
 reads = {"train": [], "eval": []}
-train_rows, eval_rows = streaming.ImageListSource.train_rows, streaming.ImageListSource.eval_rows
+train_rows, eval_rows = streaming.ImageSource.train_rows, streaming.ImageSource.eval_rows
 def log_train(self, indices, steps, positions):
   reads["train"].append([[int(s), int(p), int(i)] for s, row in zip(steps, indices)
                          for p, i in zip(positions, row)])
@@ -277,7 +293,7 @@ def log_train(self, indices, steps, positions):
 def log_eval(self, split, indices):
   reads["eval"].append([split, [int(i) for i in indices]])
   return eval_rows(self, split, indices)
-streaming.ImageListSource.train_rows, streaming.ImageListSource.eval_rows = log_train, log_eval
+streaming.ImageSource.train_rows, streaming.ImageSource.eval_rows = log_train, log_eval
 config = config_base.base_config()
 config.update(json.loads(sys.argv[3]))
 summary = run.train_and_evaluate(config, sys.argv[4])
@@ -285,15 +301,12 @@ json.dump({"reads": reads, "mAP": summary["mAP"]}, open(sys.argv[5], "w"))
 """
 
 
-@pytest.mark.slow
-def test_two_processes_read_disjoint_slices(tmp_path):
-  (tmp_path / "data").mkdir()
-  _write(tmp_path / "data", n_train=12)
-  config = _run_config(tmp_path / "data", data_workers=1)
-  config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
-  single = run.train_and_evaluate(config, str(tmp_path / "single"))
+def run_two_processes(config, tmp_path, devices):
+  """Trains ``config`` in 2 processes of ``devices`` CPU devices each (``TWO_PROCESS_SCRIPT``,
+  workdir tmp_path/multi); returns each process's {"reads": {"train": [[step, position, row],
+  ...] per call, "eval": [split, rows] per call}, "mAP"}."""
   address = f"127.0.0.1:{free_port()}"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
          "JAX_PLATFORMS": "cpu"}
   procs = [subprocess.Popen(
       [sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(i), json.dumps(config.to_dict()),
@@ -302,7 +315,23 @@ def test_two_processes_read_disjoint_slices(tmp_path):
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
-  out = [json.loads((tmp_path / f"reads{i}.json").read_text()) for i in range(2)]
+  return [json.loads((tmp_path / f"reads{i}.json").read_text()) for i in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["listfile", "arrayrecord"])
+def test_two_processes_read_disjoint_slices(tmp_path, dataset):
+  """Two processes (one device each for list files, two each for their ArrayRecord shards):
+  every (step, position) and evaluation row read once, by its process, and the single-process
+  (4-device) mAP."""
+  (tmp_path / "data").mkdir()
+  _write(tmp_path / "data", n_train=12)
+  config = _run_config(tmp_path / "data", data_workers=1)
+  if dataset == "arrayrecord":
+    config = _records_config(tmp_path, config)
+  config.update(adam_eps=1e-3)  # see test_multihost: compares the distributed computation
+  single = run.train_and_evaluate(config, str(tmp_path / "single"))
+  out = run_two_processes(config, tmp_path, 2 if dataset == "arrayrecord" else 1)
   train = [{tuple(r) for chunk in o["reads"]["train"] for r in chunk} for o in out]
   assert not train[0] & train[1]  # no (step, position) read by both processes
   assert {p for _, p, _ in train[0]} == {0, 1} and {p for _, p, _ in train[1]} == {2, 3}

@@ -1,5 +1,6 @@
 """The run directory (``workdir``): one training run at a time, nothing left by a failed start,
 atomic files, and the saved-config checks."""
+import json
 import os
 import signal
 import subprocess
@@ -84,3 +85,59 @@ def test_a_truncated_config_json_is_one_line_naming_the_file(tmp_path):
   (tmp_path / workdir.CONFIG).write_text('{"seed": 0, "dataset": "dig')
   with pytest.raises(ValueError, match=f"{tmp_path / workdir.CONFIG} is not readable JSON"):
     workdir.read_config(str(tmp_path))
+
+
+def test_a_half_written_last_metrics_line_is_dropped_on_resume_with_one_warning(
+    tmp_path, fake_load, capsys):
+  """What a crash during an append leaves (issue 36 #17): resume drops it, says so once."""
+  fake_load(blobs())  # 8 steps per epoch
+  w = str(tmp_path / "w")
+  run.train_and_evaluate(small_config(num_epochs=1), w)
+  metrics = tmp_path / "w" / workdir.METRICS
+  with open(metrics, "a") as f:
+    f.write('{"step": 16, "loss": 0.')
+  capsys.readouterr()
+  run.train_and_evaluate(small_config(num_epochs=2), w)
+  warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+  assert warnings == [f"warning: {metrics}: dropped its half-written last line (line 2, left by "
+                      "a crash during an append)"]
+  steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+  assert steps == [8, 16]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    (workdir.CONFIG, "[]", "expected a JSON object of config keys, got []"),
+    (workdir.CONFIG, "null", "expected a JSON object of config keys, got None"),
+    (workdir.CONFIG, '{"num_bits": "abc"}', "num_bits must be an integer, got 'abc'"),
+    (workdir.PROGRESS, "[1]", "expected {\"step\", \"train_seconds\", \"steps_timed\"}"),
+    (workdir.PROGRESS, '{"train_seconds": "x", "steps_timed": 1}', "(numbers >= 0)"),
+    (workdir.METRICS, '{"step": 1}\n[1,2]\n{"step": 3}\n',
+     "line 2: expected a JSON object with an integer \"step\", got [1, 2]"),
+    (workdir.METRICS, '{"step": 1}\n{"step": \n{"step": 3}\n', "line 2 is not JSON"),
+])
+def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, name, text, message):
+  (tmp_path / name).write_text(text)
+  read = {workdir.CONFIG: workdir.read_config, workdir.PROGRESS: workdir.read_progress,
+          workdir.METRICS: lambda w: workdir.truncate_metrics(w, 10)}[name]
+  with pytest.raises(ValueError) as e:
+    read(str(tmp_path))
+  assert str(e.value).startswith(str(tmp_path / name)) and message in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_a_config_json_without_a_tuple_key_resumes(tmp_path, monkeypatch):
+  """Issue 36 #20: the default (512, 512) is compared as config.json holds it, [512, 512]."""
+  saved = small_config(hidden=(512, 512)).to_dict()
+  del saved["hidden"]
+  files.write_json(str(tmp_path / workdir.CONFIG), saved)
+  monkeypatch.setattr(workdir.checkpoint, "has_checkpoints", lambda directory: True)
+  assert workdir.check_same_run(str(tmp_path), small_config(hidden=(512, 512)))["hidden"] == [
+      512, 512]
+
+
+def test_a_pickled_codebook_is_named_without_numpy_pickle_hint(tmp_path):
+  np.save(tmp_path / workdir.CODEBOOK, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(ValueError) as e:
+    workdir.codebook(small_config(), 4, str(tmp_path))
+  assert str(e.value) == (f"{tmp_path / workdir.CODEBOOK} is not a readable +-1 codebook (it "
+                          "holds Python objects, not numbers)")

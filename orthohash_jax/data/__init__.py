@@ -170,6 +170,8 @@ SOURCES = {
     "nuswide": "orthohash_jax.data.streaming",
     "coco": "orthohash_jax.data.streaming",
     "listfile": "orthohash_jax.data.streaming",
+    "arrayrecord": "orthohash_jax.data.arrayrecord",
+    "tfds": "orthohash_jax.data.tfds_source",
     "cifar10": "orthohash_jax.data.tfds_source",
     "gldv2": "orthohash_jax.data.descriptors",
     "synthetic_descriptors": "orthohash_jax.data.synthetic",

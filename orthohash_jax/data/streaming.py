@@ -1,6 +1,9 @@
-"""Streaming image source over hashing list files: decodes on demand, caches nothing.
+"""Streaming image sources: decode on demand, cache nothing.
 
-``ImageListSource`` implements the input interface shared with the in-memory data:
+``ImageSource`` implements the input interface shared with the in-memory data over encoded
+images; a subclass only says where a split's images are (``_open``): ``ImageListSource`` (here,
+list files), ``arrayrecord.ArrayRecordSource`` (ArrayRecord shards) and
+``tfds_source.TfdsSource`` (TFDS data sources). The interface:
 - ``name``, ``num_classes``, ``multilabel``; ``input_shape`` (H, W, C) and ``input_dtype``
   (uint8); ``mean_std``: per-channel (mean, std) float32 in pixel units [0, 255], the device
   computes ``(x - mean) / std``.
@@ -52,22 +55,21 @@ PIXEL_NORMS = {
 _BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class ImageListSource:
-  """Streaming source over train.txt / test.txt / database.txt (see module docstring)."""
+class ImageSource:
+  """The streaming input interface over encoded images (see module docstring); a subclass
+  says where the images of a split are (``_open``)."""
 
   input_dtype = np.dtype(np.uint8)
   protocol = "category"
 
-  def __init__(self, name, num_classes, root, parsed, multilabel, train_transform,
-               eval_transform, seed: int, data_workers: int, skip_bad_images: bool,
-               mean_std):
-    """``parsed`` maps "train"/"query"/"db" to (list path, names, line numbers, uint8 rows) as
-    returned by ``listfile.read_lists``; transforms are ``transforms.Transform``."""
+  def __init__(self, name, num_classes, labels, multilabel, train_transform, eval_transform,
+               seed: int, data_workers: int, skip_bad_images: bool, mean_std):
+    """``labels`` maps "train"/"query"/"db" to ``listfile.Labels``; transforms are
+    ``transforms.Transform``."""
     self.name, self.num_classes, self.multilabel = name, num_classes, multilabel
-    self._root, self._seed = root, int(seed)
+    self._seed = int(seed)
     self._train_transform, self._eval_transform = train_transform, eval_transform
-    self._lists = {s: parsed[s][:3] for s in SPLITS}
-    self._labels = {s: listfile.to_labels(parsed[s][3], multilabel) for s in SPLITS}
+    self._labels = {s: listfile.to_labels(labels[s], multilabel, num_classes) for s in SPLITS}
     self.mean_std = mean_std
     self._skip = bool(skip_bad_images)
     self._skipped = set()
@@ -80,32 +82,34 @@ class ImageListSource:
     self._pool = (concurrent.futures.ThreadPoolExecutor(data_workers, "decode")
                   if data_workers > 0 else None)
 
+  def _open(self, split: str, rows) -> list:
+    """(what ``Image.open`` takes: a path or a file object, "where" text naming the row for
+    errors) of each of ``rows`` of ``split``."""
+    raise NotImplementedError
+
   def _shape(self, transform):
     if transform.kind != "none":
       return (transform.size, transform.size, transform.channels)
-    path, names, lines = self._lists["train"]
+    file, where = self._open("train", [0])[0]
     try:
-      with Image.open(os.path.join(self._root, names[0])) as img:
+      with Image.open(file) as img:
         return (img.size[1], img.size[0], transform.channels)
     except _BAD_IMAGE_ERRORS as e:
-      raise DataError(f"{path}:{lines[0]}: cannot read {os.path.join(self._root, names[0])} "
-                      f"to find the input shape: {e}") from None
+      raise DataError(f"{where}: cannot read it to find the input shape: {e}") from None
 
   @property
   def skipped(self):
-    """Distinct bad rows replaced so far, as sorted "list file:line: path" strings."""
+    """Distinct bad rows replaced so far, as sorted "where" strings (list file:line: path)."""
     with self._lock:
       return sorted(self._skipped)
 
   def size(self, split: str) -> int:
-    return len(self._lists[split][1])
+    return len(self._labels[split])
 
   def labels(self, split: str) -> np.ndarray:
     return self._labels[split]
 
-  def _decode_into(self, out, k, split, row, transform, rng_key):
-    path, names, lines = self._lists[split]
-    file = os.path.join(self._root, names[row])
+  def _decode_into(self, out, k, file, where, transform, rng_key):
     try:
       with Image.open(file) as img:
         rng = np.random.default_rng(rng_key) if transform.random else None
@@ -115,7 +119,6 @@ class ImageListSource:
                          f"{self.input_shape[:2]}")
       out[k] = x
     except _BAD_IMAGE_ERRORS as e:
-      where = f"{path}:{lines[row]}: {file}"
       if not self._skip:
         raise DataError(f"{where}: cannot decode: {e} (set skip_bad_images to substitute "
                         f"a constant image)") from None
@@ -126,15 +129,18 @@ class ImageListSource:
         warnings.warn(f"{where}: skipped ({e})")
       out[k] = self._fill
 
-  def _decode(self, out, tasks):
-    """Decodes ``tasks`` (split, row, transform, rng key) into the rows of ``out``; returns
-    ``out``, or raises the first error in row order (the tasks not started are cancelled)."""
+  def _decode(self, out, split, rows, transform, rng_keys):
+    """Decodes ``rows`` of ``split`` (rng key per row, or None) into the rows of ``out``;
+    returns ``out``, or raises the first error in row order (the tasks not started are
+    cancelled)."""
     flat = out.reshape((-1,) + self.input_shape)
+    tasks = [(k, file, where, transform, key) for k, ((file, where), key)
+             in enumerate(zip(self._open(split, rows), rng_keys))]
     if self._pool is None:
-      for k, t in enumerate(tasks):
-        self._decode_into(flat, k, *t)
+      for t in tasks:
+        self._decode_into(flat, *t)
       return out
-    futures = [self._pool.submit(self._decode_into, flat, k, *t) for k, t in enumerate(tasks)]
+    futures = [self._pool.submit(self._decode_into, flat, *t) for t in tasks]
     for i, f in enumerate(futures):
       try:
         f.result()
@@ -152,10 +158,9 @@ class ImageListSource:
                        f"({len(steps)}, {len(positions)})")
     self._check_rows("train", indices)
     out = np.empty(indices.shape + self.input_shape, np.uint8)
-    tasks = [("train", int(indices[s, p]), self._train_transform,
-              [self._seed, int(steps[s]), int(positions[p])])
-             for s in range(len(steps)) for p in range(len(positions))]
-    return self._decode(out, tasks)
+    keys = [[self._seed, int(s), int(p)] for s in steps for p in positions]
+    return self._decode(out, "train", [int(i) for i in indices.reshape(-1)],
+                        self._train_transform, keys)
 
   def eval_rows(self, split: str, indices) -> np.ndarray:
     indices = np.asarray(indices)
@@ -163,7 +168,8 @@ class ImageListSource:
       raise ValueError(f"eval indices must be 1-D, got shape {indices.shape}")
     self._check_rows(split, indices)
     out = np.empty(indices.shape + self.input_shape, np.uint8)
-    return self._decode(out, [(split, int(i), self._eval_transform, None) for i in indices])
+    return self._decode(out, split, [int(i) for i in indices], self._eval_transform,
+                        [None] * len(indices))
 
   def _check_rows(self, split, indices):
     if split not in SPLITS:
@@ -175,6 +181,23 @@ class ImageListSource:
     if self._pool is not None:
       self._pool.shutdown(wait=True, cancel_futures=True)
       self._pool = None
+
+
+class ImageListSource(ImageSource):
+  """Streaming source over train.txt / test.txt / database.txt (see module docstring)."""
+
+  def __init__(self, name, num_classes, root, parsed, multilabel, *args):
+    """``parsed`` maps "train"/"query"/"db" to (list path, names, line numbers, ``Labels``) as
+    returned by ``listfile.read_lists``; ``args``: those of ``ImageSource`` after
+    ``multilabel``."""
+    self._root = root
+    self._lists = {s: parsed[s][:3] for s in SPLITS}
+    super().__init__(name, num_classes, {s: parsed[s][3] for s in SPLITS}, multilabel, *args)
+
+  def _open(self, split, rows):
+    path, names, lines = self._lists[split]
+    files = [os.path.join(self._root, os.fsdecode(names[r])) for r in rows]
+    return [(f, f"{path}:{lines[r]}: {f}") for f, r in zip(files, rows)]
 
 
 def transforms_from_config(config):

@@ -42,11 +42,19 @@ class Method:
   keys: the config keys that this method reads and methods without them do not ("codebook":
     the method takes the class targets of ``config.codebook``).
   multilabel: takes multi-hot (B, C) labels.
+  name: the method's name in the paper's tables (``experiments.run_grid --methods``).
+  summary: one line: the paper, the loss and the head (``--list_keys``, ``run_grid --help``).
+  architecture: {config key: value}, the model the method trains (``use_bn``: FIRe's models
+    of the comparison methods have no BatchNorm); ``with_architecture`` applies it wherever
+    the config leaves the key at None.
   """
   loss: Callable
   make_head: Optional[Callable] = None
   keys: tuple = ()
   multilabel: bool = True
+  name: str = ""
+  summary: str = ""
+  architecture: dict = dataclasses.field(default_factory=dict)
 
   @property
   def uses_codebook(self) -> bool:

@@ -6,4 +6,6 @@ from orthohash_jax.methods import base, common
 METHOD = base.Method(
     loss=lambda config, inputs: losses.cross_entropy_loss(
         inputs.outputs, inputs.labels, multilabel=common.is_multilabel(inputs.labels)),
-    make_head=base.linear_head())
+    make_head=base.linear_head(),
+    name="CE+BN", summary="CE baseline: linear classifier (with bias) on the codes, softmax "
+    "cross-entropy", architecture={"use_bn": True})

@@ -62,4 +62,6 @@ METHOD = base.Method(
         random_centre(config.seed, inputs.codes.shape[1]),
         lambda_q=config.csq_lambda_q, scale_c=config.csq_scale_c),
     make_head=base.centres_head,
-    keys=("codebook", "csq_lambda_q", "csq_scale_c"))
+    keys=("codebook", "csq_lambda_q", "csq_scale_c"),
+    name="CSQ", summary="CSQ (Yuan et al., CVPR 2020): binary cross-entropy of tanh codes to the "
+    "codebook's hash centres plus quantization", architecture={"use_bn": False})

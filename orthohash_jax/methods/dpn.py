@@ -39,4 +39,6 @@ METHOD = base.Method(
     loss=lambda config, inputs: dpn_loss(inputs.codes, inputs.labels, inputs.outputs,
                                          margin=config.dpn_margin, reg=config.dpn_reg),
     make_head=base.centres_head,
-    keys=("codebook", "dpn_margin", "dpn_reg"))
+    keys=("codebook", "dpn_margin", "dpn_reg"),
+    name="DPN", summary="DPN (Fan et al., IJCAI 2020): polarization hinge to the codebook's "
+    "class targets plus mean(v^2)", architecture={"use_bn": False})

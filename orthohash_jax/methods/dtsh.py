@@ -45,4 +45,6 @@ def dtsh_loss(codes, labels, *, alpha=5.0, lmbd=1.0):
 METHOD = base.Method(
     loss=lambda config, inputs: dtsh_loss(inputs.codes, inputs.labels, alpha=config.dtsh_alpha,
                                           lmbd=config.dtsh_lambda),
-    keys=("dtsh_alpha", "dtsh_lambda"))
+    keys=("dtsh_alpha", "dtsh_lambda"),
+    name="DTSH", summary="DTSH (Wang et al., ACCV 2016): triplet likelihood of code inner "
+    "products plus quantization, no head", architecture={"use_bn": False})

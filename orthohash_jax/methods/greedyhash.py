@@ -40,4 +40,6 @@ METHOD = base.Method(
                                                 alpha=config.greedyhash_alpha,
                                                 power=config.greedyhash_pow),
     make_head=base.linear_head(classifier_input),
-    keys=("greedyhash_alpha", "greedyhash_pow"))
+    keys=("greedyhash_alpha", "greedyhash_pow"),
+    name="GreedyHash", summary="GreedyHash (Su et al., NeurIPS 2018): cross-entropy of a linear "
+    "classifier on sign(v), straight-through, plus | |v| - 1 |^pow", architecture={"use_bn": False})

@@ -51,4 +51,6 @@ METHOD = base.Method(
     loss=lambda config, inputs: hashnet_loss(
         inputs.codes, inputs.labels, epoch=inputs.step // inputs.steps_per_epoch,
         alpha=config.hashnet_alpha, step_continuation=config.hashnet_step_continuation),
-    keys=("hashnet_alpha", "hashnet_step_continuation"))
+    keys=("hashnet_alpha", "hashnet_step_continuation"),
+    name="HashNet", summary="HashNet (Cao et al., ICCV 2017): weighted pairwise likelihood of "
+    "tanh codes with continuation, no head", architecture={"use_bn": False})

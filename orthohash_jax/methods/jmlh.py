@@ -71,4 +71,6 @@ METHOD = base.Method(
     loss=lambda config, inputs: jmlh_loss(inputs.codes, inputs.outputs, inputs.labels,
                                           lmbd=config.jmlh_lambda),
     make_head=_make_head,
-    keys=("jmlh_lambda", "jmlh_stochastic"))
+    keys=("jmlh_lambda", "jmlh_stochastic"),
+    name="JMLH", summary="JMLH (Shen et al., ICCV 2019): cross-entropy of a linear classifier on "
+    "stochastic binary codes plus KL to Bernoulli(0.5)", architecture={"use_bn": False})

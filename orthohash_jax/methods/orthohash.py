@@ -20,4 +20,6 @@ METHOD = base.Method(
     loss=_loss,
     make_head=lambda config, num_classes, codebook, rngs: models.CosSimHead(
         codebook, pad_classes_to=config.model_axis),
-    keys=("codebook", "scale", "margin", "margin_type", "multilabel_loss"))
+    keys=("codebook", "scale", "margin", "margin_type", "multilabel_loss"),
+    name="OrthoCos+BN", summary="OrthoHash (Hoe et al., NeurIPS 2021): cosine head on the "
+    "codebook's class targets, margined softmax cross-entropy", architecture={"use_bn": True})

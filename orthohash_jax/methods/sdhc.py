@@ -54,4 +54,6 @@ METHOD = base.Method(
         alpha=config.sdhc_alpha),
     make_head=base.linear_head(classifier_input),
     keys=("sdhc_lambda0", "sdhc_lambda1", "sdhc_lambda2", "sdhc_alpha"),
-    multilabel=False)
+    multilabel=False, name="SDH-C",
+    summary="SDH-C (Erin Liong et al., CVPR 2015): cross-entropy of a linear classifier on tanh "
+    "codes, quantization, bit variance, orthogonality", architecture={"use_bn": False})
