@@ -29,7 +29,11 @@ Computation (exact, same values as a full stable sort; memory O(chunk x N))
   counting pass: at most K + 1 distinct keys) ranks by (distance, index), which is exactly the
   index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the values do not depend on
   it). AP from the ranks pos_t of the relevant items only: (1 / r) sum_t t / pos_t.
-* Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
+* ``mesh`` (``average_precisions``, ``mean_average_precision``): the queries split over every
+  device of every process (``parallel.process_share``); each process ranks its share on its own
+  devices and the APs are gathered exactly: the values equal those without a mesh, bit for bit.
+* Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances;
+  ``pair_distance_counts`` counts on the device (O(bins) on the host per chunk).
 * No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS's idle threads keep
   spinning after a call and take cores from XLA, which runs its loops on every core.
 """
