@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from orthohash_jax import files
+
 CHECKPOINT_FILE = "backbone.npz"
 META_FILE = "backbone.json"
 
@@ -351,14 +353,13 @@ def load_pretrained(arch: str, directory: str, *, dtype=jnp.float32) -> nnx.Modu
   meta_path = os.path.join(directory, META_FILE)
   array_path = os.path.join(directory, CHECKPOINT_FILE)
   for path in (meta_path, array_path):
-    if not os.path.isfile(path):
+    if not files.path(path).is_file():
       raise ValueError(f"{path}: file not found (convert torchvision weights with "
                        f"python -m orthohash_jax.weights --arch={arch} --torch=FILE "
                        f"--output={directory})")
   try:
-    with open(meta_path) as f:
-      stored_arch = json.load(f)["arch"]
-    with np.load(array_path) as npz:
+    stored_arch = json.loads(files.path(meta_path).read_text())["arch"]
+    with files.path(array_path).open("rb") as f, np.load(f) as npz:
       arrays = {k: npz[k] for k in npz.files}
   except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"{directory}: unreadable backbone checkpoint ({type(e).__name__}: "

@@ -3,13 +3,16 @@
 Checkpoints are written by background threads with ``background=True`` (training; orbax's
 ``enable_async_checkpointing``: ``save`` returns once the state is off the devices, ``wait``
 waits for the files), else before ``save`` returns. Orbax writes to a temporary directory and
-renames it once complete, so a process killed mid-save leaves the previous checkpoints intact,
+renames it once complete (on an object store, gs:// through tensorstore, it marks a complete
+save with a commit file instead; every process writes its own shards there, so the bucket holds
+whole checkpoints), so a process killed mid-save leaves the previous checkpoints intact,
 and deletes old checkpoints only after a newer one is complete. A checkpoint that fails to
 restore is reported in one line and moved, by process 0 while the others wait, to
 ``<workdir>/checkpoints_corrupt/<step>`` (``<step>.1``, ``<step>.2``, ... when that name is taken;
-kept for inspection, never deleted); the next older one is tried. The libraries' own error
-output of a failed restore (TensorStore dumps, asyncio noise) is kept out of the terminal. When
-no checkpoint restores, one line says that training starts from step 0.
+kept for inspection, never deleted; on gs:// a copy, then a delete: ``files.move_tree``); the
+next older one is tried. The libraries' own error output of a failed restore (TensorStore
+dumps, asyncio noise) is kept out of the terminal. When no checkpoint restores, one line says
+that training starts from step 0.
 
 Every checkpoint is verified on restore: process 0 writes ``<step>/DIGEST`` (the SHA-256 of
 each of its files) once the save is complete; a checkpoint whose files differ from it (flipped,
@@ -18,7 +21,8 @@ checkpoint that restores with a non-finite value in its state (which would give 
 loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
 non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
 version, or killed between the save and the digest: with background saves the digest is
-written when the save is waited for, at the next save or at the end) restore unverified.
+written by the first ``check`` after the save is complete, or when it is waited for) restore
+unverified.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
 files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
@@ -34,15 +38,13 @@ process received one, or orbax's preemption notice fired: the loop then saves an
 second Ctrl-C stops at once (KeyboardInterrupt).
 """
 import contextlib
+import hashlib
+import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import tempfile
-
-import hashlib
-import json
 
 import jax
 import jax.numpy as jnp
@@ -73,8 +75,8 @@ _QUIET_ORBAX = _OrbaxErrorLogs()
 
 
 def has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, DIRECTORY)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  directory = files.path(os.path.join(workdir, DIRECTORY))
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 class StopSignals:
@@ -119,13 +121,10 @@ def quiet_stderr():
 def file_digests(directory: str) -> dict:
   """{path relative to ``directory``: SHA-256 hex digest} of every file under it but DIGEST."""
   digests = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      file = os.path.join(root, name)
-      relative = os.path.relpath(file, directory)
-      if relative != DIGEST:
-        with open(file, "rb") as f:
-          digests[relative] = hashlib.file_digest(f, "sha256").hexdigest()
+  for relative in files.relative_files(directory):
+    if relative != DIGEST:
+      with files.path(os.path.join(directory, relative)).open("rb") as f:
+        digests[relative] = hashlib.file_digest(f, "sha256").hexdigest()
   return dict(sorted(digests.items()))
 
 
@@ -133,14 +132,17 @@ def verify(directory: str):
   """Why the checkpoint in ``directory`` differs from the digest written at its save (one
   phrase), or None when it matches or has no digest."""
   digest_file = os.path.join(directory, DIGEST)
-  if not os.path.exists(digest_file):
+  if not files.path(digest_file).exists():
     return None
   try:
-    with open(digest_file) as f:
-      saved = json.load(f)
+    saved = json.loads(files.path(digest_file).read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     return f"its digest {DIGEST} is unreadable ({e})"
-  current = file_digests(directory)
+  try:
+    current = file_digests(directory)
+  except OSError as e:  # a file that cannot be read (an I/O error, a dangling link)
+    return f"its file {os.path.relpath(e.filename or directory, directory)} is unreadable " \
+        f"({e.strerror or e})"
   for relative in sorted(saved.keys() | current.keys()):
     if saved.get(relative) != current.get(relative):
       what = ("is missing" if relative not in current else "was not saved" if relative not in
@@ -166,8 +168,8 @@ class Checkpointer:
   """Saves and restores a pytree train state keyed by training step."""
 
   def __init__(self, workdir: str, keep: int = 3, background: bool = False):
-    self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
-    self.corrupt_dir = os.path.abspath(os.path.join(workdir, CORRUPT_DIRECTORY))
+    self.directory = files.absolute(os.path.join(workdir, DIRECTORY))
+    self.corrupt_dir = files.absolute(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep, self.background = keep, background
     self.saving = None  # the step of the latest save started
     logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
@@ -182,10 +184,12 @@ class Checkpointer:
 
   def _remove_partial_saves(self) -> None:
     """Deletes the temporary directories of saves that never finished (a kill, a full disk)."""
-    if os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
-        if TMP_MARK in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    directory = files.path(self.directory)
+    if directory.is_dir():
+      for p in directory.iterdir():
+        if TMP_MARK in p.name:
+          with contextlib.suppress(OSError):
+            p.rmtree()
 
   @contextlib.contextmanager
   def _save_errors(self):
@@ -206,8 +210,8 @@ class Checkpointer:
 
   def _write_digest(self, step: int) -> None:
     """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it); called by
-    ``wait`` once the save is complete (a background save: at the next save, ``wait`` or
-    ``close``)."""
+    ``wait`` once the save is complete (a background save: by the first ``check`` that finds it
+    complete, else at the next ``save``, ``wait`` or ``close``)."""
     if parallel.is_main_process():
       step_dir = os.path.join(self.directory, str(step))
       files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
@@ -220,15 +224,19 @@ class Checkpointer:
     self.wait()  # one save at a time; an earlier failure is reported as such
     self.saving = int(step)
     with self._save_errors():
-      os.makedirs(self.directory, exist_ok=True)  # only now: a run failing its checks makes none
+      # only now: a run failing its checks makes none
+      files.path(self.directory).mkdir(parents=True, exist_ok=True)
       self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
     if not self.background:
       self.wait()
 
   def check(self) -> None:
-    """Raises ``SaveError`` if a background save has failed (no waiting)."""
+    """Raises ``SaveError`` if a background save has failed (no waiting); once it is complete,
+    writes its digest (so a run killed later resumes from a verified checkpoint)."""
     with self._save_errors():
       self.manager.check_for_errors()
+    if self.saving is not None and not self.manager.is_saving_in_progress():
+      self.wait()  # complete (orbax's finalize ended on every process): returns at once
 
   def wait(self) -> None:
     """Waits until the save in progress is complete; ``SaveError`` if it failed."""
@@ -270,15 +278,16 @@ class Checkpointer:
     """Moves the checkpoint of ``step`` aside (process 0; the others wait); returns what
     happened to it (a read-only workdir keeps it in place: the next older one is tried)."""
     self.manager.close()
+    parallel.barrier("quarantine_checked")  # no process still reads it when process 0 moves it
     target = os.path.join(self.corrupt_dir, str(step))
     suffix = 0
-    while os.path.exists(target):
+    while files.path(target).exists():
       suffix += 1
       target = os.path.join(self.corrupt_dir, f"{step}.{suffix}")
     if parallel.is_main_process():
       try:
-        os.makedirs(self.corrupt_dir, exist_ok=True)
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        files.path(self.corrupt_dir).mkdir(parents=True, exist_ok=True)
+        files.move_tree(os.path.join(self.directory, str(step)), target)
       except OSError as e:  # a read-only workdir (export of a finished run): skip it in place
         return self._reopen(f"left in place, not moved ({e.strerror or e})")
     return self._reopen(f"moved to {target}")

@@ -36,7 +36,7 @@ INDEX_KEYS = ("db_codes", "num_bits")
 def write_npz(path, arrays: dict) -> None:
   """Writes ``arrays`` to the .npz file ``path`` (exactly that name), atomically."""
   path = str(path)
-  if os.path.isdir(path):
+  if files.path(path).is_dir():
     raise ValueError(f"{path} is a directory; give the path of the .npz file to write")
 
   def write(tmp):
@@ -52,7 +52,7 @@ def check_format(path, kind: str) -> None:
   """Raises ValueError (one line) unless ``path`` starts as a ``kind`` (".npz" / ".npy") file
   does, so that a text file or another format is named as such, not by numpy's pickle hint."""
   try:
-    with open(path, "rb") as f:
+    with files.path(path).open("rb") as f:
       head = f.read(6)
   except OSError as e:
     raise ValueError(f"{path}: not a readable {kind} file ({e.strerror or e})") from None
@@ -71,7 +71,7 @@ def _read_members(path, names) -> dict:
   """The arrays ``names`` (those present) of the .npz ``path``; each npy header is read first
   and an array over ``MAX_ARRAY_BYTES`` (or of Python objects) refused before decompressing it."""
   out = {}
-  with zipfile.ZipFile(path) as archive:
+  with files.path(path).open("rb") as raw, zipfile.ZipFile(raw) as archive:
     members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
     for key in names:
       if key not in members:
@@ -147,7 +147,8 @@ def save_codes(path: str, result: dict, num_bits: int, config: dict, faiss_index
                    "db_labels": np.asarray(result["db_labels"]), "num_bits": np.int64(num_bits),
                    "config": json.dumps(config)})
   if faiss_index:
-    write_faiss_index(faiss_path(path), result["db_codes"], num_bits)
+    files.atomic_write(faiss_path(path),
+                       lambda tmp: write_faiss_index(tmp, result["db_codes"], num_bits))
     return [path, faiss_path(path)]
   return [path]
 

@@ -8,7 +8,7 @@ in its description). ``resumable`` keys alter neither the train state nor the ba
 a workdir may be resumed with other values of them (see ``workdir.check_same_run``).
 
 Validation lives here, with the declarations: a key's type (that of its default, or ``type``;
-a bool is not an integer), its ``allowed`` values or ``check``, and the rules that tie keys
+a bool is not an integer, a float is finite), its ``allowed`` values or ``check``, and the rules that tie keys
 together (``_rules``). ``validate(config)`` runs them all, once, before any data is read;
 nothing downstream checks config values again. Every message is one line: the key, what it
 must be, what was given. ``check_labels(config, multilabel)`` refuses, once the data is known,
@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import re
 from typing import Any
@@ -87,13 +88,13 @@ def shown(value, limit: int = 60) -> str:
 
 _TYPE_CHECKS = {
     int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     bool: lambda v: isinstance(v, bool),
     str: lambda v: isinstance(v, str),
     tuple: lambda v: isinstance(v, (tuple, list)),
     dict: lambda v: isinstance(v, dict),
 }
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+_TYPE_WORDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string",
                tuple: "a tuple such as (512, 512)", dict: "a dict such as {'train': 100}"}
 
 
@@ -120,6 +121,18 @@ AT_LEAST_ONE = (_positive, "at least 1")  # of a count
 IMAGENET_BACKBONES = ("alexnet", "vgg16", "resnet50")  # torchvision's, weights from .pth files
 LOSSES = ("orthohash", "ce", "hashnet", "dtsh", "sdhc", "greedyhash", "jmlh", "dpn", "csq")
 SINGLE_LABEL_LOSSES = ("sdhc",)  # losses that cannot take multi-hot labels
+
+
+def step_range(text: str):
+  """(A, B) of a step range "A:B" (0 <= A < B), or None when ``text`` is not one."""
+  first, sep, last = str(text).partition(":")
+  if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+    return None
+  return (int(first), int(last)) if int(first) < int(last) else None
+
+
+def _is_step_range(text):
+  return step_range(text) is not None
 
 
 def _revisited_list(text):
@@ -263,6 +276,8 @@ KEYS = (
         check=AT_LEAST_ONE),
     Key("export_faiss", False, "also write a FAISS IndexBinaryFlat (num_bits divisible by 8)",
         resumable=True),
+    Key("profile_steps", None, "'A:B': a jax.profiler trace of steps [A, B) in <workdir>/profile",
+        resumable=True, type=str, check=(_is_step_range, "'A:B' with integers 0 <= A < B")),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 RESUMABLE_KEYS = frozenset(k.name for k in KEYS if k.resumable)

@@ -8,7 +8,8 @@ is read as a Python literal (``32``, ``(64,)``, ``None``; ``true`` / ``false`` f
 else as a string. Writes into the workdir: config.json, codebook.npy, progress.json,
 metrics.jsonl, checkpoints/, TensorBoard events, results.json, codes.npz (and codes.faissbin
 with ``export_faiss``; see ``workdir``); the next-to-last output line names them, the last is
-the results as JSON. A rerun with the same workdir resumes from the latest checkpoint. Exit status (each with one line on stderr when not 0):
+the results as JSON. A rerun with the same workdir resumes from the latest checkpoint. Exit
+status (each with one line on stderr when not 0):
   0  finished: results.json and codes.npz written;
   1  training failed (non-finite loss): stopped without saving, the last good checkpoint kept;
      or a file could not be written (a full disk): the checkpoints kept, rerun once space is free;
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
       raise Aborted("aborted by Ctrl-C (nothing saved since the last checkpoint)") from None
     if parallel.is_main_process():
-      kept = [name for name in workdir_lib.RUN_FILES[:4]
+      kept = [name for name in (workdir_lib.CONFIG, workdir_lib.CODEBOOK, workdir_lib.PROGRESS,
+                                workdir_lib.METRICS)
               if os.path.exists(workdir_lib.path(args.workdir, name))]
       cli.say(f"wrote {', '.join(workdir_lib.result_files(args.workdir, config))} (with "
               f"{', '.join(kept)}, checkpoints/ and TensorBoard events in {args.workdir}: "

@@ -12,6 +12,7 @@ same in-memory dataset, and feeds only the rows of every global batch that its o
 interleaves the processes, and a ``model`` axis spanning processes, whose replicas then feed the
 same rows), which ``global_batch`` assembles into one global ``jax.Array``.
 """
+import hashlib
 import os
 import time
 
@@ -214,3 +215,13 @@ def unresponsive_processes(tag: str, seconds: float) -> list:
     except Exception:  # pylint: disable=broad-except
       lost.append(p)
   return lost
+
+
+def processes_differing(value: str) -> list:
+  """Indices of the processes whose ``value`` differs from process 0's: the same list on every
+  process ([] for one process). A collective: every process must call it."""
+  if jax.process_count() == 1:
+    return []
+  digest = np.frombuffer(hashlib.sha256(value.encode()).digest(), np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(digest))
+  return [i for i in range(len(gathered)) if not np.array_equal(gathered[i], gathered[0])]

@@ -16,7 +16,8 @@
    found finite, so the last checkpoint is always a good one. Saves happen once
    ``checkpoint_every_steps`` steps have passed since the last one, at the end of a chunk, and
    are written in the background while the next chunks run. Each chunk adds a line to
-   ``metrics.jsonl``, stdout and TensorBoard (``reporting``);
+   ``metrics.jsonl``, stdout and TensorBoard (``reporting``). ``profile_steps`` A:B also cuts
+   chunks at A and B, and steps A..B are traced into <workdir>/profile (``summary.Profiler``);
 4. SIGTERM, SIGINT (Ctrl-C) or orbax's preemption notice: the chunk finishes, a checkpoint is
    saved (waited for) and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError``
    without saving; a failed save raises ``checkpoint.SaveError``; a collective that fails
@@ -38,6 +39,7 @@ import jax
 import numpy as np
 
 from orthohash_jax import checkpoint, cli, config_base, evaluation, methods, parallel, reporting
+from orthohash_jax import summary
 from orthohash_jax import trainer as trainer_lib
 from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
@@ -131,7 +133,6 @@ def step_counts(config, data):
 def make_trainer(config, data, mesh=None, codebook=None) -> trainer_lib.Trainer:
   """The Trainer of a validated config for ``data`` on ``mesh`` (None: from the config);
   ``codebook`` (C, K): the class targets (None: generated from the config)."""
-  methods.apply_architecture(config)
   if codebook is None:
     codebook = workdir_lib.codebook(config, data.num_classes)
   return trainer_lib.Trainer(
@@ -159,11 +160,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     trainer = make_trainer(config, data, codebook=targets)
     steps_per_epoch, total_steps = step_counts(config, data)
     stack.enter_context(workdir_lib.lock(workdir))  # one run per workdir
+    workdir_lib.check_shared(workdir)  # every process reaches the same one
     ckpt = stack.enter_context(contextlib.closing(
         checkpoint.Checkpointer(workdir, config.keep_checkpoints, background=True)))
     stack.enter_context(lost_process_exit())
     state, start = ckpt.restore_latest(trainer.abstract_state(),
                                        log=lambda line: cli.say(line, err=True))
+    if parallel.processes_differing(str(start)):
+      raise ValueError(f"the processes restored different steps of {ckpt.directory} (process 0: "
+                       f"{start}); give every process the same --workdir")
     check_extension(config, saved, start, steps_per_epoch)
     workdir_lib.start(workdir, config, targets)  # every check passed
     resumed = state is not None
@@ -208,13 +213,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
         report.restart_clock()
       workdir_lib.append_metrics(workdir, record)
 
+    profiler = summary.Profiler(config.profile_steps,
+                                workdir_lib.path(workdir, workdir_lib.PROFILE))
     with checkpoint.StopSignals() as signals:
       pending, step, saved_at = None, start, start  # pending: (begin, stop, losses) not read yet
       while step < total_steps:
-        stop = chunk_stop(step, 1 if probes else length, total_steps, eval_every)
+        stop = profiler.cut(step, chunk_stop(step, 1 if probes else length, total_steps,
+                                             eval_every))
         began = time.perf_counter()
+        profiler.begin(step)
         state, losses = trainer.run_chunk(
             state, *data_lib.host_batch(config, data, step, stop, train_labels, trainer.mesh))
+        profiler.end(stop, losses, last=stop == total_steps)
         if probes:
           probes -= 1
           if not probes:  # the last probe, compiled by the one before: one step's wall time

@@ -283,7 +283,7 @@ class _Batcher:
 def _read_results(path: str):
   """(mAP, steps) of a run's results.json (None, None without one); a file that is no JSON
   object, a mAP that is no number or steps that are no integer: ValueError naming the file."""
-  if not os.path.exists(path):
+  if not files.path(path).exists():
     return None, None
   results = files.read_json(path)
   if not isinstance(results, dict):
@@ -894,19 +894,18 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
   with open(PAGE, "rb") as f:
     page = f.read()
 
-  async def answer(queries: int, k: int, build) -> _Answer:
-    """``build()`` (the answer's JSON bytes, on a worker thread) within a reservation of
-    ``service.answer_bytes(queries, k)``."""
-    size = service.answer_bytes(queries, k)
+  async def answer(codes, k: int, build) -> _Answer:
+    """The search of ``codes`` (Q, W) and ``build(dist, idx)`` (the answer's JSON bytes, on a
+    worker thread) within a reservation of ``service.answer_bytes(Q, k)``, made first: an answer
+    over the budget is refused before anything is searched."""
+    size = service.answer_bytes(len(codes), k)
     await budget.reserve(size)
     try:
-      return _Answer(await run_in_threadpool(build), budget, size)
+      dist, idx = await asyncio.wrap_future(service.topk(codes, k))
+      return _Answer(await run_in_threadpool(build, dist, idx), budget, size)
     except BaseException:
       await budget.release(size)
       raise
-
-  async def topk(codes, k):
-    return await asyncio.wrap_future(service.topk(codes, k))
 
   async def index(_):
     return Response(page, media_type="text/html; charset=utf-8",
@@ -922,8 +921,8 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
     params = request.query_params
     k = service.check_k(_require(params, "k"))
     query = service.check_query(_require(params, "query"))
-    dist, idx = await topk(service.codes["query_codes"][query:query + 1], k)
-    return await answer(1, k, lambda: service.query_answer(query, k, dist[0], idx[0]).encode())
+    return await answer(service.codes["query_codes"][query:query + 1], k,
+                        lambda dist, idx: service.query_answer(query, k, dist[0], idx[0]).encode())
 
   def parse_batch(body: bytes):
     obj = json_body(body, max_json)
@@ -946,8 +945,7 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
   async def search_post(request):
     async with slots.body(request, max_json, max_json_what) as body:
       k, queries, codes = await run_in_threadpool(parse_batch, body)
-    dist, idx = await topk(codes, k)
-    return await answer(len(dist), k, lambda: service.batch_answer(k, queries, dist, idx))
+    return await answer(codes, k, lambda dist, idx: service.batch_answer(k, queries, dist, idx))
 
   async def upload(request):
     k = service.check_k(_require(request.query_params, "k"))
@@ -955,9 +953,9 @@ def make_app(service: SearchService, limits: Limits) -> Starlette:
     async with slots.body(request, limits.max_body_bytes) as body:
       x = await run_in_threadpool(service.decode, body, limits.max_pixels)
       code = await run_in_threadpool(service.encode, x)
-    dist, idx = await topk(code, k)
-    return await answer(1, k, lambda: (f'{{"k": {k}, "neighbours": '
-                                       f'{service.neighbours(dist[0], idx[0])}}}').encode())
+    return await answer(code, k, lambda dist, idx: (f'{{"k": {k}, "neighbours": '
+                                                    f'{service.neighbours(dist[0], idx[0])}}}'
+                                                    ).encode())
 
   async def picture(request):
     split, row = request.path_params["split"], request.path_params["row"]

@@ -4,7 +4,8 @@
 (``mesh`` None: ``parallel.make_mesh`` of ``num_devices`` and ``model_axis``) owns
 the model definition (an NNX graph), the fixed constants (the codebook, split over the ``model``
 mesh axis), the optimiser and two compiled functions; the head and the loss are those of
-``methods.METHODS[config.loss]`` (a method that takes class targets gets ``codebook`` (C, K)):
+``methods.METHODS[config.loss]`` (a method that takes class targets gets ``codebook`` (C, K)),
+and so is the architecture the config leaves at None (``methods.apply_architecture``: use_bn):
 
 * ``run_chunk(state, first_step, xs (S, b, ...), ys (S, b[, C]))``: ``lax.scan`` over S steps of
   forward + loss + grad + Adam update. ``xs``/``ys`` are this process's rows of every global batch
@@ -77,6 +78,7 @@ class Trainer:
       mesh = parallel.make_mesh(config.num_devices, config.model_axis)
     self.config, self.mesh, self.num_classes = config, mesh, num_classes
     self.method = methods.METHODS[config.loss]
+    methods.apply_architecture(config)  # use_bn None: the method's own, never "no BN"
     self.steps_per_epoch = max(total_steps // config.num_epochs, 1)
     num_devices = mesh.shape[parallel.DATA_AXIS]
     if config.batch_size % num_devices:

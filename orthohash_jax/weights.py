@@ -33,7 +33,7 @@ import tempfile
 import numpy as np
 
 from orthohash_jax import backbones
-from orthohash_jax import cli
+from orthohash_jax import cli, files
 
 # Keys of torchvision's classification heads, which the backbones do not use.
 HEAD_KEYS = {
@@ -154,7 +154,7 @@ def convert_state_dict(arch: str, state_dict: Mapping, source: str = "state dict
 
 def read_torch_state_dict(path: str) -> Mapping:
   """The state dict in a ``torch.save`` file (``weights_only`` loading: tensors and containers)."""
-  if not os.path.isfile(path):
+  if not files.path(path).is_file():
     raise ValueError(f"{path}: file not found")
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -162,7 +162,8 @@ def read_torch_state_dict(path: str) -> Mapping:
     raise ValueError(f"reading {path} needs PyTorch, which is not installed "
                      "(pip install torch; the CPU build is enough)") from None
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with files.path(path).open("rb") as f:  # a local path or gs://
+      obj = torch.load(f, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise ValueError(f"{path}: torch.load cannot read it ({type(e).__name__}: {message})") from None

@@ -13,7 +13,13 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
   results.json     the final summary (``write_results``)
   codes.npz        packed codes and labels (``codes_file``); codes.faissbin with export_faiss
   checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
-  events.out.tfevents.*  TensorBoard (``summary``)
+  events.out.tfevents.*  TensorBoard (``summary``); profile/ the traces of profile_steps
+  .lock            the lock of the run training here (``lock``)
+  .run_token       a multi-process run's check that all processes share the workdir
+                   (``check_shared``)
+
+The workdir may be local or on an object store (``gs://bucket/run``, through ``files``): there,
+metrics.jsonl is rewritten whole for each line and the lock is a create-only object.
 
 ``refuse_run_file(output)``: a command's output path that names one of a run's files (a file
 above, or anything under checkpoints/) is refused, so no command writes over a run.
@@ -27,8 +33,11 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import socket
+import time
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -42,19 +51,50 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CODES = "codes.npz"
 LOCK = ".lock"
+RUN_TOKEN = ".run_token"
+PROFILE = "profile"
 RUN_FILES = (CONFIG, CODEBOOK, PROGRESS, METRICS, RESULTS, CODES, LOCK,
              codes_file.faiss_path(CODES))
 
 
 @contextlib.contextmanager
 def lock(workdir: str, shared: bool = False):
-  """Holds ``<workdir>/.lock`` while the block runs: exclusive for a training run (process 0;
+  """Holds the workdir's lock while the block runs: exclusive for a training run (process 0;
   a run creates the workdir here and, if it fails before writing anything else, removes it
   again), shared for tools that only read a run (export, serve). Another holder makes it raise
-  ValueError naming that holder's PID and host. The lock is the OS's (``flock``): it ends with
-  its process, so a run killed with -9 never blocks the next one. On a network file system
-  ``flock`` may not reach other hosts: there, give every run its own workdir."""
-  if not parallel.is_main_process() or (shared and not os.path.exists(path(workdir, LOCK))):
+  ValueError naming that holder's PID, host and start time.
+
+  A local workdir: ``<workdir>/.lock`` held with the OS's ``flock``, which ends with its process,
+  so a run killed with -9 never blocks the next one (on a network file system ``flock`` may not
+  reach other hosts: there, give every run its own workdir). An object store (gs://) has no
+  ``flock``: the lock is the object ``<workdir>/.lock``, created only if absent (an upload with
+  the ``ifGenerationMatch=0`` precondition, so of two runs exactly one gets it) and deleted when
+  the run ends (finished, failed or interrupted). A run killed with -9, or a host lost, leaves
+  it behind: the next run is refused with the holder's line; once that holder is gone for sure,
+  break the lock by deleting the object (``gcloud storage rm gs://BUCKET/RUN/.lock``)."""
+  if not parallel.is_main_process():
+    yield
+  elif files.is_remote(workdir):
+    with _object_lock(workdir, shared):
+      yield
+  else:
+    with _flock(workdir, shared):
+      yield
+
+
+def _in_use(workdir: str, holder: str) -> ValueError:
+  return ValueError(f"{workdir} is in use by a training run ({holder or 'another process'}); "
+                    "wait for it to end or use another --workdir")
+
+
+def _holder_line() -> str:
+  return (f"PID {os.getpid()} on host {socket.gethostname()} since "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
+
+
+@contextlib.contextmanager
+def _flock(workdir: str, shared: bool):
+  if shared and not os.path.exists(path(workdir, LOCK)):
     yield  # nothing to share with: no run ever trained here
     return
   created = not os.path.exists(workdir)
@@ -64,12 +104,10 @@ def lock(workdir: str, shared: bool = False):
     try:
       fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-      raise ValueError(f"{workdir} is in use by a training run ({holder}); wait for it to end "
-                       "or use another --workdir") from None
+      raise _in_use(workdir, os.pread(fd, 200, 0).decode(errors="replace").strip()) from None
     if not shared:
       os.ftruncate(fd, 0)
-      os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}".encode(), 0)
+      os.pwrite(fd, _holder_line().encode(), 0)
     yield
   finally:
     if created and os.listdir(workdir) == [LOCK]:
@@ -78,26 +116,86 @@ def lock(workdir: str, shared: bool = False):
     os.close(fd)
 
 
+@contextlib.contextmanager
+def _object_lock(workdir: str, shared: bool):
+  lock_object = files.path(path(workdir, LOCK))
+  if shared:  # a reader only checks that no run trains now
+    if lock_object.exists():
+      raise _in_use(workdir, lock_object.read_text().strip())
+    yield
+    return
+  if not files.create_only(path(workdir, LOCK), _holder_line().encode()):
+    try:
+      holder = lock_object.read_text().strip()
+    except FileNotFoundError:  # released meanwhile
+      holder = ""
+    raise _in_use(workdir, holder + (f"; if it is gone, delete {path(workdir, LOCK)}"
+                                     if holder else ""))
+  try:
+    yield
+  finally:
+    lock_object.unlink(missing_ok=True)
+
+
+def check_shared(workdir: str) -> None:
+  """Checks that every process of a multi-process run reaches the same workdir (one process:
+  nothing to check): process 0 writes a fresh random token to ``<workdir>/.run_token``, every
+  process reads it back and the tokens are compared across processes. A process given another
+  --workdir, or a local directory that the others do not share, reads another token or none:
+  ValueError on every process alike (so all stop; none waits for the others)."""
+  if jax.process_count() == 1:
+    return
+  token_path = files.path(path(workdir, RUN_TOKEN))
+  failure = ""  # process 0 fails alone: every process must still reach the collectives below
+  if parallel.is_main_process():
+    try:
+      files.path(workdir).mkdir(parents=True, exist_ok=True)
+      token = secrets.token_hex(16)
+      files.atomic_write(str(token_path), lambda tmp: files.path(tmp).write_text(token))
+    except OSError as e:
+      failure = str(e)
+  if parallel.any_process(bool(failure)):
+    raise ValueError(f"process 0 cannot write to --workdir {workdir}"
+                     + (f" ({failure})" if failure else ""))
+  try:
+    seen = token_path.read_text()
+  except OSError:  # FileNotFoundError included: this process does not see process 0's workdir
+    seen = ""
+  differing = parallel.processes_differing(seen)
+  if differing:
+    raise ValueError(
+        f"process{'es' if len(differing) > 1 else ''} {', '.join(map(str, differing))} of "
+        f"{jax.process_count()} cannot see the workdir of process 0 (its run token in "
+        f"{RUN_TOKEN}): give every process the same --workdir, on storage that all hosts reach "
+        "(gs://... or a shared file system)")
+
+
 def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+def _exists(workdir: str, name: str) -> bool:
+  return files.path(path(workdir, name)).exists()
+
+
 def _is_run(directory: str) -> bool:
-  return (os.path.isfile(path(directory, CONFIG)) or os.path.isfile(path(directory, LOCK))
-          or os.path.isdir(path(directory, checkpoint.DIRECTORY)))
+  return (files.path(path(directory, CONFIG)).is_file()
+          or files.path(path(directory, LOCK)).is_file()
+          or files.path(path(directory, checkpoint.DIRECTORY)).is_dir())
 
 
 def refuse_run_file(output: str) -> None:
   """Raises ValueError (one line) when ``output`` would write over a file of a run: a name of
   ``RUN_FILES`` (or a TensorBoard file) in a directory that holds a run, or a path inside a
   run's checkpoints/ or checkpoints_corrupt/."""
-  output = os.path.realpath(output)
+  remote = files.is_remote(output)
+  output = output if remote else os.path.realpath(output)
   directory, name = os.path.split(output)
   if _is_run(directory) and (name in RUN_FILES or name.startswith("events.out.tfevents")):
     raise ValueError(f"--output {output} is a file of the run in {directory}: write it "
                      "elsewhere (no command writes over a run's files)")
   parent = directory
-  while os.path.dirname(parent) != parent:
+  while not remote and os.path.dirname(parent) != parent:
     if (os.path.basename(parent) in (checkpoint.DIRECTORY, checkpoint.CORRUPT_DIRECTORY)
         and _is_run(os.path.dirname(parent))):
       raise ValueError(f"--output {output} is inside the checkpoints of the run in "
@@ -141,7 +239,7 @@ def _saved_config(workdir: str) -> dict:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The saved config of the run in ``workdir`` (not validated)."""
-  if not os.path.exists(path(workdir, CONFIG)):
+  if not _exists(workdir, CONFIG):
     raise ValueError(f"{workdir} is not a training run (no {CONFIG})")
   return ml_collections.ConfigDict(_saved_config(workdir))
 
@@ -149,9 +247,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def check_same_run(workdir: str, config):
   """The saved config (a dict) of the run with checkpoints in ``workdir``, else None; raises
   ValueError when ``workdir`` is a file or its checkpoints are of a run with another config."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if files.path(workdir).is_file():
     raise ValueError(f"--workdir {workdir} is a file, not a directory")
-  if not checkpoint.has_checkpoints(workdir) or not os.path.exists(path(workdir, CONFIG)):
+  if not checkpoint.has_checkpoints(workdir) or not _exists(workdir, CONFIG):
     return None
   saved, current = _saved_config(workdir), _config_json(config)
   changed = sorted(k for k in set(saved) | set(current)
@@ -170,10 +268,11 @@ def codebook(config, num_classes: int, workdir: str = None):
   if config.loss not in config_base.KEYS_BY_NAME["codebook"].losses:
     return None
   file = workdir and path(workdir, CODEBOOK)
-  if not file or not os.path.exists(file):
+  if not file or not files.path(file).exists():
     return codebook_lib.make_codebook(config.codebook, num_classes, config.num_bits, config.seed)
   try:
-    saved = codebook_lib.check_binary(np.load(file, allow_pickle=False))
+    with files.path(file).open("rb") as f:
+      saved = codebook_lib.check_binary(np.load(f, allow_pickle=False))
   except (OSError, ValueError) as e:
     reason = "it holds Python objects, not numbers" if "allow_pickle" in str(e) else e
     raise ValueError(f"{file} is not a readable +-1 codebook ({reason})") from None
@@ -188,8 +287,8 @@ def start(workdir: str, config, targets) -> None:
   class targets (None: ce loss) unless the run saved it already."""
   if not parallel.is_main_process():
     return
-  os.makedirs(workdir, exist_ok=True)
-  if targets is not None and not os.path.exists(path(workdir, CODEBOOK)):
+  files.path(workdir).mkdir(parents=True, exist_ok=True)
+  if targets is not None and not _exists(workdir, CODEBOOK):
     files.atomic_write(path(workdir, CODEBOOK), lambda tmp: np.save(tmp, targets))
   files.write_json(path(workdir, CONFIG), config.to_dict())
 
@@ -197,7 +296,7 @@ def start(workdir: str, config, targets) -> None:
 def read_progress(workdir: str) -> dict:
   """progress.json's training time totals; a file without them is one ValueError naming it."""
   file = path(workdir, PROGRESS)
-  if not os.path.exists(file):
+  if not files.path(file).exists():
     return {"train_seconds": 0.0, "steps_timed": 0}
   progress = files.read_json(file)
   if (not isinstance(progress, dict)
@@ -218,8 +317,8 @@ def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: i
 def _metrics_lines(file: str) -> list:
   """(line, step) of each line of metrics.jsonl; a half-written last line (a crash during an
   append) is dropped with one warning; any other bad line is one ValueError naming the file."""
-  with open(file) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line for line in files.path(file).read_text().splitlines(keepends=True)
+           if line.strip()]
   out = []
   for number, line in enumerate(lines, 1):
     try:
@@ -240,23 +339,36 @@ def _metrics_lines(file: str) -> list:
 def truncate_metrics(workdir: str, step: int):
   """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)
   and a half-written last line; returns the last step logged before (None: no line; every
-  logged chunk had finite losses). Process 0 rewrites the file; the others only read it."""
+  logged chunk had finite losses). Process 0 reads and rewrites the file and returns that step;
+  the others return None (``run`` combines them with ``parallel.any_process``)."""
   file = path(workdir, METRICS)
-  if not os.path.exists(file):
+  if not files.path(file).exists():
     return None
   logged = _metrics_lines(file) if parallel.is_main_process() else []
   if parallel.is_main_process():
-    def write(tmp):
-      with open(tmp, "w") as f:
-        f.writelines(line for line, line_step in logged if line_step <= step)
-    files.atomic_write(file, write)
+    _write_lines(file, [line for line, line_step in logged if line_step <= step])
   return max((line_step for _, line_step in logged), default=None)
 
 
+def _write_lines(file: str, lines: list) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.writelines(lines)
+  files.atomic_write(file, write)
+
+
 def append_metrics(workdir: str, record: dict) -> None:
-  if parallel.is_main_process():
-    with open(path(workdir, METRICS), "a") as f:
-      f.write(json.dumps(record) + "\n")
+  """Adds the line of ``record``: an append locally; on an object store, which cannot append, a
+  rewrite of the whole object (one line per chunk of steps: small), which readers see whole."""
+  if not parallel.is_main_process():
+    return
+  line, file = json.dumps(record) + "\n", path(workdir, METRICS)
+  if files.is_remote(workdir):
+    old = [text for text, _ in _metrics_lines(file)] if files.path(file).exists() else []
+    _write_lines(file, old + [line])
+  else:
+    with open(file, "a") as f:
+      f.write(line)
 
 
 def write_results(workdir: str, results: dict, evaluation: dict, config) -> None:

@@ -16,7 +16,6 @@ Known limits of the emulator: it ignores preconditions on media/resumable upload
 and GET (only a create-only multipart upload, ``ifGenerationMatch=0``, is honoured).
 """
 import json
-import os
 import subprocess
 import time
 import urllib.error
@@ -78,13 +77,9 @@ class Emulator:
         time.sleep(0.05)
 
   def stop(self):
-    if self.process is not None:
-      self.process.terminate()
-      try:
-        self.process.wait(timeout=10)
-      except subprocess.TimeoutExpired:
-        self.process.kill()
-        self.process.wait()
+    if self.process is not None:  # nothing to flush: its objects are thrown away
+      self.process.kill()
+      self.process.wait()
       self.process = None
 
   def prefix(self, name: str = "") -> str:

@@ -1,6 +1,7 @@
 """Checkpoints (``checkpoint.Checkpointer``): quarantine of checkpoints that do not restore,
 failed saves, partial saves of a killed run."""
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -112,7 +113,7 @@ def test_a_read_only_workdir_skips_a_corrupt_checkpoint_in_place(tmp_path, monke
 
   def read_only(*args):
     raise OSError(30, "Read-only file system")
-  monkeypatch.setattr(checkpoint.shutil, "move", read_only)
+  monkeypatch.setattr(checkpoint.files.shutil, "move", read_only)
   lines = []
   restored, step = ckpt.restore_latest(abstract, log=lines.append)
   ckpt.close()
@@ -179,3 +180,37 @@ def test_a_checkpoint_without_a_digest_restores_unverified(tmp_path):
   ckpt.close()
   assert step == 9
   np.testing.assert_array_equal(restored["w"], state["w"])
+
+
+def test_a_checkpoint_file_that_cannot_be_read_fails_the_check_in_one_line(tmp_path):
+  """A file of the newest checkpoint that cannot be opened (here a dangling link; an I/O error
+  alike) is a failed check, not an OSError that stops the run: step 5 is restored."""
+  state, abstract = save_two(tmp_path, lambda s: s)
+  step_dir = os.path.join(tmp_path, "checkpoints", "9")
+  name = next(n for n in sorted(os.listdir(step_dir)) if os.path.isfile(os.path.join(step_dir, n))
+              and n != checkpoint.DIGEST)
+  os.remove(os.path.join(step_dir, name))
+  os.symlink(os.path.join(tmp_path, "nowhere"), os.path.join(step_dir, name))
+  lines = []
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  restored, step = ckpt.restore_latest(abstract, log=lines.append)
+  ckpt.close()
+  assert step == 5 and len(lines) == 1
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert lines[0].startswith(f"warning: checkpoint at step 9 failed its check (its file {name} "
+                             "is unreadable (No such file or directory)); moved to")
+
+
+def test_a_completed_background_save_gets_its_digest_at_the_next_check(tmp_path):
+  """Not only at the next save: a run killed between two saves resumes from a verified
+  checkpoint. orbax's own wait stands for the save completing while a chunk trains."""
+  ckpt = checkpoint.Checkpointer(str(tmp_path), background=True)
+  ckpt.save(3, {"w": np.arange(1000, dtype=np.float32)})
+  ckpt.manager.wait_until_finished()
+  digest = os.path.join(ckpt.directory, "3", checkpoint.DIGEST)
+  assert not os.path.exists(digest)
+  ckpt.check()
+  with open(digest) as f:
+    assert json.load(f) == checkpoint.file_digests(os.path.join(ckpt.directory, "3"))
+  assert checkpoint.verify(os.path.join(ckpt.directory, "3")) is None
+  ckpt.close()

@@ -18,6 +18,8 @@ import pytest
 from conftest import (ROOT, assert_one_line_error, blobs, final_params, main_cmd, make_trainer,
                       run_cmd, sigterm_during_step, small_config, train_steps)
 from orthohash_jax import config_base, main, methods, run
+from orthohash_jax import trainer as trainer_lib
+from orthohash_jax import workdir as workdir_lib
 from orthohash_jax import data as data_lib
 from experiments import run_grid
 from orthohash_jax.methods import csq, dpn, dtsh, greedyhash, hashnet, jmlh, sdhc
@@ -298,6 +300,17 @@ def test_each_method_declares_its_architecture_equal_to_the_grid_and_the_docs():
     config = small_config(**run_grid.METHODS[method.name][0])
     methods.apply_architecture(config)
     assert config.use_bn is EXPECTED_BN[loss]
+
+
+def test_a_trainer_of_a_config_that_leaves_use_bn_unset_builds_the_methods_model():
+  # any Trainer (benchmarks, tools), not only the CLI's run: None never means "no BN"
+  for loss in ("orthohash", "hashnet"):
+    config = small_config(loss=loss)
+    assert config.use_bn is None
+    trainer = trainer_lib.Trainer(config, input_shape=(8,), num_classes=3,
+                                  codebook=workdir_lib.codebook(config, 3), total_steps=4,
+                                  mesh=None)
+    assert bool(jax.tree.leaves(trainer.initial_state().batch_stats)) is EXPECTED_BN[loss], loss
 
 
 def test_a_users_use_bn_wins_over_the_methods_and_config_json_records_the_value(tmp_path,

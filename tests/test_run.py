@@ -286,6 +286,8 @@ def test_nan_data_at_a_resumed_step_never_logged_keeps_the_checkpoint(tmp_path, 
                      "saving"):
     run.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
 def _chunk_ends(workdir):
   return [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
 

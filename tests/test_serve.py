@@ -635,9 +635,18 @@ def test_answers_count_against_the_memory_budget(server):
   httpd, _ = server
   service = httpd.service
   need = service.answer_bytes(1024, 256)
-  with serving(service, limits=serve.Limits(max_answer_bytes=need - 1)) as small:
-    status, error = post(small, "/api/search", search_request(256, 1024).split(b"\r\n\r\n")[1])
-    assert status == 413 and "--max_answer_bytes" in error["error"], error
+  searched = []
+  topk = service.topk
+  service.topk = lambda codes, k: searched.append(len(codes)) or topk(codes, k)
+  try:
+    with serving(service, limits=serve.Limits(max_answer_bytes=need - 1)) as small:
+      status, error = post(small, "/api/search",
+                           search_request(256, 1024).split(b"\r\n\r\n")[1])
+      assert status == 413 and "--max_answer_bytes" in error["error"], error
+      assert not searched  # refused before the search, as docs/serving.md says
+      assert get(small, "/api/search?query=1&k=3")[0] == 200 and searched == [1]
+  finally:
+    service.topk = topk
   limits = serve.Limits(answer_memory_bytes=need + need // 2, queue_timeout=0.5, write_timeout=600)
   with serving(service, limits=limits, sock=small_send_buffers()) as budget:
     held = slow_reader(budget)

@@ -30,7 +30,6 @@ METHODS = {
 }
 
 
-
 def apply_architecture(config) -> None:
   """Sets each key of ``METHODS[config["loss"]].architecture`` that ``config`` (a ConfigDict or
   a dict) holds as None (the user did not set it) to the method's value; an unknown loss is

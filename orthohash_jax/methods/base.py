@@ -45,7 +45,7 @@ class Method:
   name: the method's name in the paper's tables (``experiments.run_grid --methods``).
   summary: one line: the paper, the loss and the head (``--list_keys``, ``run_grid --help``).
   architecture: {config key: value}, the model the method trains (``use_bn``: FIRe's models
-    of the comparison methods have no BatchNorm); ``with_architecture`` applies it wherever
+    of the comparison methods have no BatchNorm); ``apply_architecture`` applies it wherever
     the config leaves the key at None.
   """
   loss: Callable
