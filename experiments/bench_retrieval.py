@@ -14,10 +14,20 @@ One run covers, on random codes and on tie-heavy codes (few centres, 20% of bits
   80 classes, multi-label): ours vs ``authors_map``, an equivalent of the OrthoHash authors'
   ``calculate_mAP`` (needs torch, the optional ``bench`` extra). Their ``torch.topk`` does not
   order ties by index, so the values differ slightly; the table shows the difference. With
-  faiss installed, also the time of FAISS's native search for the top R alone (no AP).
+  faiss installed, also the time of FAISS's native search for the top R alone (no AP), and for
+  the multi-label sets the time of the same codes with single labels (their first class): the
+  multi-label pair rate as a fraction of the single-label one;
+* scale: a synthetic evaluation of ``--scale_n`` (5M) database items and ``--scale_q`` (10,000)
+  queries, 64 bits, mAP@1000, single-label (100 classes) and multi-label (21 classes, 1-3 per
+  item), on 1 and 2 processes (``--scale_processes``; ``metrics.mean_average_precision`` over a
+  mesh of every process's devices: each process ranks its share of the queries), each process
+  its own subprocess pinned to its own core (as hosts have their own), plus 1 process with a
+  quarter of the queries: wall time, pairs/s, CPU time and peak RSS of every process, the mAPs
+  (equal on 1 and 2 processes). On a shared machine the CPU times are the fairer comparison:
+  a process pinned to one core gets all of it when the other jobs move to the other core.
 Times exclude compilation (one warm-up call per shape) and are the best of ``--repeats``, ours and
 the reference alternating. ``--quick``: small smoke version; ``--sections``: any of search,
-map_all, paper.
+map_all, paper, scale.
 
   python -m experiments.bench_retrieval --output=bench_retrieval.json [--quick]
 """
@@ -25,6 +35,8 @@ import argparse
 import json
 import os
 import resource
+import subprocess
+import sys
 import time
 
 # numpy's OpenBLAS keeps its idle threads spinning for ~0.1 s after each call (the numpy
@@ -46,7 +58,7 @@ try:
 except ImportError:
   faiss = None
 
-from orthohash_jax import metrics, retrieval
+from orthohash_jax import metrics, parallel, retrieval
 
 
 def make_codes(rng, n, num_bits, kind, centres, labels):
@@ -201,18 +213,100 @@ def bench_paper(rng, name, num_q, n, r, num_classes, multilabel, repeats):
     index = faiss.IndexBinaryFlat(retrieval.WORD_BITS * pdb.shape[1])
     index.add(pdb.view(np.uint8))
     search_only = lambda: index.search(pq.view(np.uint8), r)
+  single = None  # multi-label sets: the same codes ranked with single labels (the first class)
+  if multilabel:
+    q_first, db_first = q_hot.argmax(1), db_hot.argmax(1)
+    metrics.mean_average_precision(pq, pdb, q_first, db_first, r)
+    single = lambda: metrics.mean_average_precision(pq, pdb, q_first, db_first, r)
   timings = timed_pair(lambda: metrics.mean_average_precision(pq, pdb, q_lab, db_lab, r),
-                       reference, repeats, search_only)
+                       reference, repeats, search_only, single)
   ours_s, ours = timings.pop(0)
   row = {"data": name, "Q": num_q, "N": n, "R": r, "multilabel": multilabel, "ours_s": ours_s,
-         "map": ours}
+         "map": ours, "pairs_per_s": num_q * n / ours_s}
   if reference is not None:
     ref_s, ref = timings.pop(0)
     row.update(authors_s=ref_s, authors_map=ref, speedup=ref_s / ours_s,
                abs_diff=abs(ours - ref))
   if search_only is not None:
     row["faiss_top_r_s"] = timings.pop(0)[0]
+    row["vs_faiss"] = row["faiss_top_r_s"] / ours_s
+  if single is not None:
+    row["single_label_s"] = timings.pop(0)[0]
+    row["multi_vs_single_rate"] = row["single_label_s"] / ours_s
   return row
+
+
+SCALE_R, SCALE_BITS = 1000, 64
+
+
+def scale_data(n, num_q, seed=0):
+  """Packed 64-bit codes (queries, database) and labels {"single": ids (N,), "multi": multi-hot
+  uint8 (N, 21)} of the scale section, the same on every process (seeded); each code is its
+  first class's centre with 20% of the bits flipped (the single label is that class)."""
+  rng = np.random.default_rng(seed)
+  centres = np.where(rng.random((100, SCALE_BITS)) < 0.5, 1.0, -1.0)
+  out = []
+  for size in (num_q, n):
+    first = rng.integers(0, 100, size)
+    hot = np.zeros((size, 21), np.uint8)
+    hot[np.arange(size), first % 21] = 1
+    for _ in range(2):
+      hot[np.arange(size), rng.integers(0, 21, size)] |= (rng.random(size) < 0.5).astype(np.uint8)
+    out.append((make_packed(rng, size, SCALE_BITS, "ties", centres, first),
+                {"single": first, "multi": hot}))
+  return out
+
+
+def scale_worker(spec, n, repeats):
+  """One process of the scale section; spec "P,p,port,Q". Prints one JSON line on process 0:
+  the best of ``repeats`` timings (each ends with the APs gathered on every process)."""
+  num_processes, process_id, port, num_q = (int(v) for v in spec.split(","))
+  os.sched_setaffinity(0, {process_id % os.cpu_count()})  # before XLA sizes its thread pool
+  if num_processes > 1:
+    parallel.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+  (q, q_labels), (db, db_labels) = scale_data(n, num_q)
+  mesh = parallel.make_mesh()
+  warm = min(num_q, 512 * num_processes)  # compiles every chunk shape
+  rows = {}
+  for kind in ("single", "multi"):
+    metrics.mean_average_precision(q[:warm], db, q_labels[kind][:warm], db_labels[kind],
+                                   SCALE_R, mesh)
+    best, cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+      parallel.barrier(f"scale {kind}")
+      start, cpu_start = time.perf_counter(), time.process_time()
+      value = metrics.mean_average_precision(q, db, q_labels[kind], db_labels[kind], SCALE_R,
+                                             mesh)
+      best = min(best, time.perf_counter() - start)
+      cpu = min(cpu, time.process_time() - cpu_start)
+    cpus = parallel.gather_rows([process_id], [cpu], num_processes)
+    rows[kind] = {"seconds": best, "map": value, "cpu_seconds": cpus.tolist(),
+                  "pairs_per_s": num_q * n / best}
+  rss = parallel.gather_rows([process_id], [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                            / 1024], num_processes)
+  if parallel.is_main_process():
+    print(json.dumps({"processes": num_processes, "Q": num_q, "N": n, "R": SCALE_R,
+                      "peak_rss_mib": rss.tolist(), **rows}), flush=True)
+
+
+def bench_scale(n, num_q, process_counts, repeats=1):
+  """Runs ``scale_worker`` as 1, 2, ... processes (and 1 process with num_q / 4 queries)."""
+  runs = [(p, num_q) for p in process_counts] + [(1, num_q // 4)]
+  rows = []
+  for num_processes, queries in runs:
+    port = 12000 + os.getpid() % 20000
+    cmd = lambda i: [sys.executable, "-m", "experiments.bench_retrieval",  # noqa: E731
+                     f"--scale_worker={num_processes},{i},{port},{queries}", f"--scale_n={n}",
+                     f"--repeats={repeats}"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen(cmd(i), env=env, stdout=subprocess.PIPE, text=True)
+             for i in range(num_processes)]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+      raise RuntimeError(f"scale worker failed ({num_processes} processes)")
+    rows.append(json.loads(outs[0].strip().splitlines()[-1]))
+  return rows
 
 
 def main():
@@ -227,7 +321,14 @@ def main():
   parser.add_argument("--paper_sizes", default=",".join(p[0] for p in PAPER_SIZES),
                       help="paper sizes to run (names)")
   parser.add_argument("--map_large", type=int, default=1, help="also mAP@all of ours at N = 1e6")
+  parser.add_argument("--scale_n", type=int, default=5_000_000, help="database of scale")
+  parser.add_argument("--scale_q", type=int, default=10_000, help="queries of scale")
+  parser.add_argument("--scale_processes", default="1,2", help="process counts of scale")
+  parser.add_argument("--scale_worker", help=argparse.SUPPRESS)  # internal: one scale process
   args = parser.parse_args()
+  if args.scale_worker:
+    scale_worker(args.scale_worker, args.scale_n, args.repeats)
+    return
   sections = args.sections.split(",")
   rng = np.random.default_rng(0)
   print(f"load average at start: {os.getloadavg()}", flush=True)
@@ -239,7 +340,7 @@ def main():
                                       1000, 69_000, 1000)
     bits = tuple(int(b) for b in args.bits.split(","))
     paper = [p for p in PAPER_SIZES if p[0] in args.paper_sizes.split(",")]
-  search_rows, map_rows, paper_rows = [], [], []
+  search_rows, map_rows, paper_rows, scale_rows = [], [], [], []
   if "search" in sections:
     print(f"{'data':7} {'N':>8} {'k':>5} {'K':>4} {'ours pairs/s':>13} {'faiss pairs/s':>14} "
           f"{'ours/faiss':>10} {'dist ==':>7}")
@@ -270,19 +371,43 @@ def main():
   if "paper" in sections:
     print("\nmAP@R at the paper's sizes, 64 bits: ours vs the authors' algorithm (torch)")
     print(f"{'data':12} {'Q':>5} {'N':>7} {'R':>5} {'ours s':>7} {'authors s':>9} {'speedup':>7} "
-          f"{'mAP':>7} {'|diff|':>8} {'faiss top-R s':>13}")
+          f"{'mAP':>7} {'|diff|':>8} {'faiss top-R s':>13} {'vs faiss':>8} {'multi/single':>12}")
     for spec in paper:
       r = bench_paper(rng, *spec, args.repeats)
       paper_rows.append(r)
       print(f"{r['data']:12} {r['Q']:5d} {r['N']:7d} {r['R']:5d} {r['ours_s']:7.2f} "
             f"{r.get('authors_s', float('nan')):9.2f} {r.get('speedup', float('nan')):7.1f} "
             f"{r['map']:7.4f} {r.get('abs_diff', float('nan')):8.1e} "
-            f"{r.get('faiss_top_r_s', float('nan')):13.2f}", flush=True)
+            f"{r.get('faiss_top_r_s', float('nan')):13.2f} {r.get('vs_faiss', float('nan')):8.2f} "
+            f"{r.get('multi_vs_single_rate', float('nan')):12.2f}", flush=True)
+  if "scale" in sections:
+    n, num_q = (200_000, 2000) if args.quick else (args.scale_n, args.scale_q)
+    print(f"\nscale: Q = {num_q}, N = {n}, 64 bits, mAP@{SCALE_R}, one core per process")
+    print(f"{'procs':>5} {'Q':>6} {'label':>6} {'seconds':>8} {'pairs/s':>9} {'mAP':>8} "
+          f"{'CPU s per process':>18} {'peak RSS MiB per process':>24}")
+    scale_rows = bench_scale(n, num_q, [int(p) for p in args.scale_processes.split(",")],
+                             args.repeats)
+    for r in scale_rows:
+      for kind in ("single", "multi"):
+        print(f"{r['processes']:5d} {r['Q']:6d} {kind:>6} {r[kind]['seconds']:8.2f} "
+              f"{r[kind]['pairs_per_s']:9.2e} {r[kind]['map']:8.5f} "
+              f"{' '.join(f'{c:.2f}' for c in r[kind]['cpu_seconds']):>18} "
+              f"{' '.join(f'{m:.0f}' for m in r['peak_rss_mib']):>24}", flush=True)
+    full = [r for r in scale_rows if r["Q"] == num_q]
+    equal = all(r[k]["map"] == full[0][k]["map"] for r in full for k in ("single", "multi"))
+    print(f"mAPs equal (bit for bit) on every process count: {equal}; "
+          f"{full[-1]['processes']} processes / 1, wall time: "
+          + ", ".join(f"{k} {full[-1][k]['seconds'] / full[0][k]['seconds']:.2f}"
+                      for k in ("single", "multi"))
+          + "; CPU time of the busiest process: "
+          + ", ".join(f"{k} {max(full[-1][k]['cpu_seconds']) / full[0][k]['cpu_seconds'][0]:.2f}"
+                      for k in ("single", "multi")))
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"\npeak RSS of the whole run: {peak_mb:.0f} MiB; load average at end: {os.getloadavg()}")
   if args.output:
     with open(args.output, "w") as f:
       json.dump({"search": search_rows, "map_all": map_rows, "paper": paper_rows,
+                 "scale": scale_rows,
                  "peak_rss_mib": peak_mb, "backend": jax.default_backend()}, f, indent=1)
 
 

@@ -2,7 +2,8 @@ r"""Evaluation of a trained state: encoding in batches, category- and instance-l
 
 * ``encode_rows(trainer, state, read, n, pre_bn=False, progress=None)``: continuous codes
   float32 (n, K) of n inputs, read in global batches of ``trainer.eval_batch``; each process
-  reads (``read(indices)`` -> x) only its rows of every batch, and only codes are gathered.
+  reads (``read(indices)`` -> x) only its rows of every batch (those its devices hold), and only
+  codes are gathered; the next batch is read while the device encodes the current one.
   ``progress(done, n)`` is called before the first batch (done = 0) and after each one.
 * ``evaluate(trainer, data, state, progress=None)`` scores with the protocol the data declares
   (``data.protocol``, see ``EVALUATORS``); every result holds packed ``query_codes`` /
@@ -10,7 +11,8 @@ r"""Evaluation of a trained state: encoding in batches, category- and instance-l
   ``quantization_angle`` (database); ``progress(split, done, n)`` follows the encoding of each
   split ("query", "db"):
   - "category": mAP@R (R = ``config.eval_topk``, None = all) with relevance from the labels
-    (single-label: same class; multi-label: a shared label); ties by database index.
+    (single-label: same class; multi-label: a shared label); ties by database index; the
+    queries split over every device of every process of ``trainer.mesh``, the APs gathered.
   - "gldv2": GLDv2 mAP@100 against the ground-truth lists (labels are unknown); with
     ``config.recompute_bn`` also ``mAP_recompute_bn``.
 * ``recompute_bn(trainer, state, read, n)`` (paper Sec. 4.3): the state whose hash BatchNorm
@@ -20,6 +22,8 @@ r"""Evaluation of a trained state: encoding in batches, category- and instance-l
   mAP and mP@{1,5,10} with the run's BN statistics and with the database's
   ({"running_bn": scores, "recompute_bn": scores}).
 """
+import concurrent.futures
+
 import numpy as np
 
 from orthohash_jax import metrics, parallel, retrieval, revisited
@@ -27,22 +31,43 @@ from orthohash_jax.data.descriptors import GLDV2_R, load_revisited
 
 
 def encode_rows(trainer, state, read, n: int, pre_bn: bool = False, progress=None) -> np.ndarray:
-  """Codes float32 (n, K) of inputs 0..n-1; ``read(indices int64 (m,))`` returns their inputs;
-  ``progress(done, n)`` (optional) reports the rows encoded so far."""
+  """Codes float32 (n, K) of inputs 0..n-1 (n >= 1); ``read(indices int64 (m,))`` returns their
+  inputs;
+  ``progress(done, n)`` (optional) reports the rows encoded so far.
+
+  Overlapped: the next batch is read (on one background thread) while the device encodes the
+  current one, and a batch's codes are copied to the host after the next batch is dispatched.
+  """
   batch = trainer.eval_batch
-  rows = np.arange(batch)[parallel.process_batch_slice(batch)]
-  out = []
-  if progress:
-    progress(0, n)
-  for start in range(0, n, batch):
+  rows = parallel.process_rows(trainer.mesh, batch)  # ascending: padding is at the end
+
+  def load(start):
     idx = start + rows
     x = read(idx[idx < n])
     if len(x) < len(idx):  # the last batch: pad this process's rows with zeros
       x = np.concatenate([x, np.zeros((len(idx) - len(x),) + x.shape[1:], x.dtype)])
-    codes = trainer.encode(state, x, pre_bn=pre_bn)
+    return x
+
+  out, starts = [], range(0, n, batch)
+  if progress:
+    progress(0, n)
+
+  def collect(start, codes):
     out.append(np.asarray(codes)[:min(batch, n - start)])
     if progress:
       progress(min(start + batch, n), n)
+
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending, dispatched = pool.submit(load, 0), None
+    for i, start in enumerate(starts):
+      x = pending.result()
+      if i + 1 < len(starts):
+        pending = pool.submit(load, starts[i + 1])
+      codes = trainer.encode(state, x, pre_bn=pre_bn)
+      if dispatched:
+        collect(*dispatched)
+      dispatched = start, codes
+    collect(*dispatched)
   return np.concatenate(out)
 
 
@@ -79,7 +104,7 @@ def evaluate_category(trainer, data, state, progress=None) -> dict:
   result = _codes_result(data, q_codes, db_codes)
   result["mAP"] = metrics.mean_average_precision(
       result["query_codes"], result["db_codes"], result["query_labels"], result["db_labels"],
-      trainer.config.eval_topk)
+      trainer.config.eval_topk, trainer.mesh)
   return result
 
 

@@ -23,12 +23,17 @@ Computation (exact, same values as a full stable sort; memory O(chunk x N))
   uint32 rows (``label_rows``). P@k needs no ranking; for AP, ``retrieval.rank_order`` (a radix
   sort of the R distances on the host) ranks them, and the device forms rel_p * hits_p with
   exact integer prefix sums; sum_p rel_p hits_p / p is taken in float64.
-* R = N (mAP@all): per chunk of queries the device computes distances and relevance in one
-  fused pass; numpy's stable radix argsort of the 8/16-bit distances ranks by (distance, index),
-  which is exactly the index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the
-  values do not depend on it). AP from the cumulative sum of the ranked relevance:
-  sum_p rel_p hits_p / p.
-* Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances.
+* R = N (mAP@all): per chunk of queries (about ``MAP_PAIRS`` pairs: blocks of queries even at
+  N = 1M) the device computes distances and relevance (class ids equal, or packed multi-hot
+  words ANDed) in one fused pass; numpy's stable radix argsort of the 8/16-bit distances (a
+  counting pass: at most K + 1 distinct keys) ranks by (distance, index), which is exactly the
+  index tie-break (chunks on ``THREADS`` = min(4, CPU cores) threads; the values do not depend on
+  it). AP from the ranks pos_t of the relevant items only: (1 / r) sum_t t / pos_t.
+* ``mesh`` (``average_precisions``, ``mean_average_precision``): the queries split over every
+  device of every process (``parallel.process_share``); each process ranks its share on its own
+  devices and the APs are gathered exactly: the values equal those without a mesh, bit for bit.
+* Per-distance counts (PR curve, radius precision, tie-aware mAP) by bincount of the distances;
+  ``pair_distance_counts`` counts on the device (O(bins) on the host per chunk).
 * No BLAS call (numpy ``@`` on floats) between device calls: OpenBLAS's idle threads keep
   spinning after a call and take cores from XLA, which runs its loops on every core.
 """
@@ -40,9 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orthohash_jax import hamming_kernel, retrieval
+from orthohash_jax import hamming_kernel, parallel, retrieval
 
 QUERY_CHUNK = 16  # at most; fewer for large databases (about 2^20 distances per chunk)
+MAP_PAIRS = 1 << 24  # query-database pairs per chunk of mAP@all (11 bytes each on the host)
 # Query chunks ranked concurrently (numpy's sorts release the GIL): one per core, at most 4.
 THREADS = min(4, os.cpu_count() or 1)
 TOPK_QUERY_CHUNK = 512  # queries per top-R call (memory O(chunk x R) plus the database)
@@ -137,39 +143,54 @@ def _chunks(q, db, q_labels, db_labels, multilabel):
     yield dist, relevant(slice(s, s + chunk))
 
 
-@functools.partial(jax.jit, static_argnames=("multilabel", "dtype"))
-def _distances_relevance_jit(q, planes, q_labels, db_labels, multilabel, dtype):
-  """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes."""
+def _distances_relevance(q, planes, q_labels, db_labels, dtype):
+  """(distances (q, N) of ``dtype``, relevance uint8 (q, N)) to the database as word planes;
+  labels as ``label_rows``: class ids (equal) or bit-packed multi-hot rows, the database's as
+  word planes (W_l, N) (a shared bit: AND of the words, no matmul). Traceable."""
   dist = hamming_kernel.planes_distance(q, planes).astype(dtype)
-  if multilabel:
-    rel = jnp.dot(q_labels, db_labels.T, preferred_element_type=jnp.float32) > 0
-  else:
+  if db_labels.ndim == 1:
     rel = q_labels[:, None] == db_labels[None, :]
+  else:
+    rel = functools.reduce(jnp.bitwise_or, [q_labels[:, w, None] & db_labels[w][None, :]
+                                            for w in range(db_labels.shape[0])]) != 0
   return dist, rel.astype(jnp.uint8)
+
+
+_distances_relevance_jit = jax.jit(_distances_relevance, static_argnames="dtype")
+
+
+def _device_labels(q, db, q_labels, db_labels, multilabel):
+  """(database word planes, query label rows numpy, database label rows on the device) as
+  ``_distances_relevance`` takes them."""
+  q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, multilabel))
+  planes = retrieval.word_planes(jnp.asarray(db))
+  return planes, q_ids, (retrieval.word_planes(jnp.asarray(db_ids)) if multilabel
+                         else jnp.asarray(db_ids))
+
+
+def _pairs_chunk(num_db):
+  """Queries per chunk of about ``MAP_PAIRS`` query-database pairs (at most ``QUERY_CHUNK``)."""
+  return max(1, min(QUERY_CHUNK, MAP_PAIRS // max(num_db, 1)))
 
 
 def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   """[fn(relevance uint8 (q, depth) in (distance, index) order), ...] over query chunks.
 
   The device computes a chunk's distances (uint8; uint16 from K = 255 bits) and relevance;
-  numpy's stable argsort of the distances (a radix sort for 8/16-bit keys) ranks by
-  (distance, index), and one flat gather puts the relevance in that order. Chunks run on
-  ``THREADS`` threads (the sorts release the GIL).
+  numpy's stable argsort of the distances (a radix sort for 8/16-bit keys: a counting pass)
+  ranks by (distance, index), and one flat gather puts the relevance in that order. Chunks of
+  about ``MAP_PAIRS`` query-database pairs (up to ``QUERY_CHUNK`` queries; several queries per
+  call up to N = 2^20) run on ``THREADS`` threads (the sorts release the GIL).
   """
-  chunk = _query_chunk(len(db))
+  chunk = _pairs_chunk(len(db))
   dtype = _distance_dtype(q)
-  if multilabel:
-    q_ids, db_ids = q_labels.astype(np.float32), db_labels.astype(np.float32)
-  else:
-    q_ids, db_ids = (np.asarray(a) for a in label_rows(q_labels, db_labels, False))
-  planes, db_ids = retrieval.word_planes(jnp.asarray(db)), jnp.asarray(db_ids)
+  planes, q_ids, db_ids = _device_labels(q, db, q_labels, db_labels, multilabel)
 
   def run(s):
     rows = slice(s, s + chunk)
     n = len(q[rows])
     pad = lambda a: jnp.asarray(np.pad(a, [(0, chunk - n)] + [(0, 0)] * (a.ndim - 1)))
-    dist, rel = _distances_relevance_jit(pad(q[rows]), planes, pad(q_ids[rows]), db_ids,
-                                         multilabel, dtype)
+    dist, rel = _distances_relevance_jit(pad(q[rows]), planes, pad(q_ids[rows]), db_ids, dtype)
     order = np.argsort(np.asarray(dist)[:n], axis=1, kind="stable")[:, :depth]
     order += (np.arange(n) * len(db))[:, None]
     return fn(np.asarray(rel)[:n].ravel()[order])
@@ -206,7 +227,7 @@ def _ranked_hits(idx, order, q_rows, db_rows):
   return rel * hits, hits[:, -1]
 
 
-def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth):
+def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   """Yields (dist, idx, q_rows, db_rows, n) per chunk of ``TOPK_QUERY_CHUNK`` queries: the first
   depth neighbours listed in index order (``retrieval.hamming_topk_unranked``), the chunk's label
   rows, padded like the chunk to a power of two (few shapes: few compilations), the database's
@@ -218,18 +239,18 @@ def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth):
     n = min(TOPK_QUERY_CHUNK, len(q) - s)
     size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())
     pad = lambda a: jnp.pad(jnp.asarray(a[s:s + n]), [(0, size - n)] + [(0, 0)] * (a.ndim - 1))
-    dist, idx = retrieval.hamming_topk_unranked(pad(q), blocked, depth)
+    dist, idx = retrieval.hamming_topk_unranked(pad(q), blocked, depth, mesh=mesh)
     yield dist, idx, pad(q_rows), db_rows, n
 
 
-def _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth):
+def _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   """AP@R (Q,) for R < N: per chunk, the R neighbours' relevance and running hits in rank order
   on the device (exact integers); sum_p rel_p hits_p / p in float64 on the host, by ``einsum``,
   not ``@`` (no BLAS call: see the module notes)."""
   inv_rank = 1.0 / np.arange(1, depth + 1)
   aps = []
   for dist, idx, q_rows, db_rows, n in _topk_chunks(q, db, q_labels, db_labels, multilabel,
-                                                    depth):
+                                                    depth, mesh):
     terms, num_rel = _ranked_hits(idx, retrieval.rank_order(dist), q_rows, db_rows)
     prec_sum = np.einsum("ij,j->i", np.asarray(terms)[:n], inv_rank)
     num_rel = np.asarray(num_rel)[:n]
@@ -250,10 +271,18 @@ def _uses_topk(depth, num_db):
 
 
 def _average_precisions(ranked):
-  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item."""
-  hits = np.cumsum(ranked, axis=1, dtype=np.int32)
-  num_rel = hits[:, -1]
-  prec_sum = np.einsum("ij,j->i", ranked * hits, 1.0 / np.arange(1, ranked.shape[1] + 1))
+  """AP per row of relevance (q, depth) in rank order; 0 for rows without a relevant item.
+
+  With pos_t the (1-based) rank of the t-th relevant item of a row and r its relevant items,
+  AP = (1 / r) sum_t t / pos_t (= sum_p rel_p hits_p / p / r): only the relevant positions are
+  visited (one ``flatnonzero`` pass), summed per row in rank order by ``bincount``.
+  """
+  num_q, depth = ranked.shape
+  flat = np.flatnonzero(ranked.view(bool) if ranked.dtype == np.uint8 else ranked)
+  rows = flat // depth
+  num_rel = np.bincount(rows, minlength=num_q)
+  t = np.arange(1, len(flat) + 1) - np.repeat(np.cumsum(num_rel) - num_rel, num_rel)
+  prec_sum = np.bincount(rows, weights=t / (flat - rows * depth + 1.0), minlength=num_q)
   return np.where(num_rel > 0, prec_sum / np.maximum(num_rel, 1), 0.0)
 
 
@@ -262,19 +291,39 @@ def _depth(topk, num_db):
   return num_db if topk is None else retrieval.check_k(topk, num_db, "topk")
 
 
-def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None):
-  """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions."""
-  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
-  depth = _depth(topk, len(db))
+def _local_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
+  """AP@depth float64 (Q,) of the queries q on this process (``mesh``: its devices, for R < N)."""
+  if not len(q):
+    return np.zeros(0)
   if _uses_topk(depth, len(db)):
-    return _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth)
+    return _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh)
   return np.concatenate(_map_ranked(_average_precisions, q, db, q_labels, db_labels, multilabel,
                                     depth))
 
 
-def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:
-  """mAP@R (R = ``topk``, None = all) ranking by (Hamming distance, database index)."""
-  return float(average_precisions(q_codes, db_codes, q_labels, db_labels, topk).mean())
+def average_precisions(q_codes, db_codes, q_labels, db_labels, topk=None, mesh=None):
+  """AP@R per query, float64 (Q,), ranking by (distance, index); see module conventions.
+
+  ``mesh``: the queries split over every device of every process of the mesh
+  (``parallel.process_share``): each process ranks only its share, on its own devices, and the
+  APs are gathered (a collective: every process calls it and gets all Q values, equal bit for
+  bit to those without a mesh)."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  depth = _depth(topk, len(db))
+  if mesh is None:
+    return _local_average_precisions(q, db, q_labels, db_labels, multilabel, depth)
+  ids = parallel.process_share(mesh, len(q))
+  mine = ids[ids >= 0]
+  aps = np.zeros(len(ids))
+  aps[ids >= 0] = _local_average_precisions(q[mine], db, q_labels[mine], db_labels, multilabel,
+                                            depth, parallel.local_mesh(mesh))
+  return parallel.gather_rows(ids, aps, len(q))
+
+
+def mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None, mesh=None) -> float:
+  """mAP@R (R = ``topk``, None = all) ranking by (Hamming distance, database index); ``mesh``:
+  computed over its devices and processes (``average_precisions``)."""
+  return float(average_precisions(q_codes, db_codes, q_labels, db_labels, topk, mesh).mean())
 
 
 def _distance_counts(dist, rel, num_bits_max):
@@ -285,6 +334,32 @@ def _distance_counts(dist, rel, num_bits_max):
   n = np.bincount(flat, minlength=size).reshape(nq, -1)
   r = np.bincount(flat, weights=rel.ravel().astype(np.float64), minlength=size).reshape(nq, -1)
   return n.astype(np.float64), r
+
+
+@functools.partial(jax.jit, static_argnames=("bins", "dtype"))
+def _pair_counts_jit(q, planes, q_labels, db_labels, num_q, bins, dtype):
+  """int32 (2, bins): pairs of the first num_q queries by (not relevant, distance)."""
+  dist, rel = _distances_relevance(q, planes, q_labels, db_labels, dtype)
+  real = jnp.arange(q.shape[0])[:, None] < num_q
+  key = jnp.where(real, dist.astype(jnp.int32) + bins * (1 - rel.astype(jnp.int32)), 2 * bins)
+  return jnp.zeros(2 * bins, jnp.int32).at[key.ravel()].add(1, mode="drop").reshape(2, bins)
+
+
+def pair_distance_counts(q_codes, db_codes, q_labels, db_labels):
+  """(intra, inter) int64 (K_max + 1,), K_max = 32 W: the Hamming distances of all query-database
+  pairs, relevant (intra) and not (inter). Counted on the device per chunk of about
+  ``MAP_PAIRS`` pairs: only the counts reach the host (O(bins) host memory per chunk)."""
+  q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
+  bins = retrieval.WORD_BITS * q.shape[1] + 1
+  chunk = _pairs_chunk(len(db))
+  planes, q_ids, db_ids = _device_labels(q, db, q_labels, db_labels, multilabel)
+  counts = np.zeros((2, bins), np.int64)
+  for s in range(0, len(q), chunk):
+    n = len(q[s:s + chunk])
+    pad = lambda a: jnp.asarray(np.pad(a[s:s + n], [(0, chunk - n)] + [(0, 0)] * (a.ndim - 1)))
+    counts += np.asarray(_pair_counts_jit(pad(q), planes, pad(q_ids), db_ids, n, bins,
+                                          _distance_dtype(q)))
+  return counts[0], counts[1]
 
 
 def tie_aware_mean_average_precision(q_codes, db_codes, q_labels, db_labels, topk=None) -> float:

@@ -7,8 +7,10 @@ splits the class dimension of the codebook (C, K) and of the logits (B, C): XLA 
 the softmax cross-entropy with cross-device reductions and never gathers the full logits.
 
 Multi-process: each process calls ``initialize`` (a no-op for a single process), holds the
-same in-memory dataset, and feeds only its own slice of every global batch
-(``process_batch_slice``), which ``global_batch`` assembles into one global ``jax.Array``.
+same in-memory dataset, and feeds only the rows of every global batch that its own devices hold
+(``process_rows``, read from the sharding: any device order of the mesh works, e.g. one that
+interleaves the processes, and a ``model`` axis spanning processes, whose replicas then feed the
+same rows), which ``global_batch`` assembles into one global ``jax.Array``.
 """
 import hashlib
 import os
@@ -18,7 +20,7 @@ import jax
 from jax._src import distributed  # the coordination client (as orbax uses it): no public API
 from jax.experimental import multihost_utils
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -51,21 +53,27 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
                                process_id=int(process_id), **timeouts)
 
 
-def make_mesh(num_devices: int = -1, model_axis: int = 1) -> Mesh:
-  """(data, model) mesh over the first ``num_devices`` devices (-1: all, across processes).
+def make_mesh(num_devices: int = -1, model_axis: int = 1, devices=None) -> Mesh:
+  """(data, model) mesh of ``num_devices`` devices (-1: all, across processes).
 
-  The ``model`` axis (size ``model_axis``) shards the class dimension of the codebook and the
-  logits (GLDv2-size heads); the batch is split over ``data`` = num_devices / model_axis.
+  The ``model`` axis (size ``model_axis``, any divisor of num_devices) shards the class dimension
+  of the codebook and the logits (GLDv2-size heads); the batch is split over ``data`` =
+  num_devices / model_axis. ``devices``: the devices in mesh order (row-major over (data,
+  model)), used as given; None: ``jax.make_mesh`` over the first num_devices of ``jax.devices()``
+  (a topology-aware order on TPU).
   """
-  devices = jax.devices()
+  available = len(jax.devices() if devices is None else devices)
   if num_devices == -1:
-    num_devices = len(devices)
-  if not 1 <= num_devices <= len(devices):
-    raise ValueError(f"mesh needs {num_devices} devices but {len(devices)} are available")
+    num_devices = available
+  if not 1 <= num_devices <= available:
+    raise ValueError(f"mesh needs {num_devices} devices but {available} are available")
   if model_axis < 1 or num_devices % model_axis:
     raise ValueError(f"model axis {model_axis} does not divide {num_devices} devices")
-  grid = np.asarray(devices[:num_devices]).reshape(num_devices // model_axis, model_axis)
-  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+  shape, names = (num_devices // model_axis, model_axis), (DATA_AXIS, MODEL_AXIS)
+  if devices is not None:
+    return Mesh(np.asarray(list(devices)[:num_devices]).reshape(shape), names)
+  return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * 2,
+                       devices=jax.devices()[:num_devices])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -102,21 +110,67 @@ def replicate(tree, mesh: Mesh):
   return place(tree, lambda path, a: sharding)
 
 
-def process_batch_slice(global_batch_size: int) -> slice:
-  """The rows of every global batch that this process feeds."""
-  count = jax.process_count()
-  if global_batch_size % count:
-    raise ValueError(f"global batch {global_batch_size} is not divisible by {count} processes")
-  per = global_batch_size // count
-  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+def _held_rows(sharding, size: int) -> np.ndarray:
+  """Rows int64, ascending, of a (size,) array split by ``sharding`` that this process's devices
+  hold (``addressable_devices_indices_map``; replicas counted once)."""
+  held = sharding.addressable_devices_indices_map((size,)).values()
+  spans = sorted({(s.start or 0, size if s.stop is None else s.stop) for (s,) in held})
+  return np.concatenate([np.arange(start, stop) for start, stop in spans])
+
+
+def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
+  """Rows int64 (b,), ascending, of a global batch of ``global_batch_size`` rows that this
+  process feeds: the rows its devices hold under ``batch_sharding``, in the order
+  ``global_batch`` expects them."""
+  data = mesh.shape[DATA_AXIS]
+  if global_batch_size % data:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by the {data} devices "
+                     "of the data axis")
+  return _held_rows(batch_sharding(mesh), global_batch_size)
+
+
+def process_share(mesh: Mesh, n: int) -> np.ndarray:
+  """This process's share of n independent rows (e.g. queries) split over every device of the
+  mesh, in mesh order (n padded to a multiple of the devices): row ids int64 (m,), ascending,
+  -1 for padding; m is the same on every process whose devices are as many."""
+  devices = mesh.devices.size
+  size = -(-n // devices) * devices
+  rows = _held_rows(NamedSharding(mesh, P(tuple(mesh.axis_names))), size)
+  return np.where(rows < n, rows, -1)
+
+
+def local_mesh(mesh: Mesh) -> Mesh:
+  """A 1-D mesh (axis ``data``) of this process's devices of ``mesh``, in mesh order: work on it
+  needs no other process."""
+  return Mesh(np.asarray(mesh.local_devices), (DATA_AXIS,))
+
+
+def gather_rows(ids, values, n: int) -> np.ndarray:
+  """(n, ...) rows from every process: each gives ``values`` (m, ...) of its rows ``ids`` int
+  (m,) (-1: none), m the same on every process; rows nobody gives are 0. A collective: every
+  process calls it. Values travel as their bytes (float64 stays exact)."""
+  values, ids = np.ascontiguousarray(values), np.asarray(ids)
+  if jax.process_count() > 1:
+    row_shape, dtype = values.shape[1:], values.dtype
+    words = values.reshape(len(ids), -1).view(np.uint8)
+    ids = np.asarray(multihost_utils.process_allgather(ids.astype(np.int32))).reshape(-1)
+    words = np.asarray(multihost_utils.process_allgather(words))
+    values = words.reshape(len(ids), -1).view(dtype).reshape((len(ids),) + row_shape)
+  out = np.zeros((n,) + values.shape[1:], values.dtype)
+  keep = ids >= 0
+  out[ids[keep]] = values[keep]
+  return out
 
 
 def global_batch(mesh: Mesh, local_rows, batch_axis: int = 0):
-  """Builds a global array sharded on ``batch_axis`` from this process's rows (numpy)."""
-  sharding = batch_sharding(mesh, batch_axis)
-  shape = list(np.shape(local_rows))
-  shape[batch_axis] *= jax.process_count()
-  return jax.make_array_from_process_local_data(sharding, np.asarray(local_rows), tuple(shape))
+  """Builds a global array sharded on ``batch_axis`` from this process's rows (numpy): its rows
+  ``process_rows`` of the global batch, in that order."""
+  local_rows = np.asarray(local_rows)
+  data = mesh.shape[DATA_AXIS]
+  shape = list(local_rows.shape)
+  shape[batch_axis] = shape[batch_axis] // len(process_rows(mesh, data)) * data
+  return jax.make_array_from_process_local_data(batch_sharding(mesh, batch_axis), local_rows,
+                                                tuple(shape))
 
 
 def is_main_process() -> bool:

@@ -4,8 +4,8 @@ in threads and without a display).
 * ``distance_histograms(q_codes, db_codes, q_labels, db_labels)``: counts int64 (K + 1,) of the
   Hamming distances of all query-database pairs, (intra, inter): intra = relevant pairs (same
   class, or a shared label for multi-hot labels), inter = the others. Codes are packed uint32
-  (as ``retrieval``) or real (n, K); computed in blocks of ``QUERY_BLOCK`` queries, so memory is
-  O(block x N), never (Q, N).
+  (as ``retrieval``) or real (n, K); counted on the device in blocks of queries, so the host
+  holds O(bins) per block, never (Q, N) (``metrics.pair_distance_counts``).
 * ``separability(intra, inter)``: E[D_inter] - E[D_intra] of those counts. This is the one
   separability of the project's plots: the histogram's arrow, ``analysis.json`` and Figure 4
   of ``experiments/plot_analysis.py`` all use query-database pairs.
@@ -24,25 +24,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from orthohash_jax import cli, metrics, retrieval
+from orthohash_jax import cli, metrics
 
-QUERY_BLOCK = 256  # queries per block of distances
 RELEVANT, IRRELEVANT, QUERY = "#2ca02c", "#d62728", "#1f4e99"  # frame colours
 
 
 def distance_histograms(q_codes, db_codes, q_labels, db_labels):
-  """(intra, inter) counts int64 (K_max + 1,) over all query-database pairs; K_max = 32 W."""
-  q_codes, db_codes = retrieval.as_packed(q_codes), retrieval.as_packed(db_codes)
-  q_labels, db_labels, _ = metrics.check_labels(q_labels, db_labels, len(q_codes), len(db_codes))
-  bins = retrieval.WORD_BITS * db_codes.shape[1] + 1
-  intra, inter = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
-  for start in range(0, len(q_codes), QUERY_BLOCK):
-    block = slice(start, start + QUERY_BLOCK)
-    dist = np.asarray(retrieval.hamming_distance(q_codes[block], db_codes))
-    rel = metrics.relevance(q_labels[block], db_labels)
-    intra += np.bincount(dist[rel], minlength=bins)
-    inter += np.bincount(dist[~rel], minlength=bins)
-  return intra, inter
+  """(intra, inter) counts int64 (K_max + 1,) over all query-database pairs; K_max = 32 W
+  (``metrics.pair_distance_counts``: counted on the device, O(bins) host memory)."""
+  return metrics.pair_distance_counts(q_codes, db_codes, q_labels, db_labels)
 
 
 def _mean(counts) -> float:

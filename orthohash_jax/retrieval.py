@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from orthohash_jax import hamming_kernel
 
@@ -168,8 +169,36 @@ def blocked_codes(db_packed, num_items=None) -> BlockedCodes:
   return BlockedCodes(hamming_kernel.block_planes(padded), num_items)
 
 
+@functools.lru_cache(maxsize=None)
+def _query_sharded_kernel(mesh, k: int, method: str):
+  """``hamming_kernel.topk_chunk`` with the queries split over every device of ``mesh`` and the
+  database replicated: one ``shard_map`` call, no communication."""
+  axes = tuple(mesh.axis_names)
+
+  def local(q, planes, num_items):
+    return hamming_kernel.topk_chunk(q, planes, k, num_items, method)
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(), P()),
+                               out_specs=(P(axes), P(axes))))
+
+
+def _query_sharded_topk(q_packed, db, k, method, chunk, mesh):
+  """``hamming_topk_unranked`` with chunks of ``chunk`` queries on every device of ``mesh``
+  (numpy results)."""
+  num_q, devices = q_packed.shape[0], mesh.devices.size
+  per = min(chunk, 1 << (-(-num_q // devices) - 1).bit_length())  # fewer for few queries
+  step = per * devices
+  qs = np.pad(np.asarray(q_packed), ((0, -num_q % step), (0, 0)))
+  fn = _query_sharded_kernel(mesh, k, method)
+  planes = jax.device_put(db.planes, NamedSharding(mesh, P()))
+  split = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+  parts = [fn(jax.device_put(qs[s:s + step], split), planes, np.int32(db.num_items))
+           for s in range(0, len(qs), step)]
+  return tuple(np.concatenate([np.asarray(p[i]) for p in parts])[:num_q] for i in range(2))
+
+
 def hamming_topk_unranked(q_packed, db_packed, k: int, method=None, query_chunk=None,
-                          num_items=None):
+                          num_items=None, mesh=None):
   """The k nearest neighbours as a set: (dist (Q, k), idx int32 (Q, k)) listed in index order,
   dist uint8 (int32 from K = 254 bits), as device arrays; ``rank_order`` ranks them.
 
@@ -178,6 +207,8 @@ def hamming_topk_unranked(q_packed, db_packed, k: int, method=None, query_chunk=
   compiled call (None: chosen so one call holds a few MiB); ``num_items`` (packed codes only):
   only the first num_items rows of db_packed are the database, the rest padding (None: all
   rows), so that databases of different sizes padded to one shape share one compilation.
+  ``mesh`` (devices of this process only): the queries split over its devices, the database
+  replicated on each (numpy results, the same values).
   """
   db = db_packed if isinstance(db_packed, BlockedCodes) else blocked_codes(db_packed, num_items)
   q_packed = jnp.asarray(q_packed)
@@ -189,6 +220,8 @@ def hamming_topk_unranked(q_packed, db_packed, k: int, method=None, query_chunk=
     raise ValueError(f"method must be 'popcount' or 'matmul', got {method!r}")
   rows = hamming_kernel.BLOCK * db.planes.shape[2]
   chunk = int(query_chunk or hamming_kernel.queries_per_call(rows, k, method))
+  if mesh is not None and mesh.devices.size > 1:
+    return _query_sharded_topk(q_packed, db, k, method, chunk, mesh)
   num_q = q_packed.shape[0]
   qs = jnp.pad(q_packed, ((0, -num_q % chunk), (0, 0)))
   parts = [hamming_kernel.topk_chunk(qs[s:s + chunk], db.planes, k, db.num_items, method)

@@ -223,7 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         began = time.perf_counter()
         profiler.begin(step)
         state, losses = trainer.run_chunk(
-            state, *data_lib.host_batch(config, data, step, stop, train_labels))
+            state, *data_lib.host_batch(config, data, step, stop, train_labels, trainer.mesh))
         profiler.end(stop, losses, last=stop == total_steps)
         if probes:
           probes -= 1

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from orthohash_jax import metrics
+from orthohash_jax import metrics, parallel
 
 
 def ranking(q_bits, db_bits):
@@ -161,3 +161,35 @@ def test_map_multilabel_many_classes_matches_brute_force(topk):
   assert metrics.precision_within_radius(qb, db, ql, dl, 9) == pytest.approx(prec.mean(), abs=1e-12)
   hits = np.mean([rel[i][o[:topk]].mean() for i, o in enumerate(orders)])
   assert metrics.precision_at_k(qb, db, ql, dl, topk) == pytest.approx(hits, abs=1e-12)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("topk", [7, None])
+def test_map_over_a_mesh_equals_unsharded_and_brute_force(multilabel, topk):
+  """Queries split over a 1-, 4- and (2 x 2)-device mesh (this process's 4 fake devices): APs
+  bit-equal to the unsharded computation (13 queries: the split pads), which matches brute
+  force; 12 distinct codes, so ties are many."""
+  qb, db, ql, dl = make_data(3, 20, nq=13, ndb=300, multilabel=multilabel, distinct=12)
+  ref = metrics.average_precisions(qb, db, ql, dl, topk)
+  dist, order = ranking(qb, db)
+  rel = relevant(ql, dl)
+  np.testing.assert_allclose(ref, [brute_ap(r[o], topk) for r, o in zip(rel, order)],
+                             rtol=1e-12)
+  for mesh in (parallel.make_mesh(1), parallel.make_mesh(4), parallel.make_mesh(4, 2)):
+    np.testing.assert_array_equal(metrics.average_precisions(qb, db, ql, dl, topk, mesh), ref)
+    assert metrics.mean_average_precision(qb, db, ql, dl, topk, mesh) == ref.mean()
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_chunked_map_all_and_pair_counts_match_brute_force(monkeypatch, multilabel):
+  """Chunks of 3 queries (the last one padded): mAP@all (the counting-sort ranking, AP from the
+  relevant ranks only) and the device pair counts against brute force, codes with many ties."""
+  monkeypatch.setattr(metrics, "MAP_PAIRS", 120)
+  qb, db, ql, dl = make_data(5, 36, nq=13, ndb=40, multilabel=multilabel, distinct=4)
+  dist, order = ranking(qb, db)
+  rel = relevant(ql, dl)
+  np.testing.assert_allclose(metrics.average_precisions(qb, db, ql, dl),
+                             [brute_ap(r[o], None) for r, o in zip(rel, order)], rtol=1e-12)
+  intra, inter = metrics.pair_distance_counts(qb, db, ql, dl)
+  np.testing.assert_array_equal(intra, np.bincount(dist[rel], minlength=65))
+  np.testing.assert_array_equal(inter, np.bincount(dist[~rel], minlength=65))

@@ -86,3 +86,52 @@ def test_gldv2_synthetic_config_class_sharded():
   assert evaluation.evaluate(trainer, d, state)["mAP"] > 0.3  # chance is 1/40
   with pytest.raises(ValueError, match="'real' or 'synthetic'"):
     config_base.load_config_file("configs/gldv2.py:fake")
+
+
+def test_rows_from_the_sharding_in_any_device_order():
+  """One process holds every row whatever the device order; a reversed mesh keeps every row's
+  data on the device the sharding names; shares of n rows over 4 devices pad with -1."""
+  devices = jax.devices()[:4][::-1]
+  mesh = parallel.make_mesh(4, 2, devices)
+  assert list(mesh.devices.flat) == devices and mesh.shape == {"data": 2, "model": 2}
+  np.testing.assert_array_equal(parallel.process_rows(mesh, 6), np.arange(6))
+  x = np.arange(12).reshape(6, 2)
+  placed = parallel.global_batch(mesh, x)
+  for shard in placed.addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), x[shard.index])
+  with pytest.raises(ValueError, match="not divisible"):
+    parallel.process_rows(mesh, 5)
+  np.testing.assert_array_equal(parallel.process_share(parallel.make_mesh(4), 6),
+                                [0, 1, 2, 3, 4, 5, -1, -1])
+  np.testing.assert_array_equal(parallel.gather_rows([2, -1, 0], np.array([2.5, 9.0, 0.5]), 3),
+                                [0.5, 0.0, 2.5])
+  assert parallel.local_mesh(mesh).devices.tolist() == devices
+
+
+def test_encode_rows_reads_ahead_and_copies_late():
+  """The next batch is read while the current one encodes, and a batch's codes are copied to the
+  host only after the next batch is dispatched; the codes are those of rows 0..n-1 in order."""
+  events = []
+
+  class Codes:
+    def __init__(self, i, x):
+      self.i, self.x = i, x
+
+    def __array__(self, dtype=None, copy=None):
+      events.append(f"copy{self.i}")
+      return self.x * 2
+
+  class FakeTrainer:
+    eval_batch, mesh = 4, parallel.make_mesh(1)
+
+    def encode(self, state, x, pre_bn=False):
+      del state, pre_bn
+      events.append(f"encode{len([e for e in events if e.startswith('encode')])}")
+      return Codes(events[-1][6:], x)
+
+  x = np.arange(10, dtype=np.float32)[:, None]
+  reads = []
+  codes = evaluation.encode_rows(FakeTrainer(), None, lambda idx: reads.append(idx) or x[idx], 10)
+  np.testing.assert_array_equal(codes, x * 2)
+  assert [list(r) for r in reads] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+  assert events == ["encode0", "encode1", "copy0", "encode2", "copy1", "copy2"]

@@ -150,15 +150,17 @@ def step_indices(seed: int, num_train: int, batch_size: int, start: int, stop: i
   return np.stack(rows)
 
 
-def host_batch(config, data, start: int, stop: int, train_labels=None):
+def host_batch(config, data, start: int, stop: int, train_labels=None, mesh=None):
   """This process's inputs (S, b, ...) and labels (S, b[, C]) of the global steps [start, stop):
-  its rows (``parallel.process_batch_slice``) of each global batch of ``step_indices``.
+  the rows its devices hold (``parallel.process_rows`` of ``mesh``, None: the config's mesh) of
+  each global batch of ``step_indices``.
   ``train_labels``: ``data.labels("train")``, passed to avoid fetching them again."""
-  rows = parallel.process_batch_slice(config.batch_size)
+  if mesh is None:
+    mesh = parallel.make_mesh(config.num_devices, config.model_axis)
+  rows = parallel.process_rows(mesh, config.batch_size)
   idx = step_indices(config.seed, data.size("train"), config.batch_size, start, stop)[:, rows]
   labels = data.labels("train") if train_labels is None else train_labels
-  return (data.train_rows(idx, np.arange(start, stop), np.arange(config.batch_size)[rows]),
-          labels[idx])
+  return data.train_rows(idx, np.arange(start, stop), rows), labels[idx]
 
 
 SOURCES = {
