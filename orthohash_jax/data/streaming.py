@@ -29,8 +29,8 @@ worker processes).
 
 Bad images: a missing or undecodable file (or, for transform "none", one whose size differs
 from the first training image) raises ``DataError`` naming list file, line and path; errors
-are raised in row order when the batch is collected (the first bad row's), and no image of
-that batch is started once one has failed, so no worker is left hanging. With
+are raised in row order when the batch is collected (the first bad row's), and a worker takes
+no further image of that batch once a failure is known, so no worker is left hanging. With
 ``skip_bad_images`` the image is replaced by a constant one (every pixel the rounded
 normalisation mean, so about 0 after normalisation), a warning is issued once per file, and
 ``skipped`` lists the distinct bad rows met so far.
@@ -135,7 +135,8 @@ class ImageSource:
 
   def _decode(self, out, split, rows, transform, rng_keys):
     """Decodes ``rows`` of ``split`` (rng key per row, or None) into the rows of ``out``;
-    returns ``out``, or raises the first error in row order (no row is started after a failure)."""
+    returns ``out``, or raises the first error in row order (rows not yet taken when a
+    failure is known are skipped)."""
     flat = out.reshape((-1,) + self.input_shape)
     tasks = [(k, file, where, transform, key) for k, ((file, where), key)
              in enumerate(zip(self._open(split, rows), rng_keys))]
