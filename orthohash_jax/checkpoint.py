@@ -74,6 +74,22 @@ class _OrbaxErrorLogs(logging.Filter):
 _QUIET_ORBAX = _OrbaxErrorLogs()
 
 
+class _ClosedLoopCallbacks:
+  """``sys.unraisablehook`` that drops ``RuntimeError('Event loop is closed')``: once a background
+  save failed, orbax closes its event loop while TensorStore still completes the pending writes,
+  and each completion's callback into that loop is reported as an unraisable exception (a bare
+  traceback per write, 42 for a digits state). Every other unraisable exception goes to the
+  hook that was installed before."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      self.previous(unraisable)
+
+
 def has_checkpoints(workdir: str) -> bool:
   directory = files.path(os.path.join(workdir, DIRECTORY))
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
@@ -173,6 +189,8 @@ class Checkpointer:
     self.keep, self.background = keep, background
     self.saving = None  # the step of the latest save started
     logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
+    if not isinstance(sys.unraisablehook, _ClosedLoopCallbacks):
+      sys.unraisablehook = _ClosedLoopCallbacks(sys.unraisablehook)
     self.manager = self._open()
 
   def _open(self):

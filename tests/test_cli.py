@@ -17,6 +17,7 @@ from conftest import (CLI_ENV, ROOT, assert_one_line_error, checkpoint_steps, fi
                       main_cmd, run_cmd, write_idx)
 from orthohash_jax import cli, codes_file, config_base, main, metrics, retrieval, run
 from orthohash_jax import data as data_lib
+from test_checkpoint import file_size_limit
 
 SHORT = ["--config.num_epochs=30", "--config.checkpoint_every_steps=92", "--config.hidden=(64,)"]
 
@@ -220,3 +221,13 @@ def test_say_survives_a_closed_stdout(monkeypatch):
   cli.say("step 1")  # no exception: progress output is switched off
   cli.say("step 2")
   assert sys.stdout.name == os.devnull
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_background_save_is_one_line(tmp_path):
+  """A background save that fails (files over 1 MB fail, as on a full disk): one `error:` line and
+  status 1; the background threads' callbacks into orbax's closed event loop used to print a
+  traceback each (42 of them on digits) before the line."""
+  with file_size_limit(1_000_000):
+    proc = run_cmd(main_cmd(str(tmp_path / "run"), "--config.num_epochs=3"))
+  assert_one_line_error(proc, "cannot save the checkpoint of step 69 in ", status=1)
