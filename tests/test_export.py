@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from orthohash_jax import codes_file, evaluation, export, retrieval, run, search
-from orthohash_jax import workdir as workdir_lib
 
 
 def known_result(rng, num_bits=16):

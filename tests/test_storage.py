@@ -5,7 +5,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 
 import fsspec
@@ -14,7 +13,8 @@ import pytest
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 
-from conftest import (CLI_ENV, ROOT, blobs, free_port, sigterm_during_step, small_config)
+from conftest import (CLI_ENV, ROOT, blobs, free_port, main_cmd, sigterm_during_step,
+                      small_config)
 from orthohash_jax import (checkpoint, codes_file, config_base, export, files, run, summary,
                            weights, workdir)
 from orthohash_jax import data as data_lib
@@ -178,8 +178,8 @@ def cli_env(gcs, devices=2):
 
 
 def main_args(wd, *args):
-  return [sys.executable, "-m", "orthohash_jax.main",
-          f"--config={os.path.join(ROOT, 'configs/digits.py')}", f"--workdir={wd}", *args]
+  """The digits job with the config named by its absolute path (the processes run elsewhere)."""
+  return main_cmd(wd, *args, config=os.path.join(ROOT, "configs/digits.py"))
 
 
 def two_processes(workdirs, cwds, env, *args, timeout=600):
