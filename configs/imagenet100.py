@@ -12,7 +12,7 @@ evaluation Resize(224) + CenterCrop(224). Recipe and variants: ``config_base.pap
 from orthohash_jax.config_base import paper_image_config
 
 
-VARIANTS = ("alexnet", "small")  # config_base.paper_image_config's  # --config=configs/imagenet100.py:VARIANT; the first is the default
+VARIANTS = ("alexnet", "small")  # --config=configs/imagenet100.py:VARIANT; the first is the default
 
 def get_config(variant: str = "alexnet"):
   return paper_image_config("imagenet100", eval_topk=1000, variant=variant)

@@ -24,12 +24,11 @@ Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 --coordinator=auto on TPU pods) on every process.
 """
 import json
-import os
 import sys
 
 from absl import logging
 
-from orthohash_jax import cli, config_base, methods, parallel, run
+from orthohash_jax import cli, config_base, files, methods, parallel, run
 from orthohash_jax import workdir as workdir_lib
 
 OVERRIDE = "--config."
@@ -86,7 +85,7 @@ def main(argv=None) -> int:
     if parallel.is_main_process():
       kept = [name for name in (workdir_lib.CONFIG, workdir_lib.CODEBOOK, workdir_lib.PROGRESS,
                                 workdir_lib.METRICS)
-              if os.path.exists(workdir_lib.path(args.workdir, name))]
+              if files.path(workdir_lib.path(args.workdir, name)).exists()]
       cli.say(f"wrote {', '.join(workdir_lib.result_files(args.workdir, config))} (with "
               f"{', '.join(kept)}, checkpoints/ and TensorBoard events in {args.workdir}: "
               "docs/runs.md)")

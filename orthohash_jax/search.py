@@ -321,10 +321,7 @@ def load_queries(path, num_bits):
       raise ValueError(f"{path}: not a readable .npy file ({e})") from None
     return retrieval.check_codes(codes, num_bits, f"{path}: query codes"), None
   data = codes_file.read_npz(path, ("query_codes",), num_bits, optional=("query_labels",))
-  codes, labels = data["query_codes"], data.get("query_labels")
-  if labels is not None and len(labels) != len(codes):
-    raise ValueError(f"{path}: {len(labels)} query_labels for {len(codes)} query_codes")
-  return codes, labels
+  return data["query_codes"], data.get("query_labels")  # rows checked by read_npz
 
 
 def format_results(dist, idx, db_labels=None, query_labels=None):

@@ -342,11 +342,10 @@ def truncate_metrics(workdir: str, step: int):
   logged chunk had finite losses). Process 0 reads and rewrites the file and returns that step;
   the others return None (``run`` combines them with ``parallel.any_process``)."""
   file = path(workdir, METRICS)
-  if not files.path(file).exists():
+  if not parallel.is_main_process() or not files.path(file).exists():
     return None
-  logged = _metrics_lines(file) if parallel.is_main_process() else []
-  if parallel.is_main_process():
-    _write_lines(file, [line for line, line_step in logged if line_step <= step])
+  logged = _metrics_lines(file)
+  _write_lines(file, [line for line, line_step in logged if line_step <= step])
   return max((line_step for _, line_step in logged), default=None)
 
 

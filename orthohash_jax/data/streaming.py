@@ -55,7 +55,7 @@ PIXEL_NORMS = {
     "imagenet": lambda c: IMAGENET_MEAN_STD,
     "unit": lambda c: tuple(np.repeat(a, c) for a in UNIT_MEAN_STD),
 }
-_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class ImageSource:
@@ -98,7 +98,7 @@ class ImageSource:
     try:
       with Image.open(file) as img:
         return (img.size[1], img.size[0], transform.channels)
-    except _BAD_IMAGE_ERRORS as e:
+    except BAD_IMAGE_ERRORS as e:
       raise DataError(f"{where}: cannot read it to find the input shape: {e}") from None
 
   @property
@@ -122,7 +122,7 @@ class ImageSource:
         raise ValueError(f"image shape {x.shape[:2]} differs from the first training image's "
                          f"{self.input_shape[:2]}")
       out[k] = x
-    except _BAD_IMAGE_ERRORS as e:
+    except BAD_IMAGE_ERRORS as e:
       if not self._skip:
         raise DataError(f"{where}: cannot decode: {e} (set skip_bad_images to substitute "
                         f"a constant image)") from None

@@ -46,11 +46,10 @@ from etils import epath
 from PIL import Image
 
 from orthohash_jax import cli, config_base
-from orthohash_jax.data import DataError, idx, listfile, records, tfds_source, transforms
+from orthohash_jax.data import DataError, idx, listfile, records, streaming, tfds_source, transforms
 
 LIST_DATASETS = ("imagenet100", "nuswide", "coco", "listfile")
 PLAN = "plan.json"
-_BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _EXAMPLES = 20  # skipped rows named in metadata.json
 # One record per chunk (random access reads one record), stored as it is: encoded images do not
 # compress, and the default zstd costs ~40 us per 100 KB record to read (bench_input).
@@ -162,7 +161,7 @@ def write_shard(shard: Shard):
           if isinstance(image, OSError):
             raise image
           image = _image_bytes(image, shard.resize, shard.quality)
-        except _BAD_IMAGE_ERRORS as e:
+        except streaming.BAD_IMAGE_ERRORS as e:
           problem = f"{where}: cannot read the image: {e}"
       if problem:
         if not shard.skip:
