@@ -509,8 +509,8 @@ class SearchService:
 
   def decode(self, body: bytes, max_pixels: int) -> np.ndarray:
     """The model input of an uploaded image: 413 past ``max_pixels`` (checked from the header,
-    before decoding), 400 for anything that is no readable image."""
-    self.check_uploads()
+    before decoding), 400 for anything that is no readable image (the route checked
+    ``check_uploads`` before reading the body)."""
     try:
       with Image.open(io.BytesIO(body)) as img:
         if img.width * img.height > max_pixels:
