@@ -275,9 +275,7 @@ def test_kill_9_of_one_process_ends_the_other_within_the_bound(shared_workdir, v
                          "checkpoint")
   else:
     assert survivor.returncode == -signal.SIGABRT, err[-3000:]
-    if "Check failure stack trace" in err:  # jaxlib's CHECK in a collective of a background save
-      assert victim == 0, err[-3000:]
-    else:
+    if "Check failure stack trace" not in err:  # else jaxlib's CHECK in a background save's collective
       assert "Terminating process because the JAX distributed service detected fatal errors" in err
       assert ("stopped sending heartbeats):\n1\n" in err if victim == 1 else "Socket closed" in err), err[-3000:]
   # The same command resumes on every host (here with num_epochs=8, which ends at step 184: the
