@@ -20,9 +20,12 @@ zeroed or missing bytes) is quarantined as one that fails to restore, before orb
 checkpoint that restores with a non-finite value in its state (which would give a non-finite
 loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
 non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
-version, or killed between the save and the digest: with background saves the digest is
-written by the first ``check`` after the save is complete, or when it is waited for) restore
-unverified.
+version, or killed between the save and the digest) restore unverified. Hashing reads every
+file of the checkpoint back (on gs://, a download of it), so a background save's digest is
+written by a worker thread of process 0, started by the first ``check`` that finds the save
+complete (or by ``wait``), never inside the training loop; the next ``save``, ``wait`` or
+``close`` waits for it, and an error it met (a full disk writing the digest) is raised there or
+by the next ``check``, as a failed save is.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
 files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
@@ -37,6 +40,7 @@ an exit; ``Checkpointer.stop_requested(step, signals)`` is true on every process
 process received one, or orbax's preemption notice fired: the loop then saves and stops. A
 second Ctrl-C stops at once (KeyboardInterrupt).
 """
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -188,6 +192,8 @@ class Checkpointer:
     self.corrupt_dir = files.absolute(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep, self.background = keep, background
     self.saving = None  # the step of the latest save started
+    self._digests = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-digest")
+    self._digest = None  # the Future of the digest being written (process 0)
     logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
     if not isinstance(sys.unraisablehook, _ClosedLoopCallbacks):
       sys.unraisablehook = _ClosedLoopCallbacks(sys.unraisablehook)
@@ -227,12 +233,26 @@ class Checkpointer:
                          else "no checkpoint was saved")) from None
 
   def _write_digest(self, step: int) -> None:
-    """Process 0 writes ``<step>/DIGEST`` of the finished save (``verify`` reads it); called by
-    ``wait`` once the save is complete (a background save: by the first ``check`` that finds it
-    complete, else at the next ``save``, ``wait`` or ``close``)."""
-    if parallel.is_main_process():
-      step_dir = os.path.join(self.directory, str(step))
-      files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
+    """Writes ``<step>/DIGEST`` of a finished save (``verify`` reads it): in the digest thread."""
+    step_dir = os.path.join(self.directory, str(step))
+    files.write_json(os.path.join(step_dir, DIGEST), file_digests(step_dir))
+
+  def _complete(self, wait_digest: bool) -> None:
+    """Waits for orbax's save (``SaveError`` if it failed), then process 0 starts writing its
+    digest in the digest thread; ``wait_digest``: also waits for that digest."""
+    with self._save_errors():
+      self.manager.wait_until_finished()
+    if self.saving is not None:
+      if parallel.is_main_process():
+        self._digest = self._digests.submit(self._write_digest, self.saving)
+      self.saving = None
+    self._digest_written(wait=wait_digest)
+
+  def _digest_written(self, wait: bool) -> None:
+    """Raises the error of the digest being written once it ended (``wait``: waits for it)."""
+    if self._digest is not None and (wait or self._digest.done()):
+      digest, self._digest = self._digest, None
+      digest.result()
 
   def save(self, step: int, state) -> None:
     """Starts saving ``state`` as ``step`` (``background``: returns once the state is off the
@@ -249,20 +269,19 @@ class Checkpointer:
       self.wait()
 
   def check(self) -> None:
-    """Raises ``SaveError`` if a background save has failed (no waiting); once it is complete,
-    writes its digest (so a run killed later resumes from a verified checkpoint)."""
+    """Raises ``SaveError`` if a background save has failed, or the error of a digest that
+    failed (no waiting); once a save is complete, starts writing its digest in the digest
+    thread (so a run killed later resumes from a verified checkpoint)."""
+    self._digest_written(wait=False)
     with self._save_errors():
       self.manager.check_for_errors()
     if self.saving is not None and not self.manager.is_saving_in_progress():
-      self.wait()  # complete (orbax's finalize ended on every process): returns at once
+      self._complete(wait_digest=False)  # orbax's finalize ended on every process: no wait
 
   def wait(self) -> None:
-    """Waits until the save in progress is complete; ``SaveError`` if it failed."""
-    with self._save_errors():
-      self.manager.wait_until_finished()
-    if self.saving is not None:
-      self._write_digest(self.saving)
-      self.saving = None
+    """Waits until the save in progress is complete and its digest written; ``SaveError`` if
+    the save failed."""
+    self._complete(wait_digest=True)
 
   def latest_step(self):
     """The newest saved step, or None."""
@@ -325,3 +344,4 @@ class Checkpointer:
     """Waits for the save in progress (``SaveError`` if it failed), then closes."""
     self.wait()
     self.manager.close()
+    self._digests.shutdown()

@@ -5,6 +5,7 @@ import json
 import os
 import resource
 import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -201,16 +202,53 @@ def test_a_checkpoint_file_that_cannot_be_read_fails_the_check_in_one_line(tmp_p
                              "is unreadable (No such file or directory)); moved to")
 
 
-def test_a_completed_background_save_gets_its_digest_at_the_next_check(tmp_path):
+def test_a_completed_background_save_gets_its_digest_at_the_next_check(tmp_path, monkeypatch):
   """Not only at the next save: a run killed between two saves resumes from a verified
-  checkpoint. orbax's own wait stands for the save completing while a chunk trains."""
+  checkpoint. orbax's own wait stands for the save completing while a chunk trains. The hashing
+  (a download of the checkpoint on gs://) runs in the digest thread: ``check`` returns while it
+  is still hashing, and the digest is computed once per save."""
+  original, threads = checkpoint.file_digests, []
+  hashing = threading.Event()  # held until the test has seen check() return
+
+  def held_digests(directory):
+    threads.append(threading.current_thread())
+    if threading.current_thread() is not threading.main_thread():
+      assert hashing.wait(timeout=60)
+    return original(directory)
+  monkeypatch.setattr(checkpoint, "file_digests", held_digests)
   ckpt = checkpoint.Checkpointer(str(tmp_path), background=True)
   ckpt.save(3, {"w": np.arange(1000, dtype=np.float32)})
   ckpt.manager.wait_until_finished()
   digest = os.path.join(ckpt.directory, "3", checkpoint.DIGEST)
   assert not os.path.exists(digest)
   ckpt.check()
+  ckpt.check()  # still hashing: nothing more is started
+  assert len(threads) == 1 and threads[0] is not threading.main_thread()
+  assert not os.path.exists(digest)  # check() did not wait for the hashing
+  hashing.set()
+  ckpt.wait()
   with open(digest) as f:
-    assert json.load(f) == checkpoint.file_digests(os.path.join(ckpt.directory, "3"))
+    assert json.load(f) == original(os.path.join(ckpt.directory, "3"))
   assert checkpoint.verify(os.path.join(ckpt.directory, "3")) is None
+  ckpt.close()
+  assert len(threads) == 2  # the one digest, and verify's own check above
+
+
+def test_a_digest_that_cannot_be_written_stops_the_run_at_the_next_check(tmp_path, monkeypatch):
+  """The digest thread's error (here a full disk) is raised in the training loop, as a failed
+  save is: by the next ``check`` once the thread ended, or by ``wait``."""
+  def full(path, obj):
+    raise checkpoint.files.WriteError(f"cannot write {path} (No space left on device)")
+  monkeypatch.setattr(checkpoint.files, "write_json", full)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), background=True)
+  ckpt.save(3, {"w": np.arange(10, dtype=np.float32)})
+  ckpt.manager.wait_until_finished()
+  ckpt.check()  # starts the digest thread
+  ckpt._digest.exception(timeout=60)  # pylint: disable=protected-access  # the thread ended
+  with pytest.raises(checkpoint.files.WriteError, match=f"cannot write .*/3/{checkpoint.DIGEST}"):
+    ckpt.check()
+  ckpt.check()  # raised once
+  ckpt.save(4, {"w": np.arange(10, dtype=np.float32)})
+  with pytest.raises(checkpoint.files.WriteError):
+    ckpt.wait()
   ckpt.close()
