@@ -176,10 +176,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = trainer.initial_state()
     else:
       cli.say(f"resumed from checkpoint at step {start}")
-    logged = workdir_lib.truncate_metrics(workdir, start)
+    metrics_log = workdir_lib.MetricsLog(workdir, start)  # drops the lines after the step
     # the losses of the restored step were finite before: a non-finite one now is the checkpoint's
-    restored_step_was_finite = resumed and parallel.any_process(
-        logged is not None and logged > start)
+    restored_step_was_finite = resumed and parallel.any_process(bool(metrics_log.dropped))
     report = stack.enter_context(contextlib.closing(reporting.Reporter(
         workdir, total_steps, steps_per_epoch, workdir_lib.read_progress(workdir))))
 
@@ -211,7 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         report.evaluated(stop, result)
         record["mAP"] = result["mAP"]
         report.restart_clock()
-      workdir_lib.append_metrics(workdir, record)
+      metrics_log.append(record)
 
     profiler = summary.Profiler(config.profile_steps,
                                 workdir_lib.path(workdir, workdir_lib.PROFILE))

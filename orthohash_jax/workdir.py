@@ -8,8 +8,8 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
                    targets never depend on the numpy version that regenerates them
   progress.json    {"step", "train_seconds", "steps_timed"}: training time totals over every
                    invocation of the run (``read_progress`` / ``write_progress``)
-  metrics.jsonl    a JSON line per chunk of steps (``append_metrics``); lines of steps after the
-                   restored checkpoint are dropped on resume (``truncate_metrics``)
+  metrics.jsonl    a JSON line per chunk of steps (``MetricsLog``); lines of steps after the
+                   restored checkpoint are dropped on resume
   results.json     the final summary (``write_results``)
   codes.npz        packed codes and labels (``codes_file``); codes.faissbin with export_faiss
   checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
@@ -19,7 +19,8 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
                    (``check_shared``)
 
 The workdir may be local or on an object store (``gs://bucket/run``, through ``files``): there,
-metrics.jsonl is rewritten whole for each line and the lock is a create-only object.
+metrics.jsonl is rewritten whole for each line, from the lines ``MetricsLog`` keeps in memory
+(one upload per line, no read), and the lock is a create-only object.
 
 ``refuse_run_file(output)``: a command's output path that names one of a run's files (a file
 above, or anything under checkpoints/) is refused, so no command writes over a run.
@@ -336,19 +337,6 @@ def _metrics_lines(file: str) -> list:
   return out
 
 
-def truncate_metrics(workdir: str, step: int):
-  """Drops the metrics.jsonl lines of steps after ``step`` (logged before a kill, redone now)
-  and a half-written last line; returns the last step logged before (None: no line; every
-  logged chunk had finite losses). Process 0 reads and rewrites the file and returns that step;
-  the others return None (``run`` combines them with ``parallel.any_process``)."""
-  file = path(workdir, METRICS)
-  if not parallel.is_main_process() or not files.path(file).exists():
-    return None
-  logged = _metrics_lines(file)
-  _write_lines(file, [line for line, line_step in logged if line_step <= step])
-  return max((line_step for _, line_step in logged), default=None)
-
-
 def _write_lines(file: str, lines: list) -> None:
   def write(tmp):
     with open(tmp, "w") as f:
@@ -356,18 +344,39 @@ def _write_lines(file: str, lines: list) -> None:
   files.atomic_write(file, write)
 
 
-def append_metrics(workdir: str, record: dict) -> None:
-  """Adds the line of ``record``: an append locally; on an object store, which cannot append, a
-  rewrite of the whole object (one line per chunk of steps: small), which readers see whole."""
-  if not parallel.is_main_process():
-    return
-  line, file = json.dumps(record) + "\n", path(workdir, METRICS)
-  if files.is_remote(workdir):
-    old = [text for text, _ in _metrics_lines(file)] if files.path(file).exists() else []
-    _write_lines(file, old + [line])
-  else:
-    with open(file, "a") as f:
-      f.write(line)
+class MetricsLog:
+  """metrics.jsonl of the run training in ``workdir`` from the restored step ``step`` (0: none).
+
+  Opening it drops the lines of steps after ``step`` (logged before a kill, redone now) and a
+  half-written last line; ``dropped`` holds the records of the dropped lines (every one logged
+  with finite losses). ``append(record)`` adds a line: locally an append; on an object store,
+  which cannot append, a rewrite of the whole object (one line per chunk of steps: small) from
+  the lines kept in memory, so each line is one upload and the object is never read again.
+  Process 0 reads and writes the file; on the others ``dropped`` is [] (``run`` combines them
+  with ``parallel.any_process``) and ``append`` does nothing."""
+
+  def __init__(self, workdir: str, step: int):
+    self.file, self.dropped = path(workdir, METRICS), []
+    self.main, self.remote = parallel.is_main_process(), files.is_remote(workdir)
+    self.lines = []  # the lines of the file (kept on an object store only)
+    if not self.main or not files.path(self.file).exists():
+      return
+    logged = _metrics_lines(self.file)
+    kept = [line for line, line_step in logged if line_step <= step]
+    self.dropped = [json.loads(line) for line, line_step in logged if line_step > step]
+    _write_lines(self.file, kept)
+    self.lines = kept if self.remote else []
+
+  def append(self, record: dict) -> None:
+    if not self.main:
+      return
+    line = json.dumps(record) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      _write_lines(self.file, self.lines)
+    else:
+      with open(self.file, "a") as f:
+        f.write(line)
 
 
 def write_results(workdir: str, results: dict, evaluation: dict, config) -> None:

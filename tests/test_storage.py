@@ -1,13 +1,18 @@
 """Workdirs on an object store (gs://, the local GCS emulator of ``gcs_emulator``): the files,
 the lock, checkpoints and events of a run, in-process; and real multi-process runs whose only
 shared state is the bucket."""
+import collections
 import io
+import itertools
 import json
 import os
 import subprocess
 import time
+import types
+import urllib.parse
 
 import fsspec
+import gcsfs
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_file_loader
@@ -15,8 +20,8 @@ from tensorboard.compat.proto import event_pb2
 
 from conftest import (CLI_ENV, ROOT, blobs, free_port, main_cmd, sigterm_during_step,
                       small_config)
-from orthohash_jax import (checkpoint, codes_file, config_base, export, files, run, summary,
-                           weights, workdir)
+from orthohash_jax import (checkpoint, codes_file, config_base, export, files, reporting, run,
+                           summary, weights, workdir)
 from orthohash_jax import data as data_lib
 
 
@@ -25,6 +30,49 @@ def names_under(prefix: str) -> list:
   fs, root = fsspec.core.url_to_fs(prefix)
   fs.invalidate_cache()
   return sorted(name[len(root) + 1:] for name in fs.find(root))
+
+
+@pytest.fixture
+def object_io(monkeypatch):
+  """Counts the reads (``object_io.reads``) and uploads (``object_io.uploads``) of each object
+  through gcsfs, by the object's name (its last path component)."""
+  counts = types.SimpleNamespace(reads=collections.Counter(), uploads=collections.Counter())
+  call = gcsfs.GCSFileSystem._call  # pylint: disable=protected-access
+
+  async def counted_call(self, method, path, *args, **kwargs):
+    if method == "GET" and "/download/" in path:  # a read of an object's data
+      key = urllib.parse.unquote(path.split("/o/", 1)[1].split("?", 1)[0])
+      counts.reads[key.rsplit("/", 1)[-1]] += 1
+    return await call(self, method, path, *args, **kwargs)
+  monkeypatch.setattr(gcsfs.GCSFileSystem, "_call", counted_call)
+  for name in ("simple_upload", "initiate_upload"):  # small objects, resumable uploads
+    def counted(upload):
+      async def counted_upload(fs, bucket, key, *args, **kwargs):
+        counts.uploads[key.rstrip("/").rsplit("/", 1)[-1]] += 1
+        return await upload(fs, bucket, key, *args, **kwargs)
+      return counted_upload
+    monkeypatch.setattr(gcsfs.core, name, counted(getattr(gcsfs.core, name)))
+  return counts
+
+
+def fake_clock(monkeypatch):
+  """The progress clock ticks 0.5 s per reading: steps_per_second the same in every run."""
+  monkeypatch.setattr(reporting, "time", types.SimpleNamespace(
+      perf_counter=itertools.count(1.0, 0.5).__next__))
+
+
+def train_then_resume_before_the_last_checkpoint(workdir_path, monkeypatch):
+  """Blobs, 8 steps per epoch in chunks of 4, a checkpoint every 8 steps, an evaluation every
+  epoch: 2 epochs, then the checkpoint of step 16 deleted (as if killed before it was saved)
+  and 3 epochs, resumed from step 8 (the lines of steps 12 and 16 dropped and redone)."""
+  config = small_config(num_epochs=2, steps_per_chunk=4, checkpoint_every_steps=8,
+                        eval_every_epochs=1)
+  fake_clock(monkeypatch)
+  run.train_and_evaluate(config, workdir_path)
+  files.path(workdir.path(workdir_path, "checkpoints/16")).rmtree()
+  config.num_epochs = 3
+  fake_clock(monkeypatch)
+  run.train_and_evaluate(config, workdir_path)
 
 
 # ---- files and workdir files ----
@@ -53,13 +101,36 @@ def test_read_json_of_a_missing_object_is_one_error(gcs):
 def test_metrics_lines_are_appended_and_truncated_on_an_object_store(gcs):
   wd = gcs.prefix("metrics")
   records = [{"step": s, "loss": 1.0 / s} for s in (10, 20, 30)]
+  log = workdir.MetricsLog(wd, 0)
   for r in records:
-    workdir.append_metrics(wd, r)
+    log.append(r)
   text = files.path(workdir.path(wd, workdir.METRICS)).read_text()
   assert [json.loads(line) for line in text.splitlines()] == records
-  workdir.truncate_metrics(wd, 20)
+  assert workdir.MetricsLog(wd, 20).dropped == records[2:]
   text = files.path(workdir.path(wd, workdir.METRICS)).read_text()
   assert [json.loads(line) for line in text.splitlines()] == records[:2]
+
+
+@pytest.mark.slow  # two runs of two invocations, ~10 s
+def test_a_bucket_run_logs_the_metrics_of_a_local_run_reading_them_once(gcs, fake_load,
+                                                                       monkeypatch, tmp_path,
+                                                                       object_io):
+  """metrics.jsonl in the bucket equals the local run's file after a run of several chunks and
+  a resume that drops lines; it is read once (on resume), not once per chunk, and uploaded once
+  per line (and on resume)."""
+  fake_load(blobs())
+  local = str(tmp_path / "run")
+  train_then_resume_before_the_last_checkpoint(local, monkeypatch)
+  wd = gcs.prefix("metrics-run")
+  object_io.reads.clear()
+  object_io.uploads.clear()
+  train_then_resume_before_the_last_checkpoint(wd, monkeypatch)
+  on_disk = open(workdir.path(local, workdir.METRICS)).read()
+  assert files.path(workdir.path(wd, workdir.METRICS)).read_text() == on_disk
+  steps = [json.loads(line)["step"] for line in on_disk.splitlines()]
+  assert steps == [4, 8, 12, 16, 20, 24]
+  assert object_io.reads[workdir.METRICS] == 1 + 1  # the resume, and this test's read above
+  assert object_io.uploads[workdir.METRICS] == 4 + 1 + 4  # a line per chunk; resume's rewrite
 
 
 def test_config_codebook_and_codes_round_trip_through_the_bucket(gcs):

@@ -118,7 +118,7 @@ def test_a_half_written_last_metrics_line_is_dropped_on_resume_with_one_warning(
 def test_a_damaged_run_file_is_one_line_naming_it(tmp_path, name, text, message):
   (tmp_path / name).write_text(text)
   read = {workdir.CONFIG: workdir.read_config, workdir.PROGRESS: workdir.read_progress,
-          workdir.METRICS: lambda w: workdir.truncate_metrics(w, 10)}[name]
+          workdir.METRICS: lambda w: workdir.MetricsLog(w, 10)}[name]
   with pytest.raises(ValueError) as e:
     read(str(tmp_path))
   assert str(e.value).startswith(str(tmp_path / name)) and message in str(e.value)
