@@ -18,9 +18,12 @@ Every checkpoint is verified on restore: process 0 writes ``<step>/DIGEST`` (the
 each of its files) once the save is complete; a checkpoint whose files differ from it (flipped,
 zeroed or missing bytes) is quarantined as one that fails to restore, before orbax reads it. A
 checkpoint that restores with a non-finite value in its state (which would give a non-finite
-loss at its own step) is quarantined too; so is one whose first step, once resumed, gives a
-non-finite loss (``run`` calls ``quarantine``: the rerun resumes from the previous one). Checkpoints saved without a digest (by an older
-version, or killed between the save and the digest) restore unverified. Hashing reads every
+loss at its own step) is quarantined too. Checkpoints saved without a digest (by an older
+version, or killed between the save and the digest) restore unverified (``verified``: whether
+the checkpoint ``restore_latest`` returned passed a digest check); ``run`` quarantines such a
+one whose first step, once resumed, gives a non-finite loss where the run logged a finite one
+(the rerun resumes from the previous one), but never a verified one: its files are those saved,
+so the data, code or config differ from the run that saved it. Hashing reads every
 file of the checkpoint back (on gs://, a download of it), so a background save's digest is
 written by a worker thread of process 0, started by the first ``check`` that finds the save
 complete (or by ``wait``), never inside the training loop; the next ``save``, ``wait`` or
@@ -148,11 +151,15 @@ def file_digests(directory: str) -> dict:
   return dict(sorted(digests.items()))
 
 
+def has_digest(directory: str) -> bool:
+  return files.path(os.path.join(directory, DIGEST)).exists()
+
+
 def verify(directory: str):
   """Why the checkpoint in ``directory`` differs from the digest written at its save (one
   phrase), or None when it matches or has no digest."""
   digest_file = os.path.join(directory, DIGEST)
-  if not files.path(digest_file).exists():
+  if not has_digest(directory):
     return None
   try:
     saved = json.loads(files.path(digest_file).read_text())
@@ -192,6 +199,7 @@ class Checkpointer:
     self.corrupt_dir = files.absolute(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep, self.background = keep, background
     self.saving = None  # the step of the latest save started
+    self.verified = False  # whether the checkpoint restore_latest returned had a digest
     self._digests = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-digest")
     self._digest = None  # the Future of the digest being written (process 0)
     logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
@@ -289,10 +297,13 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state, log=print):
     """Returns (state, step) of the newest checkpoint that restores, or (None, 0) if none does;
-    ``log`` receives one line per quarantined checkpoint and one if none restores."""
+    ``log`` receives one line per quarantined checkpoint and one if none restores. Sets
+    ``verified``: whether the returned checkpoint passed a digest check."""
     steps = sorted(self.manager.all_steps(), reverse=True)
+    self.verified = False
     for step in steps:
-      problem = verify(os.path.join(self.directory, str(step)))
+      step_dir = os.path.join(self.directory, str(step))
+      problem = verify(step_dir)
       if problem is None:
         try:
           with quiet_stderr():
@@ -302,6 +313,7 @@ class Checkpointer:
         else:
           bad = non_finite(state)
           if bad is None:
+            self.verified = has_digest(step_dir)
             return state, step
           problem = f"holds non-finite values in {bad}"
       else:

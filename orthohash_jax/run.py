@@ -20,8 +20,11 @@
    chunks at A and B, and steps A..B are traced into <workdir>/profile (``summary.Profiler``);
 4. SIGTERM, SIGINT (Ctrl-C) or orbax's preemption notice: the chunk finishes, a checkpoint is
    saved (waited for) and ``Interrupted`` is raised; a non-finite loss raises ``TrainingError``
-   without saving; a failed save raises ``checkpoint.SaveError``; a collective that fails
-   because another process died ends this one at once (``lost_process_exit``). On resume,
+   without saving (a non-finite loss at the restored step that the run logged finite: a
+   checkpoint saved without a digest is quarantined, one that passed its digest is kept, since
+   then the data, code or config changed); a failed save raises ``checkpoint.SaveError``; a
+   collective that fails because another process died ends this one at once
+   (``lost_process_exit``). On resume,
    ``metrics.jsonl`` lines after the restored step are dropped, and ``check_extension`` says
    what a changed ``num_epochs`` may do;
 5. evaluation (``evaluation.evaluate``; revisited Oxford/Paris when ``config.revisited``), then
@@ -177,8 +180,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     else:
       cli.say(f"resumed from checkpoint at step {start}")
     metrics_log = workdir_lib.MetricsLog(workdir, start)  # drops the lines after the step
-    # the losses of the restored step were finite before: a non-finite one now is the checkpoint's
-    restored_step_was_finite = resumed and parallel.any_process(bool(metrics_log.dropped))
+    # the loss logged for the chunk from the restored step (-inf: none): a non-finite one now is
+    # the checkpoint's fault, or (a checkpoint that passed its digest) the data's, code's, config's
+    logged_loss = parallel.agreed_max(
+        metrics_log.dropped[0].get("loss", -np.inf) if metrics_log.dropped else -np.inf)
+    restored_step_was_finite = resumed and np.isfinite(logged_loss)
     report = stack.enter_context(contextlib.closing(reporting.Reporter(
         workdir, total_steps, steps_per_epoch, workdir_lib.read_progress(workdir))))
 
@@ -195,7 +201,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       losses = np.asarray(losses)
       if not np.all(np.isfinite(losses)):
         bad = begin + int(np.argmin(np.isfinite(losses)))
-        if bad == start and restored_step_was_finite:  # damage no check caught
+        if bad == start and restored_step_was_finite and ckpt.verified:
+          raise TrainingError(
+              f"checkpoint at step {start} gives a non-finite loss at its own step, where the run "
+              f"that saved it logged a finite one ({logged_loss:.4g}, its chunk's mean); the "
+              "checkpoint passed its digest check, so the data, code or config differ from that "
+              "run's: rerun with those, or use a new --workdir (no checkpoint was quarantined)")
+        if bad == start and restored_step_was_finite:  # damage no check caught (no digest)
           raise TrainingError(f"checkpoint at step {start} gives a non-finite loss at its own "
                               f"step; {ckpt.quarantine(start)}; rerun the same command to "
                               "resume from the previous checkpoint")

@@ -347,33 +347,33 @@ def _write_lines(file: str, lines: list) -> None:
 class MetricsLog:
   """metrics.jsonl of the run training in ``workdir`` from the restored step ``step`` (0: none).
 
-  Opening it drops the lines of steps after ``step`` (logged before a kill, redone now) and a
-  half-written last line; ``dropped`` holds the records of the dropped lines (every one logged
-  with finite losses). ``append(record)`` adds a line: locally an append; on an object store,
-  which cannot append, a rewrite of the whole object (one line per chunk of steps: small) from
-  the lines kept in memory, so each line is one upload and the object is never read again.
-  Process 0 reads and writes the file; on the others ``dropped`` is [] (``run`` combines them
-  with ``parallel.any_process``) and ``append`` does nothing."""
+  Opening it reads the file and drops the lines of steps after ``step`` (logged before a kill,
+  redone now) and a half-written last line; ``dropped`` holds the records of the dropped lines
+  (every one logged with finite losses). The file is rewritten without them by the first
+  ``append(record)``, so a run that stops before it logs a chunk (a non-finite loss at the
+  restored step) leaves the file, and that evidence, as it was. Later lines are appended
+  locally; an object store cannot append, so there each line rewrites the whole object (one
+  line per chunk of steps: small) from the lines kept in memory: one upload per line, and the
+  object is never read again. Process 0 reads and writes the file; on the others ``dropped``
+  is [] (``run`` combines them with ``parallel.any_process``) and ``append`` does nothing."""
 
   def __init__(self, workdir: str, step: int):
-    self.file, self.dropped = path(workdir, METRICS), []
+    self.file, self.dropped, self.lines = path(workdir, METRICS), [], []
     self.main, self.remote = parallel.is_main_process(), files.is_remote(workdir)
-    self.lines = []  # the lines of the file (kept on an object store only)
-    if not self.main or not files.path(self.file).exists():
-      return
-    logged = _metrics_lines(self.file)
-    kept = [line for line, line_step in logged if line_step <= step]
-    self.dropped = [json.loads(line) for line, line_step in logged if line_step > step]
-    _write_lines(self.file, kept)
-    self.lines = kept if self.remote else []
+    self.rewrite = True  # the next append rewrites the file from ``lines``
+    if self.main and files.path(self.file).exists():
+      logged = _metrics_lines(self.file)
+      self.lines = [line for line, line_step in logged if line_step <= step]
+      self.dropped = [json.loads(line) for line, line_step in logged if line_step > step]
 
   def append(self, record: dict) -> None:
     if not self.main:
       return
     line = json.dumps(record) + "\n"
-    if self.remote:
+    if self.rewrite:
       self.lines.append(line)
       _write_lines(self.file, self.lines)
+      self.rewrite = self.remote
     else:
       with open(self.file, "a") as f:
         f.write(line)

@@ -241,13 +241,15 @@ def test_a_failed_start_writes_nothing_and_the_corrected_command_runs(tmp_path, 
   assert (new / "results.json").exists()
 
 
-@pytest.mark.slow  # three runs and a re-save, ~7 s
-def test_a_checkpoint_giving_a_non_finite_loss_at_its_own_step_is_quarantined(tmp_path, fake_load,
-                                                                              capsys):
-  """Issue 36 #15: damage no check found (here: finite parameters x 1e20, saved with a valid
-  digest) shows as a non-finite loss at the checkpoint's own step, a step whose loss the run
-  logged as finite before: that checkpoint is quarantined in one line and the rerun resumes from
-  the previous one."""
+@pytest.mark.slow  # four runs and a re-save, ~9 s
+def test_a_checkpoint_giving_a_non_finite_loss_at_its_own_step_is_kept_if_it_passed_its_digest(
+    tmp_path, fake_load, capsys):
+  """Issue 36 #15: a checkpoint whose own step gives a non-finite loss, a step whose loss the
+  run logged as finite before (here: finite parameters x 1e20, re-saved). With a digest, which
+  it passes, its files are those saved, so the data, code or config changed: one error line
+  naming the step and the logged loss, and nothing quarantined. Without a digest (an older
+  run) it may be damage no check caught: quarantined in one line, and the rerun resumes from
+  the previous checkpoint."""
   fake_load(blobs())  # 8 steps per epoch, chunks of 4 steps, each one checkpointed
   config = small_config(num_epochs=2, steps_per_chunk=4, checkpoint_every_steps=4)
   run.train_and_evaluate(config, str(tmp_path))
@@ -262,6 +264,19 @@ def test_a_checkpoint_giving_a_non_finite_loss_at_its_own_step_is_quarantined(tm
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   ckpt.save(12, state.replace(params=jax.tree.map(lambda p: p * 1e20, state.params)))
   ckpt.close()
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  logged = {json.loads(line)["step"]: json.loads(line)["loss"] for line in metrics.splitlines()}
+  with pytest.raises(run.TrainingError) as e:
+    run.train_and_evaluate(config, str(tmp_path))
+  assert str(e.value) == (
+      "checkpoint at step 12 gives a non-finite loss at its own step, where the run that saved "
+      f"it logged a finite one ({np.float32(logged[16]):.4g}, its chunk's mean); the checkpoint "
+      "passed its digest check, so the data, code or config differ from that run's: rerun with "
+      "those, or use a new --workdir (no checkpoint was quarantined)")
+  assert not (tmp_path / "checkpoints_corrupt").exists()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "8"]
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics  # no chunk logged: kept as it was
+  os.remove(tmp_path / "checkpoints" / "12" / checkpoint.DIGEST)  # as saved by an older run
   with pytest.raises(run.TrainingError) as e:
     run.train_and_evaluate(config, str(tmp_path))
   assert str(e.value) == (f"checkpoint at step 12 gives a non-finite loss at its own step; "
