@@ -13,6 +13,7 @@ the others every call only keeps the clock):
   line with the mAP; ``histogram(step, result, num_bits)``: paper Figure 3 of the final codes as
   the image ``analysis/hamming_histogram``.
 * ``restart_clock()``: time spent on checkpoints and evaluations is not a chunk's.
+* ``flush()``: writes the events so far (``run``: once per chunk, after its evaluation).
 
 The event file is opened by the first chunk an invocation trains: rerunning a finished run
 (which only evaluates again) adds no event file.
@@ -96,6 +97,10 @@ class Reporter:
                                                result["query_labels"], result["db_labels"])
       self.events.image("analysis/hamming_histogram", step,
                         plots.png(plots.histogram_figure(intra, inter, num_bits)))
+
+  def flush(self) -> None:
+    if self.events is not None:
+      self.events.flush()
 
   def close(self) -> None:
     if self.events is not None:

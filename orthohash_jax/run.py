@@ -223,6 +223,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         record["mAP"] = result["mAP"]
         report.restart_clock()
       metrics_log.append(record)
+      report.flush()
 
     profiler = summary.Profiler(config.profile_steps,
                                 workdir_lib.path(workdir, workdir_lib.PROFILE))

@@ -2,15 +2,18 @@
 writer (no TensorFlow), and ``jax.profiler`` traces.
 
 ``EventWriter(logdir)`` opens a new ``events.out.tfevents.<time>.<host>...`` file in ``logdir``
-on process 0 (an object store, gs://: the writer writes local files only, so the file is written
-in a local temporary directory and uploaded whole after every event: a reader sees the events up
-to the last upload) (a resumed run adds a file; TensorBoard reads them as one run and drops the
-events of steps that were redone); on every other process each call does nothing.
+on process 0 (a resumed run adds a file; TensorBoard reads them as one run and drops the events
+of steps that were redone); on every other process each call does nothing. Events reach the
+file at each ``flush`` (``run``: once per chunk of steps) and at ``close``. On an object store
+(gs://) the writer writes local files only: the file is written in a local temporary directory
+and, at each ``flush`` or ``close`` that follows new events, uploaded whole (one upload; a
+reader sees the events up to the last upload).
 
 * ``scalars(step, {tag: value})``: one float32 scalar per tag at global step ``step``.
 * ``image(tag, step, png)``: a PNG (bytes) shown in TensorBoard's Images tab; height, width
   and channels are read from the PNG.
-* ``close()``: flushes the file.
+* ``flush()``: writes the events so far to the file (on gs://: uploads it if it changed).
+* ``close()``: flushes, then closes the file.
 
 Tags written by ``run``: ``train/loss`` (mean loss of the chunk ending at the step),
 ``train/lr``, ``train/steps_per_second`` (as ``metrics.jsonl``), ``eval/mAP``,
@@ -32,6 +35,7 @@ after the first chunk (e.g. ``steps_per_chunk=10``, ``profile_steps=20:30``). A 
 (SIGTERM) inside the window writes no trace.
 """
 import io
+import os
 import shutil
 import tempfile
 import time
@@ -49,6 +53,7 @@ class EventWriter:
 
   def __init__(self, logdir: str):
     self._writer, self._upload_to = None, None
+    self._uploaded = {}  # {name: size} of each local file as last uploaded (gs://)
     if not parallel.is_main_process():
       return
     if files.is_remote(logdir):  # the writer only writes local files: written here, uploaded
@@ -60,9 +65,16 @@ class EventWriter:
     if self._writer is not None:
       self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                              summary=summary_pb2.Summary(value=values)))
-      if self._upload_to:
-        self._writer.flush()
-        files.upload_tree(self._writer.get_logdir(), self._upload_to)
+
+  def _upload_changed(self) -> None:
+    """Uploads each local file whose size changed since its last upload (gs://)."""
+    local = self._writer.get_logdir()
+    for name in sorted(os.listdir(local)):
+      size = os.path.getsize(os.path.join(local, name))
+      if self._uploaded.get(name) != size:
+        files.path(self._upload_to).joinpath(name).write_bytes(
+            files.path(os.path.join(local, name)).read_bytes())
+        self._uploaded[name] = size
 
   def scalars(self, step: int, values: dict) -> None:
     self._add(step, [summary_pb2.Summary.Value(tag=tag, simple_value=float(v))
@@ -76,11 +88,17 @@ class EventWriter:
                                         encoded_image_string=png)
     self._add(step, [summary_pb2.Summary.Value(tag=tag, image=encoded)])
 
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+      if self._upload_to:
+        self._upload_changed()
+
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
       if self._upload_to:
-        files.upload_tree(self._writer.get_logdir(), self._upload_to)
+        self._upload_changed()
         shutil.rmtree(self._writer.get_logdir(), ignore_errors=True)
       self._writer = None
 

@@ -115,12 +115,12 @@ def test_metrics_lines_are_appended_and_truncated_on_an_object_store(gcs):
 
 
 @pytest.mark.slow  # two runs of two invocations, ~10 s
-def test_a_bucket_run_logs_the_metrics_of_a_local_run_reading_them_once(gcs, fake_load,
-                                                                       monkeypatch, tmp_path,
-                                                                       object_io):
-  """metrics.jsonl in the bucket equals the local run's file after a run of several chunks and
-  a resume that drops lines; it is read once (on resume), not once per chunk, and uploaded once
-  per line."""
+def test_a_bucket_run_logs_the_metrics_and_events_of_a_local_run(gcs, fake_load, monkeypatch,
+                                                                 tmp_path, object_io):
+  """After a run of several chunks and a resume that drops lines, metrics.jsonl in the bucket
+  equals the local run's file: read once (on resume), not once per chunk, and uploaded once per
+  line; the event files hold the local run's events, each uploaded once per chunk (its
+  evaluation included) and once at the end (the final evaluation)."""
   fake_load(blobs())
   local = str(tmp_path / "run")
   train_then_resume_before_the_last_checkpoint(local, monkeypatch)
@@ -128,6 +128,10 @@ def test_a_bucket_run_logs_the_metrics_of_a_local_run_reading_them_once(gcs, fak
   object_io.reads.clear()
   object_io.uploads.clear()
   train_then_resume_before_the_last_checkpoint(wd, monkeypatch)
+  assert events_in(wd, tmp_path) == events_in(local, tmp_path)
+  events = sorted(n for n in object_io.uploads if n.startswith("events.out.tfevents."))
+  assert len(events) == 2  # one file per invocation, uploaded once per chunk and at the end
+  assert [object_io.uploads[n] for n in events] == [4 + 1, 4 + 1]
   on_disk = open(workdir.path(local, workdir.METRICS)).read()
   assert files.path(workdir.path(wd, workdir.METRICS)).read_text() == on_disk
   steps = [json.loads(line)["step"] for line in on_disk.splitlines()]
@@ -206,19 +210,33 @@ def test_checkpoints_save_restore_and_quarantine_in_the_bucket(gcs, capsys):
   assert not files.path(f"{wd}/checkpoints/6").exists()
 
 
-def test_events_are_uploaded_and_readable(gcs, tmp_path):
+def events_in(directory: str, tmp_path) -> list:
+  """(step, tag, scalar, image bytes) of every value in the event files of ``directory`` (local
+  or gs://), sorted (wall times left out: they differ between runs)."""
+  seen = []
+  for name in sorted(p.name for p in files.path(directory).iterdir()
+                     if p.name.startswith("events.out.tfevents.")):
+    local = tmp_path / f"events-copy-{len(seen)}"
+    local.write_bytes(files.path(directory).joinpath(name).read_bytes())
+    for raw in event_file_loader.RawEventFileLoader(str(local)).Load():
+      event = event_pb2.Event.FromString(raw)
+      seen += [(event.step, v.tag, v.simple_value, v.image.encoded_image_string)
+               for v in event.summary.value]
+  return sorted(seen)
+
+
+def test_events_are_uploaded_once_per_flush_and_readable(gcs, tmp_path, object_io):
   wd = gcs.prefix("events")
   writer = summary.EventWriter(wd)
   writer.scalars(3, {"train/loss": 0.5})
   writer.scalars(6, {"train/loss": 0.25})
-  (name,) = names_under(wd)  # readable before close: uploaded after each event
+  writer.flush()
+  (name,) = names_under(wd)  # readable before close
+  assert object_io.uploads[name] == 1  # one upload for the two events
+  writer.flush()
   writer.close()
-  local = tmp_path / name
-  local.write_bytes(files.path(f"{wd}/{name}").read_bytes())
-  events = map(event_pb2.Event.FromString,
-               event_file_loader.RawEventFileLoader(str(local)).Load())
-  seen = [(e.step, v.simple_value) for e in events for v in e.summary.value]
-  assert seen == [(3, 0.5), (6, 0.25)]
+  assert object_io.uploads[name] == 1  # nothing new: nothing uploaded
+  assert events_in(wd, tmp_path) == [(3, "train/loss", 0.5, b""), (6, "train/loss", 0.25, b"")]
 
 
 @pytest.mark.slow
