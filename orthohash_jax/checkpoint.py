@@ -23,12 +23,13 @@ version, or killed between the save and the digest) restore unverified (``verifi
 the checkpoint ``restore_latest`` returned passed a digest check); ``run`` quarantines such a
 one whose first step, once resumed, gives a non-finite loss where the run logged a finite one
 (the rerun resumes from the previous one), but never a verified one: its files are those saved,
-so the data, code or config differ from the run that saved it. Hashing reads every
-file of the checkpoint back (on gs://, a download of it), so a background save's digest is
-written by a worker thread of process 0, started by the first ``check`` that finds the save
-complete (or by ``wait``), never inside the training loop; the next ``save``, ``wait`` or
-``close`` waits for it, and an error it met (a full disk writing the digest) is raised there or
-by the next ``check``, as a failed save is.
+so the data, code or config differ from the run that saved it.
+
+Hashing reads every file of the checkpoint back (on gs://, a download of it), so a background
+save's digest is written by a worker thread of process 0, started by the first ``check`` that
+finds the save complete (or by ``wait``), never inside the training loop; the next ``save``,
+``wait`` or ``close`` waits for it, and an error it met (a full disk writing the digest) is
+raised there or by the next ``check``, as a failed save is.
 
 A save that fails (a full disk) raises ``SaveError``, one line, after deleting its partial
 files: at ``save`` itself, or for a background write at the next ``check``, ``save``, ``wait``
@@ -199,7 +200,7 @@ class Checkpointer:
     self.corrupt_dir = files.absolute(os.path.join(workdir, CORRUPT_DIRECTORY))
     self.keep, self.background = keep, background
     self.saving = None  # the step of the latest save started
-    self.verified = False  # whether the checkpoint restore_latest returned had a digest
+    self.verified = False  # whether the checkpoint restore_latest returned passed a digest
     self._digests = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-digest")
     self._digest = None  # the Future of the digest being written (process 0)
     logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl

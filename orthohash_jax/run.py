@@ -24,9 +24,8 @@
    checkpoint saved without a digest is quarantined, one that passed its digest is kept, since
    then the data, code or config changed); a failed save raises ``checkpoint.SaveError``; a
    collective that fails because another process died ends this one at once
-   (``lost_process_exit``). On resume,
-   ``metrics.jsonl`` lines after the restored step are dropped, and ``check_extension`` says
-   what a changed ``num_epochs`` may do;
+   (``lost_process_exit``). On resume, ``metrics.jsonl`` lines after the restored step are
+   dropped, and ``check_extension`` says what a changed ``num_epochs`` may do;
 5. evaluation (``evaluation.evaluate``; revisited Oxford/Paris when ``config.revisited``), then
    ``codes.npz`` and ``results.json`` (process 0 writes every file).
 
@@ -182,8 +181,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     metrics_log = workdir_lib.MetricsLog(workdir, start)  # drops the lines after the step
     # the loss logged for the chunk from the restored step (-inf: none): a non-finite one now is
     # the checkpoint's fault, or (a checkpoint that passed its digest) the data's, code's, config's
-    logged_loss = parallel.agreed_max(
-        metrics_log.dropped[0].get("loss", -np.inf) if metrics_log.dropped else -np.inf)
+    logged_loss = metrics_log.dropped[0].get("loss") if metrics_log.dropped else None
+    logged_loss = parallel.agreed_max(logged_loss if isinstance(logged_loss, float) else -np.inf)
     restored_step_was_finite = resumed and np.isfinite(logged_loss)
     report = stack.enter_context(contextlib.closing(reporting.Reporter(
         workdir, total_steps, steps_per_epoch, workdir_lib.read_progress(workdir))))

@@ -355,7 +355,8 @@ class MetricsLog:
   locally; an object store cannot append, so there each line rewrites the whole object (one
   line per chunk of steps: small) from the lines kept in memory: one upload per line, and the
   object is never read again. Process 0 reads and writes the file; on the others ``dropped``
-  is [] (``run`` combines them with ``parallel.any_process``) and ``append`` does nothing."""
+  is [] (``run`` shares process 0's logged loss with a collective) and ``append`` does
+  nothing."""
 
   def __init__(self, workdir: str, step: int):
     self.file, self.dropped, self.lines = path(workdir, METRICS), [], []
