@@ -26,7 +26,8 @@ r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, J
    that a file is about ImageNet's average 110 KB) as list files, as ArrayRecord
    with the bytes kept, and as ArrayRecord re-encoded at shorter side 256 (JPEG quality 90), and
    the torch DataLoader on the JPEG files; 1 and 2 workers; every measurement in a fresh process
-   (its peak RSS); medians over --reps interleaved reps.
+   (its peak RSS); medians over --reps interleaved reps. CPU per image both over the whole run
+   (start-up included) and in the steady state (after the warm-up batches).
 7. Section "scale" (not in the default set): a synthetic ArrayRecord dataset of
    --scale_records (5M) 8 x 8 PNG training records (written once, ~1 GB): opening it (metadata +
    labels: the index) and 100 training steps (MLP, batch 256) in a fresh process, RSS after

@@ -193,3 +193,18 @@ def test_chunked_map_all_and_pair_counts_match_brute_force(monkeypatch, multilab
   intra, inter = metrics.pair_distance_counts(qb, db, ql, dl)
   np.testing.assert_array_equal(intra, np.bincount(dist[rel], minlength=65))
   np.testing.assert_array_equal(inter, np.bincount(dist[~rel], minlength=65))
+
+
+def test_one_ahead_yields_every_item_after_producing_the_next():
+  pulled = []
+
+  def produce(n):
+    for i in range(n):
+      pulled.append(i)
+      yield i if i != 1 else None  # None is an item like any other
+
+  seen = []
+  for item in metrics._one_ahead(produce(4)):
+    seen.append((item, list(pulled)))
+  assert seen == [(0, [0, 1]), (None, [0, 1, 2]), (2, [0, 1, 2, 3]), (3, [0, 1, 2, 3])]
+  assert not list(metrics._one_ahead(produce(0)))
