@@ -98,7 +98,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orthohash_jax import (cli, codes_file, evaluation, files, hamming_kernel, images, metrics,
+from orthohash_jax import (cli, codes_file, evaluation, hamming_kernel, images, metrics,
                            retrieval, run, search)
 from orthohash_jax import workdir as workdir_lib
 
@@ -280,22 +280,6 @@ class _Batcher:
       start += len(codes)
 
 
-def _read_results(path: str):
-  """(mAP, steps) of a run's results.json (None, None without one); a file that is no JSON
-  object, a mAP that is no number or steps that are no integer: ValueError naming the file."""
-  if not files.path(path).exists():
-    return None, None
-  results = files.read_json(path)
-  if not isinstance(results, dict):
-    raise ValueError(f"{path} must hold a JSON object, got {type(results).__name__}")
-  value, steps = results.get("mAP"), results.get("steps")
-  if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-    raise ValueError(f"{path}: mAP must be a number or null, got {_short(value)}")
-  if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
-    raise ValueError(f"{path}: steps must be an integer, got {_short(steps)}")
-  return value, steps
-
-
 class SearchService:
   """The run's codes, data and model; answers searches (thread-safe).
 
@@ -309,7 +293,8 @@ class SearchService:
     codes_path = workdir_lib.path(workdir, workdir_lib.CODES)
     self.codes = codes_file.load_codes(codes_path)
     self.num_bits = int(self.codes["num_bits"])
-    self.map, self.codes_step = _read_results(workdir_lib.path(workdir, workdir_lib.RESULTS))
+    results = workdir_lib.read_results(workdir) or {}
+    self.map, self.codes_step = results.get("mAP"), results.get("steps")
     self.index = search.HammingIndex(self.num_bits)
     self.index.add(self.codes["db_codes"])
     self.trainer, self.data, self.state, self.step = run.restore_run(workdir)
