@@ -11,8 +11,9 @@ Sources: list files (imagenet100 / nuswide / coco, or listfile with --num_classe
 validated by ``listfile.read_lists``), the Fashion-MNIST IDX files (our split,
 ``idx.read_protocol``; each image PNG-encoded, lossless, path ``images/NNNNN.png`` as
 ``write_listfiles`` names it) and any TFDS image-classification dataset prepared as
-``array_record`` (``tfds.data_source``, its stored image bytes; each of train / query / db is one
-TFDS split expression such as ``train[:90%]``). The layout of the output is ``records``'.
+``array_record`` (opened by ``tfds_source.open_source``, its stored image bytes; each of train /
+query / db is one TFDS split expression such as ``train[:90%]``). The layout of the output is
+``records``'.
 
 Images: kept as they are (the default), or with ``--resize=S`` re-encoded as JPEG of
 ``--jpeg_quality`` at shorter side S (torchvision's Resize(S), bilinear) when their shorter side
@@ -94,10 +95,8 @@ def _labels_slice(labels: listfile.Labels, start: int, stop: int) -> listfile.La
 def _read_rows(rows: Rows):
   """Yields (where, source path, image bytes or an OSError, int32 class ids) per row."""
   if rows.kind == "tfds":
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     name, split, data_dir, image_key, label_key = rows.tfds
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              decoders={image_key: tfds.decode.SkipDecoding()})
+    source = tfds_source.open_source(name, split, data_dir, image_key, label_key)
     for i in range(rows.start, rows.stop):
       example = source[i]
       image = example[image_key]
@@ -223,19 +222,14 @@ def _idx_source(args):
 
 
 def _tfds_source(args):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   chosen = tfds_source.parse_splits(args.tfds_splits)
   if "per_class" in chosen:
     raise DataError("write_arrayrecord takes --tfds_splits=train=S1,query=S2,db=S3 (convert "
                     "the per-class protocol's TFDS split with dataset=tfds instead)")
   splits, num_classes = {}, None
   for split in records.SPLITS:
-    try:
-      source = tfds.data_source(args.tfds_name, split=chosen[split], data_dir=args.data_dir,
-                                download=False)
-    except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"{args.tfds_name}: cannot open the TFDS data source {chosen[split]!r} in "
-                      f"{args.data_dir}: {str(e).splitlines()[0]}") from e
+    source = tfds_source.open_source(args.tfds_name, chosen[split], args.data_dir,
+                                     args.image_feature, args.label_feature)
     num_classes = source.dataset_info.features[args.label_feature].num_classes
     splits[split] = Rows("tfds", 0, len(source), f"tfds {args.tfds_name} {chosen[split]}",
                          tfds=(args.tfds_name, chosen[split], args.data_dir, args.image_feature,
