@@ -66,6 +66,20 @@ class Labels:
   indptr: np.ndarray
   indices: np.ndarray
 
+  @classmethod
+  def from_ids(cls, ids) -> "Labels":
+    """Single-label rows: integer class ids (N,) -> one 1 per row (int32 ids)."""
+    return cls(np.arange(len(ids) + 1, dtype=np.int64), np.asarray(ids).astype(np.int32))
+
+  def take(self, rows) -> "Labels":
+    """The label rows ``rows`` (integer row numbers, any order) as a new ``Labels``."""
+    rows = np.asarray(rows, np.int64)
+    counts = self.counts[rows]
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    starts = np.repeat(self.indptr[rows] - indptr[:-1], counts)
+    return Labels(indptr, self.indices[starts + np.arange(indptr[-1])])
+
   @property
   def counts(self) -> np.ndarray:
     """int64 (N,): number of 1s per row."""

@@ -57,8 +57,7 @@ class TfdsSource(streaming.ImageSource):
     """``parts`` maps each split to (TFDS data source, int64 row -> example index); ``labels``
     to int32 class ids; ``args``: those of ``ImageSource`` after ``multilabel``."""
     self._parts, self._image_feature = parts, image_feature
-    as_sparse = {s: listfile.Labels(np.arange(len(y) + 1, dtype=np.int64), y)
-                 for s, y in labels.items()}
+    as_sparse = {s: listfile.Labels.from_ids(y) for s, y in labels.items()}
     super().__init__(name, num_classes, as_sparse, False, *args)
 
   def _open(self, split, rows):

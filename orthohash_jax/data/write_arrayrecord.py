@@ -87,11 +87,6 @@ class Shard:
   output: str  # where it is published
 
 
-def _labels_slice(labels: listfile.Labels, start: int, stop: int) -> listfile.Labels:
-  ptr = labels.indptr[start:stop + 1]
-  return listfile.Labels(ptr - ptr[0], labels.indices[ptr[0]:ptr[-1]])
-
-
 def _read_rows(rows: Rows):
   """Yields (where, source path, image bytes or an OSError, int32 class ids) per row."""
   if rows.kind == "tfds":
@@ -197,11 +192,8 @@ def _list_source(args):
                      f"{lines[first]}")
       keep[r] = False
     rows = np.flatnonzero(keep)
-    counts = labels.counts[rows]
-    kept = listfile.Labels(np.concatenate([[0], np.cumsum(counts)]),
-                           labels.indices[np.repeat(keep, labels.counts)])
     splits[split] = Rows("files", 0, len(rows), path, names=names[rows], lines=lines[rows],
-                         labels=kept, root=root)
+                         labels=labels.take(rows), root=root)
   return num_classes, multilabel, splits, skipped
 
 
@@ -215,8 +207,7 @@ def _idx_source(args):
   for split, rows in zip(records.SPLITS, (train, query, db)):
     splits[split] = Rows("arrays", 0, len(rows), where,
                          names=np.array([f"images/{i:05d}.png" for i in rows], "S"),
-                         labels=listfile.Labels(np.arange(len(rows) + 1, dtype=np.int64),
-                                                labels[rows].astype(np.int32)),
+                         labels=listfile.Labels.from_ids(labels[rows]),
                          images=images[rows])
   return 10, False, splits, []
 
@@ -246,7 +237,7 @@ def _shards_of(rows: Rows, size: int):
       out.append(dataclasses.replace(rows, start=start, stop=stop))
       continue
     part = dataclasses.replace(rows, start=0, stop=stop - start, names=rows.names[start:stop],
-                               labels=_labels_slice(rows.labels, start, stop))
+                               labels=rows.labels.take(np.arange(start, stop)))
     if rows.lines is not None:
       part.lines = rows.lines[start:stop]
     if rows.images is not None:
