@@ -5,8 +5,8 @@ r"""Command line: a search page over a finished run, served by Starlette on uvic
 
 Binds ``host:port`` first (a taken port fails at once; 127.0.0.1 by default: only this machine
 can connect; 0 picks a free port; an address that is not loopback, decided on the address the
-host resolves to, needs ``--allowed_hosts``), then loads the run's codes file
-``<workdir>/codes.npz`` (the codes ``python -m orthohash_jax.search`` searches; its rows must
+host resolves to once (the address bound), needs ``--allowed_hosts``), then loads the run's codes
+file ``<workdir>/codes.npz`` (the codes ``python -m orthohash_jax.search`` searches; its rows must
 match the run's data), ``results.json`` (mAP, and the step whose model made the codes), its data
 (pictures through ``data.eval_rows``, see ``images``) and its latest checkpoint (to encode
 uploaded images; when that is not the step of results.json, because newer checkpoints were
@@ -570,15 +570,16 @@ def bind_address(host: str, port: int = 0):
   return family, address
 
 
-def allowed_hosts(host: str, names=()):
+def allowed_hosts(host: str, names=(), address=None):
   """The Host header names a server on ``host`` accepts: the loopback names, ``names``, and
   ``host`` and its address unless that is the wildcard; None (any) when names holds "*". Decided
-  on the address ``host`` resolves to: one that is not loopback (the wildcard included) without
-  names is a ValueError, as other machines can connect and the names they use must be given."""
+  on the address the server listens on (``address``, a socket address; None: the one ``host``
+  resolves to now): one that is not loopback (the wildcard included) without names is a
+  ValueError, as other machines can connect and the names they use must be given."""
   names = [n.strip().lower() for n in names if n.strip()]
   if "*" in names:
     return None
-  address = ipaddress.ip_address(bind_address(host)[1][0].split("%")[0])
+  address = ipaddress.ip_address((address or bind_address(host)[1])[0].split("%")[0])
   if not address.is_loopback and not names:
     raise ValueError(f"--host={host!r} listens on {address}, "
                      f"{'every interface' if address.is_unspecified else 'not a loopback address'}"
@@ -587,10 +588,10 @@ def allowed_hosts(host: str, names=()):
       frozenset() if address.is_unspecified else {_host_name(host), str(address)})
 
 
-def listen(host: str, port: int) -> socket.socket:
-  """A socket listening on ``host``:``port`` (its resolved address); OSError "cannot listen on
-  host:port (reason)"."""
-  family, address = bind_address(host, port)
+def listen(host: str, port: int, resolved=None) -> socket.socket:
+  """A socket listening on ``host``:``port`` (``resolved``, its ``bind_address``; None: resolved
+  here); OSError "cannot listen on host:port (reason)"."""
+  family, address = resolved or bind_address(host, port)
   sock = socket.socket(family)
   try:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -600,6 +601,15 @@ def listen(host: str, port: int) -> socket.socket:
     sock.close()
     raise OSError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
   return sock
+
+
+def listen_allowed(host: str, port: int, names=()):
+  """(``listen``'s socket, ``allowed_hosts``' names) with ``host`` resolved once for both, so the
+  allow-list is decided on the address the socket is bound to (a DNS name may resolve to another
+  address at each lookup). The allow-list is checked first: nothing is bound when it fails."""
+  resolved = bind_address(host, port)
+  hosts = allowed_hosts(host, names, resolved[1])
+  return listen(host, port, resolved), hosts
 
 
 class _Front:
@@ -990,7 +1000,7 @@ class Server:
     self.service = service
     self.socket = listen(host, port) if sock is None else sock
     protocol = type("Protocol", (_Protocol,), {"limits": limits.check()})
-    hosts = allowed_hosts(host) if hosts is None else hosts
+    hosts = allowed_hosts(host, (), self.socket.getsockname()) if hosts is None else hosts
     config = uvicorn.Config(
         _Front(make_app(service, limits), hosts, limits), http=protocol,
         ws="none", lifespan="off", log_config=None, log_level="error", access_log=False,
@@ -1043,8 +1053,8 @@ def main(argv=None) -> int:
     if not 0 <= args.port < 65536:
       raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()
-    hosts = allowed_hosts(args.host, args.allowed_hosts.split(","))
-    sock = listen(args.host, args.port)  # before loading: a taken port fails at once
+    # before loading: a taken port fails at once
+    sock, hosts = listen_allowed(args.host, args.port, args.allowed_hosts.split(","))
     try:
       service = SearchService(args.workdir)
     except BaseException:
