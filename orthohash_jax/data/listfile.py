@@ -107,8 +107,10 @@ def _line_fields(raw: bytes, num_classes: int, where: str):
   return parts[0], np.array([c for c, v in enumerate(values) if v == b"1"], np.int32)
 
 
-def _parse_block(buf: np.ndarray, num_classes: int, path: str, first_line: int):
-  """Parses whole lines (``buf`` uint8 ending in a newline) numbered from ``first_line``.
+def _parse_block(buf: np.ndarray, ends: np.ndarray, num_classes: int, path: str,
+                 first_line: int):
+  """Parses whole lines (``buf`` uint8 ending in a newline, ``ends`` the positions of its
+  newlines) numbered from ``first_line``.
 
   Regular lines (a path without whitespace, then exactly " d" for each of the C labels, d in
   {0, 1}, optionally \\r before the newline) are checked and read with whole-array operations;
@@ -117,7 +119,6 @@ def _parse_block(buf: np.ndarray, num_classes: int, path: str, first_line: int):
   (n,), int64 label counts (n,), int32 class ids of the 1s in row order, the first line's
   DataError or None), blank lines left out and nothing from the bad line on.
   """
-  ends = np.flatnonzero(buf == _NEWLINE)
   starts = np.concatenate([[0], ends[:-1] + 1])
   stops = ends - (buf[np.maximum(ends - 1, 0)] == _CR) * (ends > starts)  # before "\r\n"
   region = stops - 2 * num_classes  # first byte of the label part of a regular line
@@ -220,10 +221,11 @@ def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
         text = text if text.endswith(b"\n") else text + b"\n"
         cut, carry = len(text), b""
       buf = np.frombuffer(text, np.uint8, cut)
-      *parts, error = _parse_block(buf, num_classes, path, line)
+      ends = np.flatnonzero(buf == _NEWLINE)
+      *parts, error = _parse_block(buf, ends, num_classes, path, line)
       for out, part in zip((names, lines, counts, classes), parts):
         out.append(part)
-      line += int(np.count_nonzero(buf == _NEWLINE))
+      line += len(ends)
       if not block:
         break
   names = np.concatenate(names) if names else np.array([], "S1")
