@@ -234,7 +234,7 @@ def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   label rows, and the chunk's true size n.
   Memory O(chunk x depth) on top of the database."""
   q_rows, db_rows = label_rows(q_labels, db_labels, multilabel)
-  blocked = retrieval.blocked_codes(db)
+  blocked = retrieval.blocked_codes(db, mesh=mesh)  # replicated once for every chunk
   for s in range(0, len(q), TOPK_QUERY_CHUNK):
     n = min(TOPK_QUERY_CHUNK, len(q) - s)
     size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())
