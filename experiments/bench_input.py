@@ -26,7 +26,8 @@ r"""Input pipeline: streaming ImageListSource vs a torch DataLoader, peak RSS, J
    that a file is about ImageNet's average 110 KB) as list files, as ArrayRecord
    with the bytes kept, and as ArrayRecord re-encoded at shorter side 256 (JPEG quality 90), and
    the torch DataLoader on the JPEG files; 1 and 2 workers; every measurement in a fresh process
-   (its peak RSS); medians over --reps interleaved reps.
+   (its peak RSS); medians over --reps interleaved reps. CPU per image both over the whole run
+   (start-up included) and in the steady state (after the warm-up batches).
 7. Section "scale" (not in the default set): a synthetic ArrayRecord dataset of
    --scale_records (5M) 8 x 8 PNG training records (written once, ~1 GB): opening it (metadata +
    labels: the index) and 100 training steps (MLP, batch 256) in a fresh process, RSS after
@@ -35,6 +36,7 @@ Prints ``os.getloadavg()`` at start and end: only ratios measured side by side m
 """
 import argparse
 import concurrent.futures
+import functools
 import importlib
 import json
 import math
@@ -54,6 +56,7 @@ from orthohash_jax import data as data_lib
 from orthohash_jax.data import listfile, records, streaming, transforms, write_arrayrecord
 
 BATCH = 64
+WARMUP = 2  # batches before the steady-state clocks start
 RSS_SIZES = (2000, 20000)
 
 
@@ -132,9 +135,12 @@ def _cpu_s(who):
 
 
 def ours_images_per_s(directory, workers, order, dataset="listfile"):
-  """(images/s after warm-up, CPU ms per image over the whole run incl. start-up; the source's
-  module is imported first, as torch is before the DataLoader's clock starts: importing grain
-  costs 60-90 ms of CPU once per process, up to 0.09 ms per image of a 1,024-image run)."""
+  """(images/s after warm-up, CPU ms per image over the whole run incl. start-up, CPU ms per
+  image in the steady state). The source's module is imported first, as torch is before the
+  DataLoader's clock starts (importing grain costs 60-90 ms of CPU once per process). Warm-up:
+  the first ``WARMUP`` batches, read one after the other (opening, the first reads of each
+  shard); the steady-state clocks (wall and CPU, all threads) start once they are done and
+  stop when the last batch is in, so they count exactly the remaining batches."""
   importlib.import_module(data_lib.SOURCES[dataset])
   cpu0 = _cpu_s(resource.RUSAGE_SELF)
   config = source_config(directory, workers, dataset)
@@ -143,23 +149,27 @@ def ours_images_per_s(directory, workers, order, dataset="listfile"):
   src = data_lib.load(config)
   batches = order.reshape(-1, BATCH)
   positions = np.arange(BATCH)
+  for s in range(WARMUP):
+    src.train_rows(batches[s:s + 1], [s], positions)
+  cpu1, start = _cpu_s(resource.RUSAGE_SELF), time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(3) as ahead:
-    pending = [ahead.submit(src.train_rows, batches[s:s + 1], [s], positions) for s in range(3)]
-    start = None
-    for step in range(len(batches)):
-      if step == 2:
-        start = time.perf_counter()
+    pending = [ahead.submit(src.train_rows, batches[s:s + 1], [s], positions)
+               for s in range(WARMUP, WARMUP + 3)]
+    for step in range(WARMUP, len(batches)):
       pending.pop(0).result()
       if step + 3 < len(batches):
         pending.append(ahead.submit(src.train_rows, batches[step + 3:step + 4], [step + 3],
                                     positions))
-  rate = (len(batches) - 2) * BATCH / (time.perf_counter() - start)
+  steady = (len(batches) - WARMUP) * BATCH
+  rate = steady / (time.perf_counter() - start)
+  cpu2 = _cpu_s(resource.RUSAGE_SELF)
   src.close()
-  return rate, (_cpu_s(resource.RUSAGE_SELF) - cpu0) * 1e3 / len(order)
+  return rate, (cpu2 - cpu0) * 1e3 / len(order), (cpu2 - cpu1) * 1e3 / steady
 
 
 def torch_images_per_s(directory, workers, order):
-  """As ``ours_images_per_s``; CPU counts the main process and the (reaped) workers."""
+  """As ``ours_images_per_s``; CPU counts the main process and the (reaped) workers, the
+  steady state by the difference of two reads (see below)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   names = [line.split()[0] for line in open(os.path.join(directory, "train.txt"))]
@@ -191,19 +201,27 @@ def torch_images_per_s(directory, workers, order):
           img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.array(img, np.uint8))
 
-  loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH, sampler=order.tolist(),
-                                       num_workers=workers, prefetch_factor=2,
-                                       persistent_workers=False)
-  cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
-  it = iter(loader)
-  for _ in range(2):
-    next(it)
-  start = time.perf_counter()
-  n = sum(len(b) for b in it)
-  rate = n / (time.perf_counter() - start)
-  del it  # joins the workers, so that their CPU time is counted
-  cpu = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
-  return rate, cpu * 1e3 / len(order)
+  def run_loader(rows, warm):
+    """Reads ``rows`` with a fresh DataLoader; (images/s after ``warm`` batches, CPU s of the
+    whole read: this process and its reaped workers)."""
+    loader = torch.utils.data.DataLoader(Files(), batch_size=BATCH, sampler=rows.tolist(),
+                                         num_workers=workers, prefetch_factor=2,
+                                         persistent_workers=False)
+    cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
+    it = iter(loader)
+    for _ in range(warm):
+      next(it)
+    start = time.perf_counter()
+    n = sum(len(b) for b in it)
+    rate = n / (time.perf_counter() - start) if n else 0.0
+    del it  # joins the workers, so that their CPU time is counted
+    return rate, _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
+
+  # Steady state by difference: a read of the warm-up batches alone costs the same start-up
+  # (worker processes, their first batches) as the whole read.
+  _, warm_cpu = run_loader(order[:WARMUP * BATCH], WARMUP)
+  rate, cpu = run_loader(order, WARMUP)
+  return rate, cpu * 1e3 / len(order), (cpu - warm_cpu) * 1e3 / (len(order) - WARMUP * BATCH)
 
 
 def rss_child(directory, n):
@@ -265,14 +283,13 @@ def make_full_files(directory, n):
 
 def input_child(spec):
   """One measurement in a fresh process: spec "side:folder:dataset:workers:n"; returns
-  images/s, CPU ms per image and the process's peak RSS (MiB)."""
+  images/s, CPU ms per image (whole run; steady state) and the process's peak RSS (MiB)."""
   side, folder, dataset, workers, n = spec.split(":")
   order = np.random.default_rng(0).permutation(int(n))
-  if side == "torch":
-    rate, cpu_ms = torch_images_per_s(folder, int(workers), order)
-  else:
-    rate, cpu_ms = ours_images_per_s(folder, int(workers), order, dataset)
-  return {"images_per_s": rate, "cpu_ms": cpu_ms,
+  fn = torch_images_per_s if side == "torch" else functools.partial(ours_images_per_s,
+                                                                     dataset=dataset)
+  rate, cpu_ms, steady_ms = fn(folder, int(workers), order)
+  return {"images_per_s": rate, "cpu_ms": cpu_ms, "steady_cpu_ms": steady_ms,
           "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -291,7 +308,7 @@ def arrayrecord_section(directory, n, reps):
                                [f"--input_child={side}:{folder}:{dataset}:{workers}:{n}"])
         results.setdefault(f"{label}_w{workers}", []).append(r)
         print(f"{label} workers={workers} rep={rep}: {r['images_per_s']:.1f} images/s, "
-              f"{r['cpu_ms']:.2f} CPU ms/image, peak RSS {r['rss_mib']:.0f} MiB "
+              f"{r['cpu_ms']:.2f} CPU ms/image ({r['steady_cpu_ms']:.2f} steady), peak RSS {r['rss_mib']:.0f} MiB "
               f"(load {os.getloadavg()[0]:.2f})", flush=True)
   return {k: {m: float(np.median([r[m] for r in v])) for m in v[0]} for k, v in results.items()}
 
@@ -465,13 +482,19 @@ def main():
   if "arrayrecord" in sections:
     report["arrayrecord"] = arrayrecord_section(args.dir, args.full_images, args.reps)
     report["arrayrecord_load_end"] = os.getloadavg()
-    print("\n| input | workers | images/s | images per CPU-second | CPU ms per image | "
-          "peak RSS MiB |")
+    print("\n| input | workers | images per CPU-second, steady (whole run) | CPU ms per "
+          "image, steady (whole run) | images/s | peak RSS MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for key, m in report["arrayrecord"].items():
       label, workers = key.rsplit("_w", 1)
-      print(f"| {label} | {workers} | {m['images_per_s']:.1f} | {1000 / m['cpu_ms']:.1f} | "
-            f"{m['cpu_ms']:.2f} | {m['rss_mib']:.0f} |")
+      print(f"| {label} | {workers} | {1000 / m['steady_cpu_ms']:.0f} ({1000 / m['cpu_ms']:.0f}) "
+            f"| {m['steady_cpu_ms']:.2f} ({m['cpu_ms']:.2f}) | {m['images_per_s']:.0f} | "
+            f"{m['rss_mib']:.0f} |")
+    ar = report["arrayrecord"]
+    for w in (1, 2):
+      print(f"workers={w}: ArrayRecord at 256 / JPEG list files, images per CPU-second: steady "
+            f"{ar[f'list_full_w{w}']['steady_cpu_ms'] / ar[f'ar_256_w{w}']['steady_cpu_ms']:.2f}x"
+            f", whole run {ar[f'list_full_w{w}']['cpu_ms'] / ar[f'ar_256_w{w}']['cpu_ms']:.2f}x")
     sections.discard("arrayrecord")
   if "scale" in sections:
     folder = os.path.join(args.dir, f"tiny_{args.scale_records}")
@@ -495,7 +518,7 @@ def main():
     for workers in (1, 2):
       for rep in range(args.reps):
         for side, fn in (("ours", ours_images_per_s), ("torch", torch_images_per_s)):
-          rate, cpu_ms = fn(train_dir, workers, order)
+          rate, cpu_ms, _ = fn(train_dir, workers, order)
           rates.setdefault(f"{side}_w{workers}", []).append(rate)
           cpu.setdefault(f"{side}_w{workers}", []).append(cpu_ms)
           print(f"train {side} workers={workers} rep={rep}: {rate:.1f} images/s, "

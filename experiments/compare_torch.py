@@ -40,7 +40,7 @@ DATASETS = ("digits", "fashion_mnist")
 
 
 def finished_map(path):
-  """mAP in the JSON file of a finished run (results.json, or a PyTorch run's output), else None."""
+  """mAP in the JSON output of a finished PyTorch run, else None."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -110,7 +110,7 @@ def main() -> int:
         torch_output = os.path.join(args.out, "torch", name + ".json")
         try:
           if args.table_only:
-            got = {"jax": finished_map(workdir_lib.path(workdir, workdir_lib.RESULTS)),
+            got = {"jax": (workdir_lib.read_results(workdir) or {}).get("mAP"),
                    "torch": finished_map(torch_output)}
           else:
             got = {"jax": run_grid.run_one(config_path, args.set, overrides, workdir)["mAP"],

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from orthohash_jax import cli, config_base, files, run
+from orthohash_jax import cli, config_base, run
 from orthohash_jax import methods as methods_lib
 from orthohash_jax import workdir as workdir_lib
 
@@ -64,12 +64,8 @@ def parse_methods(parser, text: str, known=tuple(METHODS)) -> list:
 
 
 def run_one(config_path, sets, overrides, workdir):
-  done = workdir_lib.path(workdir, workdir_lib.RESULTS)
-  if os.path.exists(done):
-    results = files.read_json(done)
-    if not isinstance(results, dict) or not {"mAP", "steps_per_second"} <= set(results):
-      raise ValueError(f"{done}: expected the results of a run (a JSON object with mAP and "
-                       "steps_per_second); delete it to train the run again")
+  results = workdir_lib.read_results(workdir)
+  if results is not None:
     return results
   config = config_base.load_config_file(config_path)
   config_base.apply_overrides(config, sets)

@@ -234,7 +234,7 @@ def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   label rows, and the chunk's true size n.
   Memory O(chunk x depth) on top of the database."""
   q_rows, db_rows = label_rows(q_labels, db_labels, multilabel)
-  blocked = retrieval.blocked_codes(db)
+  blocked = retrieval.blocked_codes(db, mesh=mesh)  # replicated once for every chunk
   for s in range(0, len(q), TOPK_QUERY_CHUNK):
     n = min(TOPK_QUERY_CHUNK, len(q) - s)
     size = min(TOPK_QUERY_CHUNK, 1 << (n - 1).bit_length())
@@ -243,14 +243,27 @@ def _topk_chunks(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
     yield dist, idx, pad(q_rows), db_rows, n
 
 
+def _one_ahead(items):
+  """The items of an iterator, each yielded once the next has been produced: producing a chunk
+  dispatches its device work (JAX runs it asynchronously), which then proceeds while the
+  caller works on the current chunk on the host."""
+  items, end = iter(items), object()
+  current = next(items, end)
+  while current is not end:
+    following = next(items, end)
+    yield current
+    current = following
+
+
 def _topk_average_precisions(q, db, q_labels, db_labels, multilabel, depth, mesh=None):
   """AP@R (Q,) for R < N: per chunk, the R neighbours' relevance and running hits in rank order
   on the device (exact integers); sum_p rel_p hits_p / p in float64 on the host, by ``einsum``,
-  not ``@`` (no BLAS call: see the module notes)."""
+  not ``@`` (no BLAS call: see the module notes). The next chunk's top R is dispatched before
+  this chunk is ranked on the host (two chunks in flight)."""
   inv_rank = 1.0 / np.arange(1, depth + 1)
   aps = []
-  for dist, idx, q_rows, db_rows, n in _topk_chunks(q, db, q_labels, db_labels, multilabel,
-                                                    depth, mesh):
+  for dist, idx, q_rows, db_rows, n in _one_ahead(_topk_chunks(q, db, q_labels, db_labels,
+                                                               multilabel, depth, mesh)):
     terms, num_rel = _ranked_hits(idx, retrieval.rank_order(dist), q_rows, db_rows)
     prec_sum = np.einsum("ij,j->i", np.asarray(terms)[:n], inv_rank)
     num_rel = np.asarray(num_rel)[:n]

@@ -159,14 +159,22 @@ class BlockedCodes(NamedTuple):
   num_items: int
 
 
-def blocked_codes(db_packed, num_items=None) -> BlockedCodes:
+def _replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def blocked_codes(db_packed, num_items=None, mesh=None) -> BlockedCodes:
   """Packed codes uint32 (N, W) -> ``BlockedCodes``; ``num_items``: only the first num_items rows
-  are the database, the rest padding (None: all rows)."""
+  are the database, the rest padding (None: all rows); ``mesh`` (several devices of this
+  process): the planes placed on each of its devices once, for every query-sharded search."""
   db_packed = jnp.asarray(db_packed)
   _check_array("database", db_packed)
   num_items = db_packed.shape[0] if num_items is None else int(num_items)
   padded = jnp.pad(db_packed, ((0, -db_packed.shape[0] % hamming_kernel.BLOCK), (0, 0)))
-  return BlockedCodes(hamming_kernel.block_planes(padded), num_items)
+  planes = hamming_kernel.block_planes(padded)
+  if mesh is not None and mesh.devices.size > 1:
+    planes = jax.device_put(planes, _replicated(mesh))
+  return BlockedCodes(planes, num_items)
 
 
 @functools.lru_cache(maxsize=None)
@@ -184,13 +192,16 @@ def _query_sharded_kernel(mesh, k: int, method: str):
 
 def _query_sharded_topk(q_packed, db, k, method, chunk, mesh):
   """``hamming_topk_unranked`` with chunks of ``chunk`` queries on every device of ``mesh``
-  (numpy results)."""
+  (numpy results); the database planes are copied to every device once, here or, for many
+  searches, by ``blocked_codes(..., mesh=mesh)``."""
   num_q, devices = q_packed.shape[0], mesh.devices.size
   per = min(chunk, 1 << (-(-num_q // devices) - 1).bit_length())  # fewer for few queries
   step = per * devices
   qs = np.pad(np.asarray(q_packed), ((0, -num_q % step), (0, 0)))
   fn = _query_sharded_kernel(mesh, k, method)
-  planes = jax.device_put(db.planes, NamedSharding(mesh, P()))
+  planes = db.planes
+  if planes.sharding != _replicated(mesh):
+    planes = jax.device_put(planes, _replicated(mesh))
   split = NamedSharding(mesh, P(tuple(mesh.axis_names)))
   parts = [fn(jax.device_put(qs[s:s + step], split), planes, np.int32(db.num_items))
            for s in range(0, len(qs), step)]
@@ -208,7 +219,8 @@ def hamming_topk_unranked(q_packed, db_packed, k: int, method=None, query_chunk=
   only the first num_items rows of db_packed are the database, the rest padding (None: all
   rows), so that databases of different sizes padded to one shape share one compilation.
   ``mesh`` (devices of this process only): the queries split over its devices, the database
-  replicated on each (numpy results, the same values).
+  replicated on each (numpy results, the same values; a ``BlockedCodes`` built with the same
+  mesh is not copied again).
   """
   db = db_packed if isinstance(db_packed, BlockedCodes) else blocked_codes(db_packed, num_items)
   q_packed = jnp.asarray(q_packed)

@@ -5,8 +5,8 @@ r"""Command line: a search page over a finished run, served by Starlette on uvic
 
 Binds ``host:port`` first (a taken port fails at once; 127.0.0.1 by default: only this machine
 can connect; 0 picks a free port; an address that is not loopback, decided on the address the
-host resolves to, needs ``--allowed_hosts``), then loads the run's codes file
-``<workdir>/codes.npz`` (the codes ``python -m orthohash_jax.search`` searches; its rows must
+host resolves to once (the address bound), needs ``--allowed_hosts``), then loads the run's codes
+file ``<workdir>/codes.npz`` (the codes ``python -m orthohash_jax.search`` searches; its rows must
 match the run's data), ``results.json`` (mAP, and the step whose model made the codes), its data
 (pictures through ``data.eval_rows``, see ``images``) and its latest checkpoint (to encode
 uploaded images; when that is not the step of results.json, because newer checkpoints were
@@ -98,7 +98,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orthohash_jax import (cli, codes_file, evaluation, files, hamming_kernel, images, metrics,
+from orthohash_jax import (cli, codes_file, evaluation, hamming_kernel, images, metrics,
                            retrieval, run, search)
 from orthohash_jax import workdir as workdir_lib
 
@@ -280,22 +280,6 @@ class _Batcher:
       start += len(codes)
 
 
-def _read_results(path: str):
-  """(mAP, steps) of a run's results.json (None, None without one); a file that is no JSON
-  object, a mAP that is no number or steps that are no integer: ValueError naming the file."""
-  if not files.path(path).exists():
-    return None, None
-  results = files.read_json(path)
-  if not isinstance(results, dict):
-    raise ValueError(f"{path} must hold a JSON object, got {type(results).__name__}")
-  value, steps = results.get("mAP"), results.get("steps")
-  if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-    raise ValueError(f"{path}: mAP must be a number or null, got {_short(value)}")
-  if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
-    raise ValueError(f"{path}: steps must be an integer, got {_short(steps)}")
-  return value, steps
-
-
 class SearchService:
   """The run's codes, data and model; answers searches (thread-safe).
 
@@ -309,7 +293,8 @@ class SearchService:
     codes_path = workdir_lib.path(workdir, workdir_lib.CODES)
     self.codes = codes_file.load_codes(codes_path)
     self.num_bits = int(self.codes["num_bits"])
-    self.map, self.codes_step = _read_results(workdir_lib.path(workdir, workdir_lib.RESULTS))
+    results = workdir_lib.read_results(workdir) or {}
+    self.map, self.codes_step = results.get("mAP"), results.get("steps")
     self.index = search.HammingIndex(self.num_bits)
     self.index.add(self.codes["db_codes"])
     self.trainer, self.data, self.state, self.step = run.restore_run(workdir)
@@ -585,15 +570,16 @@ def bind_address(host: str, port: int = 0):
   return family, address
 
 
-def allowed_hosts(host: str, names=()):
+def allowed_hosts(host: str, names=(), address=None):
   """The Host header names a server on ``host`` accepts: the loopback names, ``names``, and
   ``host`` and its address unless that is the wildcard; None (any) when names holds "*". Decided
-  on the address ``host`` resolves to: one that is not loopback (the wildcard included) without
-  names is a ValueError, as other machines can connect and the names they use must be given."""
+  on the address the server listens on (``address``, a socket address; None: the one ``host``
+  resolves to now): one that is not loopback (the wildcard included) without names is a
+  ValueError, as other machines can connect and the names they use must be given."""
   names = [n.strip().lower() for n in names if n.strip()]
   if "*" in names:
     return None
-  address = ipaddress.ip_address(bind_address(host)[1][0].split("%")[0])
+  address = ipaddress.ip_address((address or bind_address(host)[1])[0].split("%")[0])
   if not address.is_loopback and not names:
     raise ValueError(f"--host={host!r} listens on {address}, "
                      f"{'every interface' if address.is_unspecified else 'not a loopback address'}"
@@ -602,10 +588,10 @@ def allowed_hosts(host: str, names=()):
       frozenset() if address.is_unspecified else {_host_name(host), str(address)})
 
 
-def listen(host: str, port: int) -> socket.socket:
-  """A socket listening on ``host``:``port`` (its resolved address); OSError "cannot listen on
-  host:port (reason)"."""
-  family, address = bind_address(host, port)
+def listen(host: str, port: int, resolved=None) -> socket.socket:
+  """A socket listening on ``host``:``port`` (``resolved``, its ``bind_address``; None: resolved
+  here); OSError "cannot listen on host:port (reason)"."""
+  family, address = resolved or bind_address(host, port)
   sock = socket.socket(family)
   try:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -615,6 +601,15 @@ def listen(host: str, port: int) -> socket.socket:
     sock.close()
     raise OSError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
   return sock
+
+
+def listen_allowed(host: str, port: int, names=()):
+  """(``listen``'s socket, ``allowed_hosts``' names) with ``host`` resolved once for both, so the
+  allow-list is decided on the address the socket is bound to (a DNS name may resolve to another
+  address at each lookup). The allow-list is checked first: nothing is bound when it fails."""
+  resolved = bind_address(host, port)
+  hosts = allowed_hosts(host, names, resolved[1])
+  return listen(host, port, resolved), hosts
 
 
 class _Front:
@@ -1005,7 +1000,7 @@ class Server:
     self.service = service
     self.socket = listen(host, port) if sock is None else sock
     protocol = type("Protocol", (_Protocol,), {"limits": limits.check()})
-    hosts = allowed_hosts(host) if hosts is None else hosts
+    hosts = allowed_hosts(host, (), self.socket.getsockname()) if hosts is None else hosts
     config = uvicorn.Config(
         _Front(make_app(service, limits), hosts, limits), http=protocol,
         ws="none", lifespan="off", log_config=None, log_level="error", access_log=False,
@@ -1058,8 +1053,8 @@ def main(argv=None) -> int:
     if not 0 <= args.port < 65536:
       raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()
-    hosts = allowed_hosts(args.host, args.allowed_hosts.split(","))
-    sock = listen(args.host, args.port)  # before loading: a taken port fails at once
+    # before loading: a taken port fails at once
+    sock, hosts = listen_allowed(args.host, args.port, args.allowed_hosts.split(","))
     try:
       service = SearchService(args.workdir)
     except BaseException:

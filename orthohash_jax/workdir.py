@@ -10,7 +10,7 @@ Files (process 0 writes them, each with ``files.atomic_write``; the others only 
                    invocation of the run (``read_progress`` / ``write_progress``)
   metrics.jsonl    a JSON line per chunk of steps (``MetricsLog``); lines of steps after the
                    restored checkpoint are dropped on resume
-  results.json     the final summary (``write_results``)
+  results.json     the final summary (``write_results``; ``read_results``, the one reader)
   codes.npz        packed codes and labels (``codes_file``); codes.faissbin with export_faiss
   checkpoints/     orbax checkpoints (``checkpoint``), checkpoints_corrupt/ the quarantined ones
   events.out.tfevents.*  TensorBoard (``summary``); profile/ the traces of profile_steps
@@ -386,3 +386,28 @@ def write_results(workdir: str, results: dict, evaluation: dict, config) -> None
     codes_file.save_codes(path(workdir, CODES), evaluation, config.num_bits, config.to_dict(),
                           faiss_index=config.export_faiss)
     files.write_json(path(workdir, RESULTS), results)
+
+
+def _is_number(value, integer=False) -> bool:
+  return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+
+
+def read_results(workdir: str):
+  """results.json of the run in ``workdir`` as a dict, None where there is none (the run has not
+  finished); a file that is not readable JSON, not an object, or without a mAP that is a number
+  or null, steps that are an integer and steps_per_second that is a number or null, is one
+  ValueError naming the file."""
+  file = path(workdir, RESULTS)
+  if not files.path(file).exists():
+    return None
+  results = files.read_json(file)
+  if not isinstance(results, dict):
+    raise ValueError(f"{file} must hold a JSON object, got {type(results).__name__}")
+  for key, kind, integer in (("mAP", "a number or null", False), ("steps", "an integer", True),
+                             ("steps_per_second", "a number or null", False)):
+    if key not in results:
+      raise ValueError(f"{file}: no {key}; delete it to train the run again")
+    value = results[key]
+    if not (_is_number(value, integer) or (value is None and not integer)):
+      raise ValueError(f"{file}: {key} must be {kind}, got {config_base.shown(value)}")
+  return results

@@ -277,7 +277,7 @@ def test_gs_output_and_reading_from_the_bucket(tmp_path, gcs):
     local.close()
 
 
-def test_tfds_dataset_converted_equals_streaming_it(tmp_path):
+def test_tfds_dataset_converted_equals_streaming_it(tmp_path, capsys):
   """A TFDS dataset (built here, array_record) converted with its stored PNG bytes kept: the
   ArrayRecord source gives the rows and labels of the tfds source on the same splits."""
   from test_tfds_source import build_tfds  # pylint: disable=g-import-not-at-top
@@ -301,6 +301,12 @@ def test_tfds_dataset_converted_equals_streaming_it(tmp_path):
     recs.close()
   assert _convert("--dataset=tfds", "--tfds_name=tiny_images", f"--data_dir={tmp_path / 'tfds'}",
                   "--tfds_splits=train=train", f"--output={tmp_path / 'bad'}") == 2
+  capsys.readouterr()
+  assert _convert("--dataset=tfds", "--tfds_name=tiny_images", f"--data_dir={tmp_path / 'tfds'}",
+                  f"--tfds_splits={splits}", f"--output={tmp_path / 'bad'}",
+                  "--label_feature=lbl") == 2  # opened as dataset=tfds opens it: one error line
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith("error: tiny_images: no feature 'lbl'"), line
 
 
 @pytest.mark.slow

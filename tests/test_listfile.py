@@ -243,3 +243,24 @@ def test_single_label_ids_and_multilabel_class_limit(tmp_path):
   _dataset(tmp_path, rows, rows, rows)
   with pytest.raises(data_lib.DataError, match="multi-label data with 1100 classes; at most 1024"):
     data_lib.load(_config(tmp_path, num_classes=1100))
+
+
+def test_labels_from_ids_and_take_equal_numpy_dense_rows():
+  """Labels.take (rows in any order, repeated, a slice, none) and Labels.from_ids against the
+  dense multi-hot rows numpy indexes directly; rows with zero and several 1s included."""
+  rng = np.random.default_rng(0)
+  dense = rng.random((40, 7)) < 0.3
+  rows, classes = np.nonzero(dense)
+  labels = data_lib.listfile.Labels(
+      np.searchsorted(rows, np.arange(41)).astype(np.int64), classes.astype(np.int32))
+  np.testing.assert_array_equal(labels.dense(7), dense)
+  assert (labels.counts == 0).any() and (labels.counts > 1).any()
+  for take in (rng.permutation(40)[:25], np.arange(10, 31), [3, 3, 0], np.zeros(0, int)):
+    taken = labels.take(take)
+    assert taken.indptr.dtype == np.int64 and taken.indices.dtype == np.int32
+    np.testing.assert_array_equal(taken.dense(7), dense[np.asarray(take, int)])
+  ids = rng.integers(0, 7, 30)
+  single = data_lib.listfile.Labels.from_ids(ids)
+  assert single.indptr.dtype == np.int64 and single.indices.dtype == np.int32
+  np.testing.assert_array_equal(single.dense(7), np.eye(7, dtype=bool)[ids])
+  np.testing.assert_array_equal(single.take([29, 2]).dense(7), np.eye(7, dtype=bool)[ids[[29, 2]]])

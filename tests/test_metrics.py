@@ -1,7 +1,9 @@
 import itertools
 
+import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from orthohash_jax import metrics, parallel
 
@@ -180,6 +182,26 @@ def test_map_over_a_mesh_equals_unsharded_and_brute_force(multilabel, topk):
     assert metrics.mean_average_precision(qb, db, ql, dl, topk, mesh) == ref.mean()
 
 
+def test_mesh_map_places_the_database_once_for_all_chunks(monkeypatch):
+  """AP@7 over a 4-device mesh in 5 chunks of 3 queries: the database planes are copied to the
+  devices (a ``device_put`` with the replicated spec P()) once, not once per chunk, and the APs
+  equal the unsharded ones."""
+  qb, db, ql, dl = make_data(4, 20, nq=13, ndb=300, distinct=12)
+  ref = metrics.average_precisions(qb, db, ql, dl, 7)
+  monkeypatch.setattr(metrics, "TOPK_QUERY_CHUNK", 3)
+  put, replicated = jax.device_put, []
+
+  def counting_put(x, device=None, *args, **kwargs):
+    if isinstance(device, NamedSharding) and device.spec == P():
+      replicated.append(np.shape(x))
+    return put(x, device, *args, **kwargs)
+
+  monkeypatch.setattr(jax, "device_put", counting_put)
+  np.testing.assert_array_equal(
+      metrics.average_precisions(qb, db, ql, dl, 7, parallel.make_mesh(4)), ref)
+  assert len(replicated) == 1 and len(replicated[0]) == 3  # the (W, 32, M) planes, once
+
+
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_chunked_map_all_and_pair_counts_match_brute_force(monkeypatch, multilabel):
   """Chunks of 3 queries (the last one padded): mAP@all (the counting-sort ranking, AP from the
@@ -193,3 +215,18 @@ def test_chunked_map_all_and_pair_counts_match_brute_force(monkeypatch, multilab
   intra, inter = metrics.pair_distance_counts(qb, db, ql, dl)
   np.testing.assert_array_equal(intra, np.bincount(dist[rel], minlength=65))
   np.testing.assert_array_equal(inter, np.bincount(dist[~rel], minlength=65))
+
+
+def test_one_ahead_yields_every_item_after_producing_the_next():
+  pulled = []
+
+  def produce(n):
+    for i in range(n):
+      pulled.append(i)
+      yield i if i != 1 else None  # None is an item like any other
+
+  seen = []
+  for item in metrics._one_ahead(produce(4)):
+    seen.append((item, list(pulled)))
+  assert seen == [(0, [0, 1]), (None, [0, 1, 2]), (2, [0, 1, 2, 3]), (3, [0, 1, 2, 3])]
+  assert not list(metrics._one_ahead(produce(0)))

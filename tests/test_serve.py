@@ -522,6 +522,21 @@ def test_every_address_that_is_not_loopback_needs_allowed_hosts(host, capsys):
   assert line.startswith("error: ") and "--allowed_hosts" in line
 
 
+def test_host_is_resolved_once_for_the_allow_list_and_the_bind(monkeypatch):
+  """--host=localhost: the allow-list names the address the socket is bound to, also when each
+  lookup of the name gives another loopback address (as DNS round robin may)."""
+  sock, hosts = serve.listen_allowed("localhost", 0)
+  with sock:
+    assert sock.getsockname()[0] in hosts and "localhost" in hosts
+  real, answers = socket.getaddrinfo, iter(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+  monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: real(
+      next(answers) if host == "localhost" else host, *args, **kwargs))
+  sock, hosts = serve.listen_allowed("localhost", 0)
+  with sock:
+    assert sock.getsockname()[0] == "127.0.0.2" and "127.0.0.2" in hosts
+    assert "127.0.0.3" not in hosts
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "0x7f.1", "127.0.0.2", "localhost", "::1",
                                   "0:0::1"])
 def test_loopback_addresses_need_no_allowed_hosts(host):

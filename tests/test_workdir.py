@@ -141,3 +141,26 @@ def test_a_pickled_codebook_is_named_without_numpy_pickle_hint(tmp_path):
     workdir.codebook(small_config(), 4, str(tmp_path))
   assert str(e.value) == (f"{tmp_path / workdir.CODEBOOK} is not a readable +-1 codebook (it "
                           "holds Python objects, not numbers)")
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"mAP": 0.5', "is not readable JSON"), ("[1]", "must hold a JSON object, got list"),
+    ('{"steps": 3, "steps_per_second": 1.0}', "no mAP; delete it to train the run again"),
+    ('{"mAP": true, "steps": 3, "steps_per_second": 1.0}',
+     "mAP must be a number or null, got True"),
+    ('{"mAP": 0.5, "steps": 1.5}', "steps must be an integer, got 1.5"),
+    ('{"mAP": 0.5, "steps": 3, "steps_per_second": "fast"}',
+     "steps_per_second must be a number or null, got 'fast'")])
+def test_results_json_has_one_reader_and_a_damaged_one_is_one_line_naming_it(
+    tmp_path, text, message):
+  """read_results (serve, run_grid and compare_torch read results.json through it): None
+  before a run finished, the dict of a good file, one ValueError naming a damaged one."""
+  assert workdir.read_results(str(tmp_path)) is None
+  good = {"mAP": None, "steps": 3, "steps_per_second": None, "num_bits": 16}
+  (tmp_path / workdir.RESULTS).write_text(json.dumps(good))
+  assert workdir.read_results(str(tmp_path)) == good
+  (tmp_path / workdir.RESULTS).write_text(text)
+  with pytest.raises(ValueError) as e:
+    workdir.read_results(str(tmp_path))
+  assert str(e.value).startswith(str(tmp_path / workdir.RESULTS)) and message in str(e.value)
+  assert "\n" not in str(e.value)

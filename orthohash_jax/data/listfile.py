@@ -66,6 +66,20 @@ class Labels:
   indptr: np.ndarray
   indices: np.ndarray
 
+  @classmethod
+  def from_ids(cls, ids) -> "Labels":
+    """Single-label rows: integer class ids (N,) -> one 1 per row (int32 ids)."""
+    return cls(np.arange(len(ids) + 1, dtype=np.int64), np.asarray(ids).astype(np.int32))
+
+  def take(self, rows) -> "Labels":
+    """The label rows ``rows`` (integer row numbers, any order) as a new ``Labels``."""
+    rows = np.asarray(rows, np.int64)
+    counts = self.counts[rows]
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    starts = np.repeat(self.indptr[rows] - indptr[:-1], counts)
+    return Labels(indptr, self.indices[starts + np.arange(indptr[-1])])
+
   @property
   def counts(self) -> np.ndarray:
     """int64 (N,): number of 1s per row."""
@@ -93,8 +107,10 @@ def _line_fields(raw: bytes, num_classes: int, where: str):
   return parts[0], np.array([c for c, v in enumerate(values) if v == b"1"], np.int32)
 
 
-def _parse_block(buf: np.ndarray, num_classes: int, path: str, first_line: int):
-  """Parses whole lines (``buf`` uint8 ending in a newline) numbered from ``first_line``.
+def _parse_block(buf: np.ndarray, ends: np.ndarray, num_classes: int, path: str,
+                 first_line: int):
+  """Parses whole lines (``buf`` uint8 ending in a newline, ``ends`` the positions of its
+  newlines) numbered from ``first_line``.
 
   Regular lines (a path without whitespace, then exactly " d" for each of the C labels, d in
   {0, 1}, optionally \\r before the newline) are checked and read with whole-array operations;
@@ -103,7 +119,6 @@ def _parse_block(buf: np.ndarray, num_classes: int, path: str, first_line: int):
   (n,), int64 label counts (n,), int32 class ids of the 1s in row order, the first line's
   DataError or None), blank lines left out and nothing from the bad line on.
   """
-  ends = np.flatnonzero(buf == _NEWLINE)
   starts = np.concatenate([[0], ends[:-1] + 1])
   stops = ends - (buf[np.maximum(ends - 1, 0)] == _CR) * (ends > starts)  # before "\r\n"
   region = stops - 2 * num_classes  # first byte of the label part of a regular line
@@ -206,10 +221,11 @@ def parse_list(path: str, num_classes: int, allow_duplicates: bool = False):
         text = text if text.endswith(b"\n") else text + b"\n"
         cut, carry = len(text), b""
       buf = np.frombuffer(text, np.uint8, cut)
-      *parts, error = _parse_block(buf, num_classes, path, line)
+      ends = np.flatnonzero(buf == _NEWLINE)
+      *parts, error = _parse_block(buf, ends, num_classes, path, line)
       for out, part in zip((names, lines, counts, classes), parts):
         out.append(part)
-      line += int(np.count_nonzero(buf == _NEWLINE))
+      line += len(ends)
       if not block:
         break
   names = np.concatenate(names) if names else np.array([], "S1")

@@ -57,8 +57,7 @@ class TfdsSource(streaming.ImageSource):
     """``parts`` maps each split to (TFDS data source, int64 row -> example index); ``labels``
     to int32 class ids; ``args``: those of ``ImageSource`` after ``multilabel``."""
     self._parts, self._image_feature = parts, image_feature
-    as_sparse = {s: listfile.Labels(np.arange(len(y) + 1, dtype=np.int64), y)
-                 for s, y in labels.items()}
+    as_sparse = {s: listfile.Labels.from_ids(y) for s, y in labels.items()}
     super().__init__(name, num_classes, as_sparse, False, *args)
 
   def _open(self, split, rows):
@@ -81,27 +80,35 @@ def _read_labels(source, key: str) -> np.ndarray:
   return labels
 
 
+def open_source(name: str, split: str, data_dir, image_feature: str, label_feature: str,
+                download: bool = False):
+  """The TFDS data source of the split expression ``split`` of dataset ``name`` in ``data_dir``,
+  its ``image_feature`` undecoded (``tfds.decode.SkipDecoding``: the stored bytes); a source that
+  cannot be opened, or without both features, is one DataError naming it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download,
+                              decoders={image_feature: tfds.decode.SkipDecoding()})
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"{name}: cannot open the TFDS data source {split!r} in "
+                    f"{data_dir}: {str(e).splitlines()[0]}") from e
+  features = source.dataset_info.features
+  for key in (image_feature, label_feature):
+    if key not in features:
+      raise DataError(f"{name}: no feature {key!r} (features: {sorted(features.keys())})")
+  return source
+
+
 def load(config) -> TfdsSource:
   """Streaming source of a TFDS dataset; keys as in the module docstring."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = config.tfds_name or config.dataset
   if name == "tfds":
     raise DataError("tfds: set tfds_name to the TFDS dataset (e.g. imagenette)")
   splits = parse_splits(config.tfds_splits)
-  opened = {}
-  for expression in dict.fromkeys(splits.values()):
-    try:
-      opened[expression] = tfds.data_source(
-          name, split=expression, data_dir=config.data_dir, download=config.download,
-          decoders={config.image_feature: tfds.decode.SkipDecoding()})
-    except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"{name}: cannot open the TFDS data source {expression!r} in "
-                      f"{config.data_dir}: {str(e).splitlines()[0]}") from e
-  first = next(iter(opened.values()))
-  features = first.dataset_info.features
-  for key in (config.image_feature, config.label_feature):
-    if key not in features:
-      raise DataError(f"{name}: no feature {key!r} (features: {sorted(features.keys())})")
+  opened = {e: open_source(name, e, config.data_dir, config.image_feature, config.label_feature,
+                           config.download)
+            for e in dict.fromkeys(splits.values())}
+  features = next(iter(opened.values())).dataset_info.features
   num_classes = features[config.label_feature].num_classes
   labels_of = {e: _read_labels(s, config.label_feature) for e, s in opened.items()}
   if "per_class" in splits:

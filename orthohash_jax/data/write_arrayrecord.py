@@ -11,8 +11,9 @@ Sources: list files (imagenet100 / nuswide / coco, or listfile with --num_classe
 validated by ``listfile.read_lists``), the Fashion-MNIST IDX files (our split,
 ``idx.read_protocol``; each image PNG-encoded, lossless, path ``images/NNNNN.png`` as
 ``write_listfiles`` names it) and any TFDS image-classification dataset prepared as
-``array_record`` (``tfds.data_source``, its stored image bytes; each of train / query / db is one
-TFDS split expression such as ``train[:90%]``). The layout of the output is ``records``'.
+``array_record`` (opened by ``tfds_source.open_source``, its stored image bytes; each of train /
+query / db is one TFDS split expression such as ``train[:90%]``). The layout of the output is
+``records``'.
 
 Images: kept as they are (the default), or with ``--resize=S`` re-encoded as JPEG of
 ``--jpeg_quality`` at shorter side S (torchvision's Resize(S), bilinear) when their shorter side
@@ -86,18 +87,11 @@ class Shard:
   output: str  # where it is published
 
 
-def _labels_slice(labels: listfile.Labels, start: int, stop: int) -> listfile.Labels:
-  ptr = labels.indptr[start:stop + 1]
-  return listfile.Labels(ptr - ptr[0], labels.indices[ptr[0]:ptr[-1]])
-
-
 def _read_rows(rows: Rows):
   """Yields (where, source path, image bytes or an OSError, int32 class ids) per row."""
   if rows.kind == "tfds":
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     name, split, data_dir, image_key, label_key = rows.tfds
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              decoders={image_key: tfds.decode.SkipDecoding()})
+    source = tfds_source.open_source(name, split, data_dir, image_key, label_key)
     for i in range(rows.start, rows.stop):
       example = source[i]
       image = example[image_key]
@@ -198,11 +192,8 @@ def _list_source(args):
                      f"{lines[first]}")
       keep[r] = False
     rows = np.flatnonzero(keep)
-    counts = labels.counts[rows]
-    kept = listfile.Labels(np.concatenate([[0], np.cumsum(counts)]),
-                           labels.indices[np.repeat(keep, labels.counts)])
     splits[split] = Rows("files", 0, len(rows), path, names=names[rows], lines=lines[rows],
-                         labels=kept, root=root)
+                         labels=labels.take(rows), root=root)
   return num_classes, multilabel, splits, skipped
 
 
@@ -216,26 +207,20 @@ def _idx_source(args):
   for split, rows in zip(records.SPLITS, (train, query, db)):
     splits[split] = Rows("arrays", 0, len(rows), where,
                          names=np.array([f"images/{i:05d}.png" for i in rows], "S"),
-                         labels=listfile.Labels(np.arange(len(rows) + 1, dtype=np.int64),
-                                                labels[rows].astype(np.int32)),
+                         labels=listfile.Labels.from_ids(labels[rows]),
                          images=images[rows])
   return 10, False, splits, []
 
 
 def _tfds_source(args):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   chosen = tfds_source.parse_splits(args.tfds_splits)
   if "per_class" in chosen:
     raise DataError("write_arrayrecord takes --tfds_splits=train=S1,query=S2,db=S3 (convert "
                     "the per-class protocol's TFDS split with dataset=tfds instead)")
   splits, num_classes = {}, None
   for split in records.SPLITS:
-    try:
-      source = tfds.data_source(args.tfds_name, split=chosen[split], data_dir=args.data_dir,
-                                download=False)
-    except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"{args.tfds_name}: cannot open the TFDS data source {chosen[split]!r} in "
-                      f"{args.data_dir}: {str(e).splitlines()[0]}") from e
+    source = tfds_source.open_source(args.tfds_name, chosen[split], args.data_dir,
+                                     args.image_feature, args.label_feature)
     num_classes = source.dataset_info.features[args.label_feature].num_classes
     splits[split] = Rows("tfds", 0, len(source), f"tfds {args.tfds_name} {chosen[split]}",
                          tfds=(args.tfds_name, chosen[split], args.data_dir, args.image_feature,
@@ -252,7 +237,7 @@ def _shards_of(rows: Rows, size: int):
       out.append(dataclasses.replace(rows, start=start, stop=stop))
       continue
     part = dataclasses.replace(rows, start=0, stop=stop - start, names=rows.names[start:stop],
-                               labels=_labels_slice(rows.labels, start, stop))
+                               labels=rows.labels.take(np.arange(start, stop)))
     if rows.lines is not None:
       part.lines = rows.lines[start:stop]
     if rows.images is not None:
