@@ -237,13 +237,17 @@ def test_a_completed_background_save_gets_its_digest_at_the_next_check(tmp_path,
 def test_a_digest_that_cannot_be_written_stops_the_run_at_the_next_check(tmp_path, monkeypatch):
   """The digest thread's error (here a full disk) is raised in the training loop, as a failed
   save is: by the next ``check`` once the thread ended, or by ``wait``."""
+  checked = threading.Event()
+
   def full(path, obj):
+    checked.wait(60)  # fails only once the check that started it has returned
     raise checkpoint.files.WriteError(f"cannot write {path} (No space left on device)")
   monkeypatch.setattr(checkpoint.files, "write_json", full)
   ckpt = checkpoint.Checkpointer(str(tmp_path), background=True)
   ckpt.save(3, {"w": np.arange(10, dtype=np.float32)})
   ckpt.manager.wait_until_finished()
   ckpt.check()  # starts the digest thread
+  checked.set()
   ckpt._digest.exception(timeout=60)  # pylint: disable=protected-access  # the thread ended
   with pytest.raises(checkpoint.files.WriteError, match=f"cannot write .*/3/{checkpoint.DIGEST}"):
     ckpt.check()
