@@ -198,7 +198,7 @@ def run_input(sizes):
     order = order[:len(order) // bench_input.BATCH * bench_input.BATCH]
     rows = []
     for workers in sizes.input_workers:
-      rate, cpu_ms = bench_input.ours_images_per_s(lists, workers, order)
+      rate, cpu_ms, _ = bench_input.ours_images_per_s(lists, workers, order)
       rows.append({"workers": workers, "images_per_s": rate, "cpu_ms_per_image": cpu_ms,
                    "images_per_s_per_core": 1000 / cpu_ms})
   return rows

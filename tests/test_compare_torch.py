@@ -55,7 +55,7 @@ def test_summary_row_two_standard_errors():
 def test_table_only_reads_finished_runs(tmp_path):
   jax_dir = tmp_path / "jax" / "CE+BN_64b_s0"
   jax_dir.mkdir(parents=True)
-  (jax_dir / "results.json").write_text('{"mAP": 0.71}')
+  (jax_dir / "results.json").write_text('{"mAP": 0.71, "steps": 100, "steps_per_second": 5.0}')
   (tmp_path / "torch").mkdir()
   (tmp_path / "torch" / "CE+BN_64b_s0.json").write_text('{"mAP": 0.73, "seconds": 1.0}')
   (tmp_path / "torch" / "CE+BN_64b_s1.json").write_text('{"mAP": 0.75, "seconds": 1.0}')
