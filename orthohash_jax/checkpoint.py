@@ -53,6 +53,7 @@ import os
 import signal
 import sys
 import tempfile
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -73,10 +74,17 @@ class SaveError(cli.CommandError):
 
 class _OrbaxErrorLogs(logging.Filter):
   """Drops orbax's error logs (tracebacks, also from its background save threads, which
-  ``quiet_stderr`` cannot reach): ``Checkpointer`` reports every failure in one line."""
+  ``quiet_stderr`` cannot reach) and asyncio's of errors raised in orbax's code (once a save
+  failed, its pending writes' futures are freed unawaited, and the garbage collector has asyncio
+  log "... exception was never retrieved" with a traceback for each, 144 lines for a digits
+  state): ``Checkpointer`` reports every failure in one line."""
 
   def filter(self, record):
-    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+    if record.levelno < logging.ERROR:
+      return True
+    tb = record.exc_info[2] if record.exc_info else None
+    return not ("orbax" in record.pathname
+                or any("orbax" in frame.filename for frame in traceback.extract_tb(tb)))
 
 
 _QUIET_ORBAX = _OrbaxErrorLogs()
@@ -204,6 +212,7 @@ class Checkpointer:
     self._digests = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-digest")
     self._digest = None  # the Future of the digest being written (process 0)
     logging.getLogger("absl").addFilter(_QUIET_ORBAX)  # orbax logs through absl
+    logging.getLogger("asyncio").addFilter(_QUIET_ORBAX)
     if not isinstance(sys.unraisablehook, _ClosedLoopCallbacks):
       sys.unraisablehook = _ClosedLoopCallbacks(sys.unraisablehook)
     self.manager = self._open()

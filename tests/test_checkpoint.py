@@ -2,6 +2,7 @@
 failed saves, partial saves of a killed run."""
 import contextlib
 import json
+import logging
 import os
 import resource
 import signal
@@ -256,3 +257,35 @@ def test_a_digest_that_cannot_be_written_stops_the_run_at_the_next_check(tmp_pat
   with pytest.raises(checkpoint.files.WriteError):
     ckpt.wait()
   ckpt.close()
+
+
+def test_asyncio_reports_of_errors_in_orbax_code_are_dropped(tmp_path):
+  """A failed save's unawaited writes are logged by asyncio ("... exception was never
+  retrieved", when garbage-collected, so at no fixed moment): dropped when the error was raised
+  in orbax's code (``SaveError`` reports the failure in one line), kept otherwise."""
+  checkpoint.Checkpointer(str(tmp_path))  # installs the filters
+  namespace = {}
+  exec(compile("def write():\n  raise ValueError('OUT_OF_RANGE: Failed writing')\n",
+               "/venv/site-packages/orbax/checkpoint/_src/serialization/fake.py", "exec"),
+       namespace)
+  records = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      records.append(record.getMessage())
+
+  logger = logging.getLogger("asyncio")
+  handler = Keep()
+  logger.addHandler(handler)
+  try:
+    for fn, message in ((namespace["write"], "in orbax"), (lambda: 1 / 0, "elsewhere")):
+      try:
+        fn()
+      except Exception:  # pylint: disable=broad-except
+        logger.error("_GatheringFuture exception was never retrieved (%s)", message,
+                     exc_info=True)
+    logger.warning("a warning from orbax's code is kept")
+  finally:
+    logger.removeHandler(handler)
+  assert records == ["_GatheringFuture exception was never retrieved (elsewhere)",
+                     "a warning from orbax's code is kept"]
