@@ -289,3 +289,14 @@ def test_asyncio_reports_of_errors_in_orbax_code_are_dropped(tmp_path):
     logger.removeHandler(handler)
   assert records == ["_GatheringFuture exception was never retrieved (elsewhere)",
                      "a warning from orbax's code is kept"]
+
+
+def test_non_finite_names_the_first_array_holding_nan_or_inf():
+  state = {"a": jnp.arange(3, dtype=jnp.int32), "b": jnp.ones(4), "c": np.array([1.0, np.inf]),
+           "d": jnp.array([np.nan], jnp.bfloat16)}
+  assert checkpoint.non_finite(state) == "['c']"
+  state["c"] = np.zeros(2)
+  assert checkpoint.non_finite(state) == "['d']"
+  state["d"] = jnp.zeros(1, jnp.bfloat16)
+  assert checkpoint.non_finite(state) is None
+  assert checkpoint.non_finite({}) is None
