@@ -47,7 +47,6 @@ second Ctrl-C stops at once (KeyboardInterrupt).
 import concurrent.futures
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -167,13 +166,14 @@ def has_digest(directory: str) -> bool:
 def verify(directory: str):
   """Why the checkpoint in ``directory`` differs from the digest written at its save (one
   phrase), or None when it matches or has no digest."""
-  digest_file = os.path.join(directory, DIGEST)
   if not has_digest(directory):
     return None
   try:
-    saved = json.loads(files.path(digest_file).read_text())
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    saved = files.read_json(os.path.join(directory, DIGEST))
+  except ValueError as e:
     return f"its digest {DIGEST} is unreadable ({e})"
+  if not isinstance(saved, dict):
+    return f"its digest {DIGEST} is not a JSON object"
   try:
     current = file_digests(directory)
   except OSError as e:  # a file that cannot be read (an I/O error, a dangling link)

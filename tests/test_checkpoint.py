@@ -300,3 +300,15 @@ def test_non_finite_names_the_first_array_holding_nan_or_inf():
   state["d"] = jnp.zeros(1, jnp.bfloat16)
   assert checkpoint.non_finite(state) is None
   assert checkpoint.non_finite({}) is None
+
+
+@pytest.mark.parametrize("text, phrase", [("[1, 2]", "is not a JSON object"),
+                                          ("{not json", "is unreadable (")])
+def test_a_damaged_digest_fails_the_check_in_one_phrase(tmp_path, text, phrase):
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(3, {"w": np.arange(4, dtype=np.float32)})
+  ckpt.close()
+  step_dir = os.path.join(ckpt.directory, "3")
+  with open(os.path.join(step_dir, checkpoint.DIGEST), "w") as f:
+    f.write(text)
+  assert checkpoint.verify(step_dir).startswith(f"its digest {checkpoint.DIGEST} {phrase}")
