@@ -316,7 +316,7 @@ def write_progress(workdir: str, step: int, train_seconds: float, steps_timed: i
 
 
 def _metrics_lines(file: str) -> list:
-  """(line, step) of each line of metrics.jsonl; a half-written last line (a crash during an
+  """(line, record) of each line of metrics.jsonl; a half-written last line (a crash during an
   append) is dropped with one warning; any other bad line is one ValueError naming the file."""
   lines = [line for line in files.path(file).read_text().splitlines(keepends=True)
            if line.strip()]
@@ -333,7 +333,7 @@ def _metrics_lines(file: str) -> list:
     if not isinstance(record, dict) or not isinstance(record.get("step"), int):
       raise ValueError(f"{file} line {number}: expected a JSON object with an integer \"step\", "
                        f"got {config_base.shown(record)}")
-    out.append((line if line.endswith("\n") else line + "\n", record["step"]))
+    out.append((line if line.endswith("\n") else line + "\n", record))
   return out
 
 
@@ -364,8 +364,8 @@ class MetricsLog:
     self.rewrite = True  # the next append rewrites the file from ``lines``
     if self.main and files.path(self.file).exists():
       logged = _metrics_lines(self.file)
-      self.lines = [line for line, line_step in logged if line_step <= step]
-      self.dropped = [json.loads(line) for line, line_step in logged if line_step > step]
+      self.lines = [line for line, record in logged if record["step"] <= step]
+      self.dropped = [record for _, record in logged if record["step"] > step]
 
   def append(self, record: dict) -> None:
     if not self.main:
