@@ -54,8 +54,9 @@ THREADS = min(4, os.cpu_count() or 1)
 TOPK_QUERY_CHUNK = 512  # queries per top-R call (memory O(chunk x R) plus the database)
 
 
-def _query_chunk(num_db):
-  return max(1, min(QUERY_CHUNK, (1 << 20) // max(num_db, 1)))
+def _query_chunk(num_db, pairs=1 << 20):
+  """Queries per chunk of about ``pairs`` query-database pairs (at most ``QUERY_CHUNK``)."""
+  return max(1, min(QUERY_CHUNK, pairs // max(num_db, 1)))
 
 
 def _label_kind(q_labels, db_labels) -> bool:
@@ -168,11 +169,6 @@ def _device_labels(q, db, q_labels, db_labels, multilabel):
                          else jnp.asarray(db_ids))
 
 
-def _pairs_chunk(num_db):
-  """Queries per chunk of about ``MAP_PAIRS`` query-database pairs (at most ``QUERY_CHUNK``)."""
-  return max(1, min(QUERY_CHUNK, MAP_PAIRS // max(num_db, 1)))
-
-
 def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   """[fn(relevance uint8 (q, depth) in (distance, index) order), ...] over query chunks.
 
@@ -182,7 +178,7 @@ def _map_ranked(fn, q, db, q_labels, db_labels, multilabel, depth):
   about ``MAP_PAIRS`` query-database pairs (up to ``QUERY_CHUNK`` queries; several queries per
   call up to N = 2^20) run on ``THREADS`` threads (the sorts release the GIL).
   """
-  chunk = _pairs_chunk(len(db))
+  chunk = _query_chunk(len(db), MAP_PAIRS)
   dtype = _distance_dtype(q)
   planes, q_ids, db_ids = _device_labels(q, db, q_labels, db_labels, multilabel)
 
@@ -364,7 +360,7 @@ def pair_distance_counts(q_codes, db_codes, q_labels, db_labels):
   ``MAP_PAIRS`` pairs: only the counts reach the host (O(bins) host memory per chunk)."""
   q, db, q_labels, db_labels, multilabel = _prepare(q_codes, db_codes, q_labels, db_labels)
   bins = retrieval.WORD_BITS * q.shape[1] + 1
-  chunk = _pairs_chunk(len(db))
+  chunk = _query_chunk(len(db), MAP_PAIRS)
   planes, q_ids, db_ids = _device_labels(q, db, q_labels, db_labels, multilabel)
   counts = np.zeros((2, bins), np.int64)
   for s in range(0, len(q), chunk):
