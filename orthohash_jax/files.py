@@ -24,7 +24,8 @@ no append and no rename of a directory (a copy, then deletes).
   precondition: of two racing writers exactly one succeeds).
 * ``move_tree(source, target)``: moves a directory (on an object store: copy, then delete).
 * ``relative_files(directory)``: every file under a directory (relative paths).
-* ``upload_tree(local, target)``: copies a local directory's files to ``target`` (gs://).
+* ``upload(local, target)``, ``upload_tree(local, target)``: copies a local file, or every file
+  of a local directory, to ``target`` (gs://).
 * ``write_json(path, obj)``: ``atomic_write`` of ``obj`` as indented JSON.
 * ``read_json(path)``: the JSON value of a file; a missing, unreadable or malformed file is one
   ``ValueError`` naming it.
@@ -131,14 +132,19 @@ def relative_files(directory: str) -> list:
           for d, _, names in os.walk(directory) for name in names]
 
 
+def upload(local: str, target: str) -> None:
+  """Copies the local file ``local`` to ``target`` (gs://), whole."""
+  destination = epath.Path(target)
+  destination.parent.mkdir(parents=True, exist_ok=True)
+  destination.write_bytes(epath.Path(local).read_bytes())
+
+
 def upload_tree(local: str, target: str) -> None:
   """Copies every file under the local directory ``local`` to ``target`` (each file whole)."""
   for directory, _, names in os.walk(local):
     for name in names:
       source = os.path.join(directory, name)
-      destination = epath.Path(target) / os.path.relpath(source, local)
-      destination.parent.mkdir(parents=True, exist_ok=True)
-      destination.write_bytes(epath.Path(source).read_bytes())
+      upload(source, os.path.join(target, os.path.relpath(source, local)))
 
 
 def write_json(path: str, obj) -> None:

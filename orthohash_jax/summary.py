@@ -72,8 +72,7 @@ class EventWriter:
     for name in sorted(os.listdir(local)):
       size = os.path.getsize(os.path.join(local, name))
       if self._uploaded.get(name) != size:
-        files.path(self._upload_to).joinpath(name).write_bytes(
-            files.path(os.path.join(local, name)).read_bytes())
+        files.upload(os.path.join(local, name), os.path.join(self._upload_to, name))
         self._uploaded[name] = size
 
   def scalars(self, step: int, values: dict) -> None:
