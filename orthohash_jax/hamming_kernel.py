@@ -288,17 +288,22 @@ def _split_masks(values, u):
   return _pack_slices([r < u for r in rows]), _pack_slices([r == u for r in rows])
 
 
-def _select_first(values, k, max_value):
-  """Logical positions (Q, k), ascending, of the first k entries of blocked values (Q, 32, M) by
-  (value, position): with u = smallest t with #(values <= t) >= k (``_threshold``), every entry
-  < u and the first k - #(values < u) entries equal to u. The two masks are packed in one pass
+def _select_first(values, k, max_value, bound=None):
+  """(positions (Q, k), u (Q,)): the logical positions, ascending, of the first k entries of
+  blocked values (Q, 32, M) by (value, position): with u = smallest t with #(values <= t) >= k
+  (``_threshold``), every entry < u and the first k - #(values < u) entries equal to u.
+  ``bound`` (Q,), optional: a known upper bound of u, usually u itself or u + 1 (the u of the
+  block minima a level up: every block with minimum <= t holds an entry <= t), from which the
+  threshold search starts instead of a sample's quantile. The two masks are packed in one pass
   into their own buffers, and the positions computed into theirs: XLA would otherwise redo the
   packing in each consumer of the masks, and the whole compaction for each of the 32 children
   that the caller expands every position into."""
-  u, below = _threshold(values, k, max_value, _guess_threshold(values, k, max_value))
+  guess = _guess_threshold(values, k, max_value) if bound is None else bound - 1
+  u, below = _threshold(values, k, max_value, guess)
   live = jnp.all(u >= 0)
   less, equal = _materialized(_split_masks, live, values, u)
-  return _materialized(lambda m: _compact(m, k), live, less | _first_bits_mask(equal, k - below))
+  pos = _materialized(lambda m: _compact(m, k), live, less | _first_bits_mask(equal, k - below))
+  return pos, u
 
 
 def _matmul_distance(q_packed, planes):
@@ -391,16 +396,16 @@ def topk_chunk(q_packed, planes, k, num_items, method):
     values = _materialized(full_distances, live, q_packed, planes)
   # Walk down from the top level, keeping the first k blocks by (minimum, index), which always
   # contain the first k children by (value, index); candidates stay blocked, in index order.
-  parent = None  # (q, k): the blocks kept at the level above, in index order
+  parent = u = None  # (q, k): the blocks kept at the level above, in index order; their u
   for level in range(len(levels) - 1, -1, -1):
-    pos = _select_first(values, k, max_value)
+    pos, u = _select_first(values, k, max_value, u)
     parent = pos if parent is None else _child_entry(parent, pos)
     if level:
       below = levels[level - 1]
       values = take_rows(below.reshape(below.shape[0], -1), _children_at(parent, below.shape[2]))
     else:
       values = _materialized(item_distances, live, parent)
-  pos = _select_first(values, k, max_value)
+  pos, _ = _select_first(values, k, max_value, u)
   return _take_blocked(values, pos), (pos if parent is None else _child_entry(parent, pos))
 
 
