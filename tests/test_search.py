@@ -59,6 +59,23 @@ def test_topk_matches_brute_force(num_bits, n, nq, k, ties, method):
   np.testing.assert_array_equal(np.asarray(idx), ref_i)
 
 
+def test_topk_when_a_level_bound_is_far_above_the_threshold():
+  """Each level's threshold search starts at the u of the level above, an upper bound that is
+  usually tight; here it is far off: a few blocks of copies of the query (distance 0) hold more
+  than k items, while most block minima lie near 20, so the search walks far down."""
+  rng = np.random.default_rng(3)
+  q = _codes(rng, 2, 64)
+  db = _codes(rng, 4000, 64)
+  db[32:64] = q[0]  # block 1 all at distance 0 from query 0
+  db[96 + rng.permutation(32)[:20]] = q[1]  # 20 copies of query 1 in block 3, 7 in block 40
+  db[1280 + rng.permutation(32)[:7]] = q[1]
+  for k in (1, 10, 27, 40):
+    dist, idx = retrieval.hamming_topk(retrieval.pack_codes(q), retrieval.pack_codes(db), k)
+    ref_d, ref_i = _brute_force(q, db, k)
+    np.testing.assert_array_equal(np.asarray(dist), ref_d, err_msg=f"k={k}")
+    np.testing.assert_array_equal(np.asarray(idx), ref_i, err_msg=f"k={k}")
+
+
 @pytest.mark.slow
 def test_topk_query_chunks_and_rank():
   rng = np.random.default_rng(3)
