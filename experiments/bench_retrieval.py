@@ -184,6 +184,17 @@ def authors_map(q_codes, db_codes, q_hot, db_hot, r):
   return float(np.mean(aps))
 
 
+def multi_hot(rng, classes, num_classes, extra):
+  """Multi-hot uint8 (n, num_classes): each item's class in ``classes`` (n,), plus ``extra``
+  random classes, each kept with probability 1/2 (so 1 to extra + 1 classes per item)."""
+  hot = np.zeros((len(classes), num_classes), np.uint8)
+  hot[np.arange(len(classes)), classes] = 1
+  for _ in range(extra):
+    more = rng.integers(0, num_classes, len(classes))
+    hot[np.arange(len(classes)), more] |= (rng.random(len(classes)) < 0.5).astype(np.uint8)
+  return hot
+
+
 def paper_data(rng, num_q, n, num_classes, multilabel, num_bits=64):
   """±1 float32 codes and labels: ids (N,) (single-label) or multi-hot uint8 (N, C) with 1-3
   classes per item; each code is its first class's centre with 20% of the bits flipped."""
@@ -192,13 +203,7 @@ def paper_data(rng, num_q, n, num_classes, multilabel, num_bits=64):
   for size in (num_q, n):
     first = rng.integers(0, num_classes, size)
     codes = make_codes(rng, size, num_bits, "ties", centres, first)
-    hot = np.zeros((size, num_classes), np.uint8)
-    hot[np.arange(size), first] = 1
-    if multilabel:
-      for _ in range(2):
-        extra = rng.integers(0, num_classes, size)
-        hot[np.arange(size), extra] |= (rng.random(size) < 0.5).astype(np.uint8)
-    out.append((codes, hot))
+    out.append((codes, multi_hot(rng, first, num_classes, 2 if multilabel else 0)))
   return out
 
 
@@ -248,10 +253,7 @@ def scale_data(n, num_q, seed=0):
   out = []
   for size in (num_q, n):
     first = rng.integers(0, 100, size)
-    hot = np.zeros((size, 21), np.uint8)
-    hot[np.arange(size), first % 21] = 1
-    for _ in range(2):
-      hot[np.arange(size), rng.integers(0, 21, size)] |= (rng.random(size) < 0.5).astype(np.uint8)
+    hot = multi_hot(rng, first % 21, 21, 2)
     out.append((make_packed(rng, size, SCALE_BITS, "ties", centres, first),
                 {"single": first, "multi": hot}))
   return out
