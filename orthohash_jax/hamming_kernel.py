@@ -16,7 +16,9 @@ contiguous memory and vectorize on CPU, and bit-packing a mask (bit j of word m 
    blocked level below (or planes), by gathers with in-range indices (``take_rows``).
 3. "Keep the first k by (value, position)" (``_select_first``) uses that values are small ints:
    threshold u = smallest t with #(v <= t) >= k, found by counting 4 values of t per pass (bytes
-   of one uint32 per block) starting around the same quantile of a 1-in-16 sample; keep v < u
+   of one uint32 per block) starting just under the u of the level above (an upper bound: a
+   block with minimum <= t holds an entry <= t; usually u or u + 1) or, at the top level,
+   around the same quantile of a 1-in-16 sample; keep v < u
    and the first k - #(v < u) entries with v == u (both masks packed in one pass) in position
    order (prefix sums of word popcounts by float32 matmuls, n-th set bit in a word), compacted
    by a scatter-add of word ends and a prefix sum.
