@@ -76,6 +76,31 @@ def test_topk_when_a_level_bound_is_far_above_the_threshold():
     np.testing.assert_array_equal(np.asarray(idx), ref_i, err_msg=f"k={k}")
 
 
+@pytest.mark.parametrize("method", ["popcount", pytest.param("matmul", marks=pytest.mark.slow)])
+def test_topk_padding_around_leaf_and_block_edges(method):
+  """Databases padded to a common shape whose real size ends anywhere in a level-1 entry (16
+  codes) or a block (32), with padding rows equal to query 0 (distance 0) and the last real row
+  at distance 1 from it (so the entry holding the end is kept): no padding row is ever
+  returned, and the results are those of the unpadded database. One and two levels."""
+  rng = np.random.default_rng(11)
+  q = _codes(rng, 3, 64, True)
+  centres = np.where(rng.random((3, 64)) < 0.5, 1.0, -1.0)
+  for total, sizes, ks in ((640, (300, 304, 310, 320, 336, 352, 639, 640), (1, 5, 9)),
+                           (4096, (4000, 4080, 4095), (1, 2))):
+    db = _codes(rng, total, 64, True, centres)
+    for n in sizes:
+      real = db[:n].copy()
+      real[-1] = q[0] * np.where(np.arange(64) == 5, -1, 1)
+      padded = np.asarray(retrieval.pack_codes(np.concatenate([real, np.repeat(
+          q[:1], total - n, axis=0)])))
+      for k in ks:
+        dist, idx = retrieval.hamming_topk(retrieval.pack_codes(q), padded, k, method=method,
+                                           num_items=n)
+        ref_d, ref_i = _brute_force(q, real, k)
+        np.testing.assert_array_equal(np.asarray(idx), ref_i, err_msg=f"n={n} k={k}")
+        np.testing.assert_array_equal(np.asarray(dist), ref_d, err_msg=f"n={n} k={k}")
+
+
 @pytest.mark.slow
 def test_topk_query_chunks_and_rank():
   rng = np.random.default_rng(3)
