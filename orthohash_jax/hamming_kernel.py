@@ -7,17 +7,18 @@ Blocked arrays. ``topk_chunk`` takes the database as blocked word planes (W, 32,
 (``block_planes``: [w, j, m] = word w of code 32 m + j), and every array it selects from is
 blocked alike: (Q, 32, M) holds logical entry 32 m + j at [:, j, m]. Loops over m then read
 contiguous memory and vectorize on CPU, and bit-packing a mask (bit j of word m = entry
-32 m + j) is an OR over axis 1. The kept codes' distances are (Q, 16, k): rows 0-15 of the same
-layout, entry 32 r + i = code i of kept entry r. Per chunk of queries (one compiled call):
+32 m + j) is an OR over axis 1. The kept codes' distances are (Q, leaf, k): rows 0 to leaf - 1
+of the same layout, entry 32 r + i = code i of kept entry r. Per chunk of queries (one compiled
+call):
 1. uint8 distances (Q, 32, M), or for N > 64 k (``LEVEL_FACTOR``) L1 = minimum over each run of
-   LEAF = 16 codes (fused loops over the plane slices), L2 = minima over 32 L1 entries, ...
+   ``leaf_size`` codes (16 or 32; fused loops over the plane slices), L2 = minima over 32
+   L1 entries, ...
 2. The first k items by (distance, index) lie in the first k entries by (minimum, index), each
    entry covering a run of consecutive items; so from the top level down, keep k entries and
-   expand each to its children (32 entries of the level below, or its 16 codes). Kept entries
+   expand each to its children (32 entries of the level below, or its leaf codes). Kept entries
    are held as indices p (Q, k); child j of p is read at flat offset j M + p of the blocked
    level below, code c at [c % 32, c // 32] of the planes, by gathers with in-range indices
-   (``take_rows``). Runs of 16 codes at L1 halve the codes gathered and ranked per query (16 k)
-   for twice the L1 entries to select from: 0.28 vs 0.33 s at ImageNet100 size.
+   (``take_rows``).
 3. "Keep the first k by (value, position)" (``_select_first``) uses that values are small ints:
    threshold u = smallest t with #(v <= t) >= k, found by counting 4 values of t per pass (bytes
    of one uint32 per block) starting just under the u of the level above (an upper bound: a
@@ -43,8 +44,9 @@ import jax.numpy as jnp
 WORD_BITS = 32
 LOG_BLOCK = 5
 BLOCK = 1 << LOG_BLOCK  # items per block (32); also bits per mask word
-LEAF = 16  # codes per entry of level 1 (its minimum): the codes gathered per entry kept there
-LEAVES = BLOCK // LEAF  # level-1 entries per block of 32 codes of the planes
+# Codes per level-1 entry (``leaf_size``): SHORT_LEAF where N < SHORT_LEAF_RATIO k, else BLOCK.
+SHORT_LEAF = 16
+SHORT_LEAF_RATIO = 512
 # A level is built on top of one with more than LEVEL_FACTOR * BLOCK * k entries (codes for
 # level 1): with fewer, the k entries kept would cover most of it, and gathering their children
 # costs more than selecting among all of it directly.
@@ -325,27 +327,37 @@ def _matmul_distance(q_packed, planes):
   return ((bits - dot) * 0.5).astype(jnp.int32).reshape((-1,) + planes.shape[1:])
 
 
-def _leaf_minima(q_packed, planes, num_items):
-  """Level 1: uint8 (Q, LEAVES M), entry e = the minimum distance over the LEAF codes LEAF e + i
-  (i < LEAF) of blocked planes (W, 32, M), by one fused loop over LEAF plane slices per entry
-  of a block (a reduce over axis 1 would first store the (Q, N) distances: XLA's CPU reductions
-  do not fuse their producer). The loops compute (M, Q), vectorized over the queries, each plane
-  word read once and broadcast (vectorized over M, they would read 32 W streams of words per
-  query); each is transposed before the entries are interleaved (interleaving (M, Q) arrays and
-  transposing after was 6x slower). Codes from num_items on are padding: entries of padding only
-  get K + 1, the entry holding the first padding code is recomputed from its real codes (cheaper
-  than masking every code in the loops)."""
+def leaf_size(num_items, k):
+  """Codes per level-1 entry for a database of num_items codes and k neighbours: 16 where
+  N < 512 k, else 32. Halving the runs halves the codes gathered and ranked per query (leaf k)
+  and doubles the level-1 entries (N / leaf), which cost about as much each on XLA:CPU: the
+  top-k kernel at k = 1000 measured 0.28 vs 0.33 s (N = 128,495, 5,000 queries), 0.081 vs
+  0.088 s (N = 256,000), equal at 512,000 and 0.29 vs 0.26 s at 1M (1,000 queries)."""
+  return SHORT_LEAF if num_items < SHORT_LEAF_RATIO * k else BLOCK
+
+
+def _leaf_minima(q_packed, planes, num_items, leaf):
+  """Level 1: uint8 (Q, 32 M / leaf), entry e = the minimum distance over the ``leaf`` codes
+  leaf e + i (i < leaf; leaf divides 32) of blocked planes (W, 32, M), by one fused loop over
+  ``leaf`` plane slices per entry of a block (a reduce over axis 1 would first store the (Q, N)
+  distances: XLA's CPU reductions do not fuse their producer). The loops compute (M, Q),
+  vectorized over the queries, each plane word read once and broadcast (vectorized over M, they
+  would read 32 W streams of words per query); each is transposed before the entries of a block
+  are interleaved (interleaving (M, Q) arrays and transposing after was 6x slower). Codes from
+  num_items on are padding: entries of padding only get K + 1, the entry holding the first
+  padding code is recomputed from its real codes (cheaper than masking every code in the
+  loops)."""
   max_value = WORD_BITS * q_packed.shape[1] + 1
-  num_blocks = planes.shape[2]
+  per_block = BLOCK // leaf
   q_t = q_packed.T
   minima = jnp.stack([functools.reduce(jnp.minimum, [
       sum(jax.lax.population_count(planes[w, j][:, None] ^ q_t[w][None, :])
-          for w in range(q_packed.shape[1])) for j in range(LEAF * g, LEAF * (g + 1))]).T
-                      for g in range(LEAVES)], 2).reshape(q_packed.shape[0], -1)
-  last = jnp.minimum(num_items // LEAF, LEAVES * num_blocks - 1)  # the entry holding num_items
-  codes = jax.lax.dynamic_slice(planes, (0, LEAF * (last % LEAVES), last // LEAVES),
-                                (planes.shape[0], LEAF, 1))
-  real = LEAF * last + jnp.arange(LEAF)[:, None] < num_items
+          for w in range(q_packed.shape[1])) for j in range(leaf * g, leaf * (g + 1))]).T
+                      for g in range(per_block)], 2).reshape(q_packed.shape[0], -1)
+  last = jnp.minimum(num_items // leaf, minima.shape[1] - 1)  # the entry holding num_items
+  codes = jax.lax.dynamic_slice(planes, (0, leaf * (last % per_block), last // per_block),
+                                (planes.shape[0], leaf, 1))
+  real = leaf * last + jnp.arange(leaf)[:, None] < num_items
   last_min = jnp.min(jnp.where(real, planes_distance(q_packed, codes), max_value), axis=(1, 2))
   entry = jnp.arange(minima.shape[1])
   minima = jnp.where(entry == last, last_min[:, None], jnp.where(entry < last, minima, max_value))
@@ -353,11 +365,11 @@ def _leaf_minima(q_packed, planes, num_items):
 
 
 def _level_sizes(num_items, k):
-  """Sizes of the minimum levels that are built, from the codes up: level 1 = minima over LEAF
-  codes, level l + 1 = minima over BLOCK entries of level l."""
+  """Sizes of the minimum levels that are built, from the codes up: level 1 = minima over
+  ``leaf_size`` codes, level l + 1 = minima over BLOCK entries of level l."""
   sizes = [num_items]
   while sizes[-1] > LEVEL_FACTOR * BLOCK * k:
-    sizes.append(-(-sizes[-1] // (LEAF if len(sizes) == 1 else BLOCK)))
+    sizes.append(-(-sizes[-1] // (leaf_size(num_items, k) if len(sizes) == 1 else BLOCK)))
   return sizes
 
 
@@ -377,6 +389,7 @@ def topk_chunk(q_packed, planes, k, num_items, method):
   vdtype = _value_dtype(max_value)
   num_blocks = planes.shape[2]
   sizes = _level_sizes(BLOCK * num_blocks, k)
+  leaf = leaf_size(BLOCK * num_blocks, k)
   distance = _matmul_distance if method == "matmul" else planes_distance
   flat_index = _blocked_index(num_blocks).reshape(1, -1)  # logical index of each flat entry
   live = num_items > 0
@@ -388,22 +401,22 @@ def topk_chunk(q_packed, planes, k, num_items, method):
 
   flat_planes = planes.reshape(planes.shape[0], -1)
 
-  def item_distances(parent):  # the LEAF codes of each entry of parent (q, P) -> (q, LEAF, P)
-    code = parent[:, None, :] * LEAF + jnp.arange(LEAF, dtype=jnp.int32)[None, :, None]
+  def item_distances(parent):  # the leaf codes of each entry of parent (q, P) -> (q, leaf, P)
+    code = parent[:, None, :] * leaf + jnp.arange(leaf, dtype=jnp.int32)[None, :, None]
     at = (code & (BLOCK - 1)) * num_blocks + (code >> LOG_BLOCK)  # [code % 32, code // 32]
     d = sum(jax.lax.population_count(q_packed[:, w, None, None] ^ take_items(flat_planes[w], at))
             for w in range(q_packed.shape[1]))
     return jnp.where(code < num_items, d, max_value).astype(vdtype)
 
-  # Large N: level 1 = minima over LEAF codes, level 2 over 32 level-1 entries, ...
+  # Large N: level 1 = minima over leaf codes, level 2 over 32 level-1 entries, ...
   levels = []
   if len(sizes) > 1 and method == "matmul":
-    full = full_distances(q_packed, planes).reshape(-1, LEAVES, LEAF, num_blocks)
+    full = full_distances(q_packed, planes).reshape(-1, BLOCK // leaf, leaf, num_blocks)
     levels.append(_blocked(jnp.min(full, axis=2).transpose(0, 2, 1).reshape(full.shape[0], -1),
                            max_value))
   elif len(sizes) > 1:
-    levels.append(_blocked(_materialized(_leaf_minima, live, q_packed, planes, num_items),
-                           max_value))
+    levels.append(_blocked(_materialized(functools.partial(_leaf_minima, leaf=leaf), live,
+                                         q_packed, planes, num_items), max_value))
   if len(sizes) > 1:
     for _ in sizes[2:]:
       levels.append(_blocked(jnp.min(levels[-1], axis=1), max_value))
@@ -422,7 +435,7 @@ def topk_chunk(q_packed, planes, k, num_items, method):
     else:
       values = _materialized(item_distances, live, parent)
   pos, _ = _select_first(values, k, max_value, u)
-  return _take_blocked(values, pos), (pos if parent is None else _child_entry(parent, pos, LEAF))
+  return _take_blocked(values, pos), (pos if parent is None else _child_entry(parent, pos, leaf))
 
 
 def queries_per_call(num_items, k, method):
@@ -431,7 +444,8 @@ def queries_per_call(num_items, k, method):
   if method == "matmul" or num_items <= LEVEL_FACTOR * BLOCK * k:
     width = num_items
   else:
-    width = 2 * max(num_items // LEAF, LEAF * k)
+    leaf = leaf_size(num_items, k)
+    width = 2 * max(num_items // leaf, leaf * k)
   budget = 1 << (26 if method == "matmul" else 23)
   return int(min(256, 1 << max(0, (budget // width).bit_length() - 1)))
 
