@@ -52,7 +52,7 @@ SHORT_LEAF_RATIO = 512
 # costs more than selecting among all of it directly.
 LEVEL_FACTOR = 2
 THRESHOLDS = 4  # values of t counted per pass of the threshold search (one byte each per block)
-SAMPLE_STRIDE = 16  # the threshold search starts at the matching quantile of 1 entry in 16
+SAMPLE_STRIDE = 16  # the top level's threshold search starts at the quantile of 1 entry in 16
 _EXACT_F32 = 1 << 24  # float32 sums of integers are exact below this
 
 
@@ -301,7 +301,7 @@ def _split_masks(values, u):
 
 def _select_first(values, k, max_value, bound=None):
   """(positions (Q, k), u (Q,)): the logical positions, ascending, of the first k entries of
-  blocked values (Q, 32, M) by (value, position): with u = smallest t with #(values <= t) >= k
+  blocked values (Q, S <= 32, M) by (value, position): with u = smallest t with #(values <= t) >= k
   (``_threshold``), every entry < u and the first k - #(values < u) entries equal to u.
   ``bound`` (Q,), optional: a known upper bound of u, usually u itself or u + 1 (the u of the
   block minima a level up: every block with minimum <= t holds an entry <= t), from which the
