@@ -46,7 +46,7 @@ LOG_BLOCK = 5
 BLOCK = 1 << LOG_BLOCK  # items per block (32); also bits per mask word
 # Codes per level-1 entry (``leaf_size``): SHORT_LEAF where N < SHORT_LEAF_RATIO k, else BLOCK.
 SHORT_LEAF = 16
-SHORT_LEAF_RATIO = 512
+SHORT_LEAF_RATIO = 256
 # A level is built on top of one with more than LEVEL_FACTOR * BLOCK * k entries (codes for
 # level 1): with fewer, the k entries kept would cover most of it, and gathering their children
 # costs more than selecting among all of it directly.
@@ -329,10 +329,11 @@ def _matmul_distance(q_packed, planes):
 
 def leaf_size(num_items, k):
   """Codes per level-1 entry for a database of num_items codes and k neighbours: 16 where
-  N < 512 k, else 32. Halving the runs halves the codes gathered and ranked per query (leaf k)
-  and doubles the level-1 entries (N / leaf), which cost about as much each on XLA:CPU: the
-  top-k kernel at k = 1000 measured 0.28 vs 0.33 s (N = 128,495, 5,000 queries), 0.081 vs
-  0.088 s (N = 256,000), equal at 512,000 and 0.29 vs 0.26 s at 1M (1,000 queries)."""
+  N < 256 k, else 32. Halving the runs halves the codes gathered and ranked per query (leaf k)
+  and doubles the level-1 entries (N / leaf), which cost about as much each on XLA:CPU. Top-k
+  at k = 1000 (1,000-5,000 queries), runs of 16 vs 32: 64 bits 0.28 vs 0.33 s at N = 128,495,
+  0.081 vs 0.088 s at 256,000, 0.112 vs 0.108 s at 350,000, 0.29 vs 0.26 s at 1M; 128 bits
+  0.159 vs 0.175 s at 128,495, 0.145 vs 0.141 s at 256,000, 0.27 vs 0.21 s at 512,000."""
   return SHORT_LEAF if num_items < SHORT_LEAF_RATIO * k else BLOCK
 
 
