@@ -308,7 +308,8 @@ def arrayrecord_section(directory, n, reps):
                                [f"--input_child={side}:{folder}:{dataset}:{workers}:{n}"])
         results.setdefault(f"{label}_w{workers}", []).append(r)
         print(f"{label} workers={workers} rep={rep}: {r['images_per_s']:.1f} images/s, "
-              f"{r['cpu_ms']:.2f} CPU ms/image ({r['steady_cpu_ms']:.2f} steady), peak RSS {r['rss_mib']:.0f} MiB "
+              f"{r['cpu_ms']:.2f} CPU ms/image ({r['steady_cpu_ms']:.2f} steady), "
+              f"peak RSS {r['rss_mib']:.0f} MiB "
               f"(load {os.getloadavg()[0]:.2f})", flush=True)
   return {k: {m: float(np.median([r[m] for r in v])) for m in v[0]} for k, v in results.items()}
 

@@ -442,7 +442,7 @@ def topk_chunk(q_packed, planes, k, num_items, method):
 def queries_per_call(num_items, k, method):
   """Queries per call: a power of two <= 256 keeping the per-call arrays to ~2^23 entries
   (2^26 for "matmul", whose (chunk, N) f32 distances live in accelerator memory)."""
-  if method == "matmul" or num_items <= LEVEL_FACTOR * BLOCK * k:
+  if method == "matmul" or len(_level_sizes(num_items, k)) == 1:  # no level: all distances
     width = num_items
   else:
     leaf = leaf_size(num_items, k)
