@@ -98,13 +98,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orthohash_jax import (cli, codes_file, evaluation, hamming_kernel, images, metrics,
-                           retrieval, run, search)
+from orthohash_jax import (cli, codes_file, config_base, evaluation, hamming_kernel, images,
+                           metrics, retrieval, run, search)
 from orthohash_jax import workdir as workdir_lib
 
 MIN_BUCKET = 16  # the smallest compiled result size (searches of k <= 16 share it)
 MAX_BATCH = 1024  # queries of one POST /api/search
 MAX_BATCH_NEIGHBOURS = 1 << 18  # queries x k of one POST /api/search
+SHOWN = 40  # characters of a request value quoted in an error message
 MAX_JSON_DEPTH = 8  # nesting of a JSON body (a batch needs 3: object, list of codes, a code)
 ANSWER_COPIES = 4  # an answer's memory in copies of its JSON bytes while built (see answer_bytes)
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_page.html")
@@ -166,12 +167,6 @@ class RequestError(ValueError):
     self.status, self.close = status, close
 
 
-def _short(value) -> str:
-  """repr of a request value, cut to 40 characters for an error message."""
-  text = repr(value)
-  return text if len(text) <= 40 else text[:37] + "..."
-
-
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
 
@@ -189,8 +184,8 @@ def _integer(value, name: str, status: int = 400, what: str = "") -> int:
     return value
   if isinstance(value, str) and _INTEGER.fullmatch(value):
     return int(value)
-  raise RequestError(status, f"unknown {what} {_short(value)}" if what else
-                     f"{name} must be an integer, got {_short(value)}")
+  raise RequestError(status, f"unknown {what} {config_base.shown(value, SHOWN)}" if what else
+                     f"{name} must be an integer, got {config_base.shown(value, SHOWN)}")
 
 
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
@@ -486,7 +481,7 @@ class SearchService:
                      << np.arange(retrieval.WORD_BITS, dtype=np.uint64)).sum(1)
       else:
         raise RequestError(400, f"code {q} must be {words} hex words or {self.num_bits} values "
-                           f"+1 / -1, got {_short(code)}")
+                           f"+1 / -1, got {config_base.shown(code, SHOWN)}")
     try:
       return retrieval.check_codes(packed, self.num_bits, "the codes")
     except ValueError as e:
@@ -642,7 +637,8 @@ class _Front:
     elif len(hosts) != 1:
       app = _json(400, {"error": f"a request needs exactly one Host header, got {len(hosts)}"})
     elif self.hosts is not None and _host_name(hosts[0]) not in self.hosts:
-      app = _json(400, {"error": f"host {_short(hosts[0])} is not allowed (--allowed_hosts)"})
+      app = _json(400, {"error": f"host {config_base.shown(hosts[0], SHOWN)} is not allowed "
+                                 "(--allowed_hosts)"})
     try:
       await app(scope, receive, counted)
     finally:

@@ -332,7 +332,8 @@ def test_no_compilation_after_start_up(server):
 def test_malformed_requests_are_json_4xx(server):
   httpd, _ = server
   huge = "9" * 5000
-  assert get(httpd, f"/image/db/{huge}.png") == (404, {"error": f"unknown db row '{huge[:36]}..."})
+  assert get(httpd, f"/image/db/{huge}.png") == (
+      404, {"error": f"unknown db row '{huge[:24]}... (5002 characters)"})
   assert get(httpd, f"/api/search?query=1&k={huge}")[0] == 400
   assert get(httpd, "/api/search?query=%D9%A3&k=3")[0] == 400  # an Arabic-Indic digit
   assert get(httpd, "/image/other/1.png") == (404, {"error": "no such page: /image/other/1.png"})
