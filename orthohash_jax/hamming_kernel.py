@@ -125,11 +125,16 @@ def take_items(table, at):
   return table.at[at].get(mode="promise_in_bounds", wrap_negative_indices=False)
 
 
+def _blocked_offset(pos, num_blocks):
+  """Flat offsets in a blocked array (..., 32, num_blocks) of logical positions pos: entry
+  32 m + j lies at [j, m], offset j num_blocks + m."""
+  return (pos & (BLOCK - 1)) * num_blocks + (pos >> LOG_BLOCK)
+
+
 def _take_blocked(values, pos):
   """Entries at logical positions pos (Q, P) of blocked values (Q, 32, M) (pos = -1, the "past
   the end" of ``_compact``, gives some entry)."""
-  flat = values.reshape(values.shape[0], -1)
-  return take_rows(flat, (pos & (BLOCK - 1)) * values.shape[2] + (pos >> LOG_BLOCK))
+  return take_rows(values.reshape(values.shape[0], -1), _blocked_offset(pos, values.shape[2]))
 
 
 def _child_entry(parent, pos, children=BLOCK):
@@ -404,7 +409,7 @@ def topk_chunk(q_packed, planes, k, num_items, method):
 
   def item_distances(parent):  # the leaf codes of each entry of parent (q, P) -> (q, leaf, P)
     code = parent[:, None, :] * leaf + jnp.arange(leaf, dtype=jnp.int32)[None, :, None]
-    at = (code & (BLOCK - 1)) * num_blocks + (code >> LOG_BLOCK)  # [code % 32, code // 32]
+    at = _blocked_offset(code, num_blocks)
     d = sum(jax.lax.population_count(q_packed[:, w, None, None] ^ take_items(flat_planes[w], at))
             for w in range(q_packed.shape[1]))
     return jnp.where(code < num_items, d, max_value).astype(vdtype)
