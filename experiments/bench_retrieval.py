@@ -60,7 +60,7 @@ try:
 except ImportError:
   faiss = None
 
-from orthohash_jax import hamming_kernel, metrics, parallel, retrieval
+from orthohash_jax import metrics, parallel, retrieval
 
 
 def make_codes(rng, n, num_bits, kind, centres, labels):
@@ -209,11 +209,6 @@ def paper_data(rng, num_q, n, num_classes, multilabel, num_bits=64):
   return out
 
 
-@jax.jit
-def _distances(q, planes):
-  return hamming_kernel.planes_distance(q, planes).astype(jax.numpy.uint8)  # K < 255 bits
-
-
 def stage_timers(pq, pdb, r):
   """Two stages of ours at mAP@R of the paper sizes' 64-bit codes, each over the queries in
   ``metrics.TOPK_QUERY_CHUNK`` chunks: the top R alone (``retrieval.hamming_topk_unranked``:
@@ -228,7 +223,8 @@ def stage_timers(pq, pdb, r):
     return [retrieval.hamming_topk_unranked(c, blocked, r)[1] for c in chunks]
 
   def distances():  # blocks on each chunk: only one chunk's distances in memory
-    return [jax.block_until_ready(_distances(c, planes)).shape for c in chunks]
+    return [jax.block_until_ready(metrics._small_distances_jit(c, planes, np.uint8)).shape
+            for c in chunks]  # pylint: disable=protected-access
 
   top_r(), distances()  # compile every chunk shape
   return top_r, distances
